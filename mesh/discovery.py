@@ -1,0 +1,159 @@
+"""Joining the mesh: bootstrap dialling with backoff, and peer exchange.
+
+The connection manager keeps the node connected to up to ``target_peers``
+peers from its :class:`~poolai.mesh.peers.PeerBook`, dialling bootstrap peers
+first and backing off exponentially on failure. After each new connection it
+asks that peer for the peers it knows (``/poolai/peers/1.0.0``), which is how a
+node that bootstrapped from one peer comes to know the rest of the mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+
+from poolai.mesh import rpc, wire
+from poolai.mesh.errors import MeshError
+from poolai.mesh.host import MeshHost
+from poolai.mesh.peers import MAX_ADDR_LEN, MAX_ADDRS_PER_PEER, PeerBook
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "/poolai/peers/1.0.0"
+MAX_PEERS_PER_REPLY = 64
+
+
+@wire.message("peers.request")
+class PeersRequest:
+    limit: int = wire.field(min=1, max=MAX_PEERS_PER_REPLY)
+
+
+@wire.message("peers.record")
+class PeerRecord:
+    peer_id: str = wire.field(max_len=128)
+    addrs: tuple[str, ...] = wire.field(max_len=MAX_ADDRS_PER_PEER)
+
+
+@wire.message("peers.reply")
+class PeersReply:
+    peers: tuple[PeerRecord, ...] = wire.field(max_len=MAX_PEERS_PER_REPLY)
+
+
+def strip_p2p(addr: str) -> str:
+    return addr.split("/p2p/", 1)[0]
+
+
+class ConnectionManager:
+    """Keeps the node connected; owns the peer-exchange protocol."""
+
+    def __init__(
+        self,
+        host: MeshHost,
+        book: PeerBook,
+        *,
+        target_peers: int = 32,
+        dial_timeout: float = 5.0,
+        request_timeout: float = 5.0,
+        interval: float = 1.0,
+        exchange_every: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.host = host
+        self.book = book
+        self.target_peers = target_peers
+        self.dial_timeout = dial_timeout
+        self.request_timeout = request_timeout
+        self.interval = interval
+        self.exchange_every = exchange_every
+        self.clock = clock
+        self.dials_ok = 0
+        self.dials_failed = 0
+        self._dialling: set[str] = set()
+        self._last_exchange: dict[str, float] = {}
+        self._wake = trio.Event()
+        self.service = rpc.Service(
+            "peers", self._on_request, rpc.ServiceConfig(request_types=(PeersRequest,))
+        )
+
+    def wake(self) -> None:
+        """Run the next maintenance round now (new bootstrap peers, a lost connection)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.host.serve(PROTOCOL, self.service)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                self._round(nursery)
+                with trio.move_on_after(self.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def _round(self, nursery: trio.Nursery) -> None:
+        now = self.clock()
+        connected = set(self.host.connected_peers())
+        for peer in connected:
+            self.book.add(peer, [strip_p2p(a) for a in self.host.peer_addrs(peer)])
+            self.book.mark_connected(peer, now)
+        room = self.target_peers - len(connected) - len(self._dialling)
+        if room > 0:
+            for entry in self.book.due(now, connected | self._dialling, room):
+                self._dialling.add(entry.peer_id)
+                nursery.start_soon(self._dial, entry.peer_id, list(entry.addrs))
+        stale = [p for p in connected if now - self._last_exchange.get(p, 0.0) > self.exchange_every]
+        if stale:
+            peer = min(stale, key=lambda p: self._last_exchange.get(p, 0.0))
+            self._last_exchange[peer] = now
+            nursery.start_soon(self._exchange, peer)
+
+    async def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        try:
+            with trio.fail_after(self.dial_timeout):
+                await self.host.connect(peer_id, addrs)
+        except (MeshError, trio.TooSlowError, ValueError) as exc:
+            self.dials_failed += 1
+            delay = self.book.mark_failed(peer_id, self.clock())
+            log.debug("dial %s failed (%s); retry in %.0f s", peer_id[-8:], exc, delay)
+            return
+        finally:
+            self._dialling.discard(peer_id)
+        self.dials_ok += 1
+        self.book.mark_connected(peer_id, self.clock())
+        log.info("connected to %s", peer_id)
+        self._last_exchange[peer_id] = self.clock()
+        await self._exchange(peer_id)
+
+    async def _exchange(self, peer_id: str) -> None:
+        try:
+            reply = await self.host.request(
+                peer_id,
+                PROTOCOL,
+                PeersRequest(limit=MAX_PEERS_PER_REPLY),
+                (PeersReply,),
+                timeout=self.request_timeout,
+            )
+        except MeshError as exc:
+            log.debug("peer exchange with %s failed: %s", peer_id[-8:], exc)
+            return
+        learned = 0
+        for record in reply.peers:
+            addrs = [a for a in record.addrs if len(a) <= MAX_ADDR_LEN]
+            if record.peer_id != self.host.peer_id and record.peer_id not in self.book:
+                learned += 1
+            self.book.add(record.peer_id, addrs)
+        if learned:
+            log.info("learned %d peer(s) from %s", learned, peer_id[-8:])
+            self.wake()
+
+    async def _on_request(self, peer: str, request: PeersRequest) -> PeersReply:
+        connected = set(self.host.connected_peers())
+        entries = [e for e in self.book.entries() if e.peer_id != peer and e.addrs]
+        entries.sort(key=lambda e: (e.peer_id not in connected, -e.last_seen))
+        records = tuple(
+            PeerRecord(peer_id=e.peer_id, addrs=tuple(e.addrs[:MAX_ADDRS_PER_PEER]))
+            for e in entries[: request.limit]
+        )
+        return PeersReply(peers=records)

@@ -1,0 +1,47 @@
+"""The mesh layer's error tree.
+
+Two families, kept apart on purpose: ``ProtocolError`` means a *peer* sent us
+something wrong (contain it: drop the stream, penalise the peer), while
+``MeshError`` subclasses such as ``RequestTimeout`` or ``PeerUnreachable`` are
+ordinary network weather that callers retry or route around. Bugs in our own
+code raise ordinary Python exceptions and are never caught here.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base class of every error the mesh layer raises on purpose."""
+
+
+class ProtocolError(MeshError):
+    """A peer broke the wire protocol: bad framing, bad encoding or bad schema."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame's declared length exceeds the limit; nothing was allocated for it."""
+
+
+class TruncatedFrame(ProtocolError):
+    """The stream ended in the middle of a frame."""
+
+
+class SchemaError(ProtocolError):
+    """A decoded message has a wrong type, a missing or unknown field, or a value out of range."""
+
+
+class RemoteError(MeshError):
+    """The peer answered with an error reply (it understood us and said no)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RequestTimeout(MeshError):
+    """A request to a peer did not complete within its deadline."""
+
+
+class PeerUnreachable(MeshError):
+    """A peer could not be dialled, or the stream to it broke."""

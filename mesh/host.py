@@ -1,0 +1,296 @@
+"""The libp2p host, and the only module that imports libp2p.
+
+py-libp2p's defaults are unsafe or slow for a long-running node (see NETWORK.md,
+"Transport"), so the host is built explicitly: TCP only, Noise as the only
+security protocol, yamux as the only muxer, one connection per peer, and no
+auto-connector (PoolAI's own connection manager decides whom to dial).
+libp2p exceptions are translated here into :mod:`poolai.mesh.errors`, and
+libp2p streams are wrapped as trio ``HalfCloseableStream``-shaped objects so
+that :mod:`poolai.mesh.rpc` never sees a libp2p type.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.exceptions import HostException
+from libp2p.host.ping import PingService
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError, MultiselectError
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from poolai.mesh import rpc, wire
+from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, RequestTimeout
+
+log = logging.getLogger(__name__)
+
+_LIBP2P_ERRORS = (HostException, SwarmException, StreamError, MultiselectClientError, MultiselectError)
+ADDR_TTL = 0  # 0 = permanent in py-libp2p's peerstore; PoolAI's PeerBook ages addresses itself
+
+
+class Libp2pStream:
+    """A libp2p stream with trio's HalfCloseableStream method names and error types."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.peer_id = str(stream.muxed_conn.peer_id)
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            await self._stream.write(data)
+        except StreamError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return await self._stream.read(max_bytes or rpc.READ_CHUNK)
+        except StreamEOF:
+            return b""
+        except StreamError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
+
+    async def send_eof(self) -> None:
+        try:
+            await self._stream.close_write()
+        except StreamError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.close()
+        except StreamError:
+            pass
+
+    async def reset(self) -> None:
+        """Abort both directions; the peer's next read fails instead of hanging."""
+        try:
+            await self._stream.reset()
+        except StreamError:
+            pass
+
+
+StreamHandler = Callable[[Libp2pStream], Awaitable[None]]
+
+
+def split_p2p_addr(addr: str) -> tuple[str, str]:
+    """``/ip4/../tcp/../p2p/<id>`` → (peer id, transport address); ValueError if malformed."""
+    try:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:  # multiaddr raises a zoo of types for bad text
+        raise ValueError(f"not a valid peer address {addr!r}: {exc}") from None
+    return str(info.peer_id), str(info.addrs[0]) if info.addrs else ""
+
+
+class MeshHost:
+    """A running libp2p host. Create it with :func:`open_host`."""
+
+    def __init__(self, host: Any, key_pair: KeyPair) -> None:
+        self._host = host
+        self.key_pair = key_pair
+        self.peer_id = str(host.get_id())
+        self._ping = PingService(host)
+        self._id_cache: dict[str, ID] = {}
+
+    # ------------------------------------------------------------------ identity and addresses
+    def addrs(self) -> list[str]:
+        """Listen multiaddrs with ``/p2p/<id>``, wildcard hosts expanded to loopback."""
+        out = []
+        for a in self._host.get_addrs():
+            text = str(a)
+            out.append(text.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/"))
+        return out
+
+    def transport_addrs(self) -> list[str]:
+        return [a.rsplit("/p2p/", 1)[0] for a in self.addrs()]
+
+    def _id(self, peer_id: str) -> ID:
+        pid = self._id_cache.get(peer_id)
+        if pid is None:
+            try:
+                pid = ID.from_base58(peer_id)
+            except Exception as exc:
+                raise ValueError(f"not a valid peer id {peer_id!r}: {exc}") from None
+            if len(self._id_cache) > 10_000:
+                self._id_cache.clear()
+            self._id_cache[peer_id] = pid
+        return pid
+
+    # ------------------------------------------------------------------ peers
+    def connected_peers(self) -> list[str]:
+        return sorted(str(p) for p in self._host.get_connected_peers())
+
+    def is_connected(self, peer_id: str) -> bool:
+        return bool(self._host.get_network().connections.get(self._id(peer_id)))
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """Transport addresses the peerstore holds for ``peer_id`` (learned by identify or dial)."""
+        try:
+            return [str(a) for a in self._host.get_peerstore().addrs(self._id(peer_id))]
+        except Exception:
+            return []
+
+    def add_addrs(self, peer_id: str, addrs: list[str]) -> None:
+        maddrs = []
+        for a in addrs:
+            try:
+                maddrs.append(multiaddr.Multiaddr(a))
+            except Exception:
+                continue
+        if maddrs:
+            self._host.get_peerstore().add_addrs(self._id(peer_id), maddrs, ADDR_TTL)
+
+    async def connect(self, peer_id: str, addrs: list[str]) -> None:
+        """Dial ``peer_id`` at ``addrs`` (transport addresses). The caller sets the deadline."""
+        pid = self._id(peer_id)
+        if pid == self._host.get_id():
+            raise ValueError("refusing to dial ourselves")
+        maddrs = []
+        for a in addrs:
+            try:
+                maddrs.append(multiaddr.Multiaddr(a))
+            except Exception:
+                continue
+        if not maddrs:
+            raise PeerUnreachable(f"no usable address for {peer_id}")
+        # A failed dial is cached for 60 s by the swarm; PoolAI does its own backoff.
+        self._host.get_network().unblock_peer(pid) if hasattr(
+            self._host.get_network(), "unblock_peer"
+        ) else None
+        try:
+            await self._host.connect(PeerInfo(pid, maddrs))
+        except _LIBP2P_ERRORS as exc:
+            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+        except OSError as exc:
+            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+        self._host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL)
+
+    async def disconnect(self, peer_id: str) -> None:
+        try:
+            await self._host.disconnect(self._id(peer_id))
+        except _LIBP2P_ERRORS:
+            pass
+
+    async def ping(self, peer_id: str) -> float:
+        """One round trip in milliseconds over an existing or new connection."""
+        start = time.perf_counter()
+        try:
+            await self._ping.ping(self._id(peer_id), ping_amt=1)
+        except _LIBP2P_ERRORS as exc:
+            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
+        return (time.perf_counter() - start) * 1000.0
+
+    # ------------------------------------------------------------------ streams
+    async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:
+        try:
+            raw = await self._host.new_stream(self._id(peer_id), [TProtocol(protocol)])
+        except _LIBP2P_ERRORS as exc:
+            raise PeerUnreachable(f"stream {protocol} to {peer_id[-8:]} failed: {exc}") from None
+        return Libp2pStream(raw)
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``. The handler must not raise; it gets a wrapped stream."""
+
+        async def on_stream(raw: Any) -> None:
+            try:
+                stream = Libp2pStream(raw)
+                await handler(stream)
+            except Exception:
+                # An exception escaping a libp2p handler ends the whole connection.
+                log.exception("stream handler for %s failed", protocol)
+                try:
+                    await raw.reset()
+                except Exception:
+                    pass
+
+        self._host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    def serve(self, protocol: str, service: rpc.Service) -> None:
+        """Serve a request/response protocol with ``service``."""
+
+        async def handler(stream: Libp2pStream) -> None:
+            await service.handle(stream, stream.peer_id)
+
+        self.set_handler(protocol, handler)
+
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        request: Any,
+        reply_types: tuple[type, ...],
+        *,
+        timeout: float,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+    ) -> Any:
+        """Open a stream, send one request, return the reply; everything within ``timeout``."""
+        stream: Libp2pStream | None = None
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.open_stream(peer_id, protocol)
+                reply = await rpc.exchange(stream, request, reply_types, max_frame=max_frame)
+        except trio.TooSlowError:
+            if stream is not None:
+                await stream.reset()
+            raise rpc.timeout_error(f"{protocol} to {peer_id[-8:]}", timeout) from None
+        except ProtocolError:
+            if stream is not None:
+                await stream.reset()
+            raise
+        except MeshError:
+            if stream is not None:
+                await stream.reset()
+            raise
+        with trio.move_on_after(1):
+            await stream.aclose()
+        return reply
+
+
+@asynccontextmanager
+async def open_host(key_pair: KeyPair, listen_addrs: list[str]) -> AsyncIterator[MeshHost]:
+    """Start a listening host; leaving the block closes every connection and listener."""
+    try:
+        maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
+    except Exception as exc:
+        raise ValueError(f"invalid listen address: {exc}") from None
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, create_x25519_key_pair().private_key)},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=maddrs,
+        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=5.0),
+    )
+    try:
+        async with host.run(listen_addrs=maddrs):
+            await _stop_auto_connector(host)
+            yield MeshHost(host, key_pair)
+    except OSError as exc:
+        raise MeshError(f"cannot listen on {', '.join(listen_addrs)}: {exc.strerror or exc}") from None
+
+
+async def _stop_auto_connector(host: Any) -> None:
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        try:
+            await connector.stop()
+        except Exception:
+            log.debug("auto-connector did not stop cleanly", exc_info=True)
+
+
+__all__ = ["Libp2pStream", "MeshHost", "open_host", "split_p2p_addr", "RequestTimeout"]

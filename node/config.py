@@ -1,0 +1,189 @@
+"""Node configuration: defaults, then ``config.toml`` in the data directory, then
+``POOLAI_*`` environment variables, then command-line flags (flags win).
+
+Every setting is declared once in :data:`SETTINGS` with its parser, so the TOML
+file, the environment and the flags all validate the same way, and
+``poolai config show`` can say where each effective value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.toml"
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value; the message names the key and the problem."""
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("POOLAI_HOME", "~/.poolai")).expanduser()
+
+
+# ----------------------------------------------------------------------------- parsers
+
+
+def _multiaddr_list(value: Any) -> list[str]:
+    items = _str_list(value)
+    for item in items:
+        if not item.startswith("/") or len(item) > 256:
+            raise ValueError(f"{item!r} is not a multiaddr (it must start with '/')")
+    return items
+
+
+def _peer_addr_list(value: Any) -> list[str]:
+    items = _multiaddr_list(value)
+    for item in items:
+        if "/p2p/" not in item:
+            raise ValueError(f"{item!r} has no /p2p/<peer id> part")
+    return items
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise ValueError("expected a list of strings (or a comma-separated string)")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {value!r}") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"{number} is outside {lo}..{hi}")
+        return number
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).lower()
+        if text not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _host(value: Any) -> str:
+    text = str(value).strip()
+    if not text or len(text) > 253 or " " in text:
+        raise ValueError(f"{value!r} is not a host name or address")
+    return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "POOLAI_" + self.key.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", ["/ip4/0.0.0.0/tcp/4001"], _multiaddr_list, "libp2p listen multiaddrs"),
+    Setting("bootstrap", [], _peer_addr_list, "peers to join through (/ip4/../tcp/../p2p/<id>)"),
+    Setting("api_host", "127.0.0.1", _host, "address of the local API and status page"),
+    Setting("api_port", 8740, _int_in(0, 65535), "port of the local API (0 = any free port)"),
+    Setting("max_peers", 32, _int_in(1, 1000), "connections the node keeps open"),
+    Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
+    Setting("log_format", "text", _choice("text", "json"), "log line format"),
+)
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration of one node."""
+
+    data_dir: Path
+    listen: list[str]
+    bootstrap: list[str]
+    api_host: str
+    api_port: int
+    max_peers: int
+    log_level: str
+    log_format: str
+    sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+
+def load(
+    data_dir: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve the effective config; raises ConfigError naming the bad key."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if data_dir is not None:
+        data_dir_source = "flag"
+    elif environ.get("POOLAI_DATA_DIR"):
+        data_dir, data_dir_source = Path(environ["POOLAI_DATA_DIR"]).expanduser(), "env"
+    else:
+        data_dir, data_dir_source = default_data_dir(), "default"
+    file_values = _read_file(data_dir / CONFIG_FILE)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {"data_dir": data_dir_source}
+    for setting in SETTINGS:
+        raw, source = setting.default, "default"
+        if setting.key in file_values:
+            raw, source = file_values[setting.key], "file"
+        if environ.get(setting.env) not in (None, ""):
+            raw, source = environ[setting.env], "env"
+        if setting.key in flags:
+            raw, source = flags[setting.key], "flag"
+        try:
+            values[setting.key] = setting.parse(raw)
+        except ValueError as exc:
+            where = {"file": f"in {data_dir / CONFIG_FILE}", "env": f"from {setting.env}",
+                     "flag": "from the command line", "default": "(default)"}[source]
+            raise ConfigError(f"invalid {setting.key} {where}: {exc}") from None
+        sources[setting.key] = source
+    return Config(data_dir=data_dir, sources=sources, **values)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(SETTINGS_BY_KEY))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path}")
+    return data
+
+
+def describe(config: Config) -> list[tuple[str, Any, str]]:
+    """(key, value, source) rows for ``poolai config show``."""
+    rows: list[tuple[str, Any, str]] = [("data_dir", str(config.data_dir), config.sources["data_dir"])]
+    for setting in SETTINGS:
+        rows.append((setting.key, getattr(config, setting.key), config.sources[setting.key]))
+    return rows

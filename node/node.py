@@ -1,0 +1,178 @@
+"""The node: the composition root that owns the nursery, the host and every service.
+
+Start order: identity → libp2p host → protocol services → connection manager →
+local API → runtime file. Stop order is the reverse, driven by cancelling the
+node's nursery; the peer book is saved on the way out so a restarted node can
+rejoin without its bootstrap list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from poolai.mesh import identity
+from poolai.mesh.discovery import ConnectionManager
+from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
+from poolai.mesh.peers import PeerBook
+from poolai.node import __version__
+from poolai.node.api import serve_api
+from poolai.node.config import Config
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "identity.key"
+PEERS_FILE = "peers.json"
+RUNTIME_FILE = "node.json"
+SAVE_PEERS_EVERY = 30.0
+
+
+class Node:
+    """One PoolAI node. Use :func:`open_node`, or ``await nursery.start(node.run)``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.host: MeshHost | None = None
+        self.book: PeerBook | None = None
+        self.connections: ConnectionManager | None = None
+        self.api_url: str | None = None
+        self.started_at = 0.0
+        self._stopped = trio.Event()
+
+    @property
+    def peer_id(self) -> str:
+        assert self.host is not None, "node is not running"
+        return self.host.peer_id
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. ``task_status.started(self)`` once every service is up."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        key_pair, created = identity.load_or_create(self.data_dir / KEY_FILE)
+        if created:
+            log.info("created a new identity in %s", self.data_dir / KEY_FILE)
+        async with open_host(key_pair, self.config.listen) as host:
+            self.host = host
+            self.book = PeerBook(host.peer_id)
+            self._load_peers()
+            self.connections = ConnectionManager(host, self.book, target_peers=self.config.max_peers)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.connections.run)
+                    self.api_url = await nursery.start(
+                        serve_api, self, self.config.api_host, self.config.api_port
+                    )
+                    nursery.start_soon(self._save_peers_periodically)
+                    self.started_at = time.time()
+                    self._write_runtime_file()
+                    log.info("node %s up; api %s", host.peer_id, self.api_url)
+                    task_status.started(self)
+                    await trio.sleep_forever()
+            finally:
+                self._save_peers()
+                self._remove_runtime_file()
+                self._stopped.set()
+
+    # ------------------------------------------------------------------ state for API and CLI
+    def status(self) -> dict[str, Any]:
+        host = self.host
+        assert host is not None and self.book is not None
+        peers = []
+        for peer in host.connected_peers():
+            entry = self.book.get(peer)
+            peers.append(
+                {
+                    "peer_id": peer,
+                    "addrs": list(entry.addrs) if entry else [],
+                }
+            )
+        return {
+            "peer_id": host.peer_id,
+            "addrs": host.addrs(),
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "peers": peers,
+            "known_peers": len(self.book),
+            "api": self.api_url,
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def _load_peers(self) -> None:
+        assert self.book is not None
+        path = self.data_dir / PEERS_FILE
+        try:
+            loaded = self.book.restore(json.loads(path.read_text()))
+            log.info("loaded %d known peer(s) from %s", loaded, path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+        for addr in self.config.bootstrap:
+            peer_id, transport = split_p2p_addr(addr)
+            self.book.add(peer_id, [transport], bootstrap=True)
+
+    def _save_peers(self) -> None:
+        if self.book is None:
+            return
+        try:
+            _atomic_write(self.data_dir / PEERS_FILE, json.dumps(self.book.snapshot()).encode())
+        except OSError as exc:
+            log.warning("could not save known peers: %s", exc)
+
+    async def _save_peers_periodically(self) -> None:
+        while True:
+            await trio.sleep(SAVE_PEERS_EVERY)
+            self._save_peers()
+
+    def _write_runtime_file(self) -> None:
+        info = {"pid": os.getpid(), "peer_id": self.peer_id, "api": self.api_url,
+                "addrs": self.host.addrs() if self.host else []}
+        _atomic_write(self.data_dir / RUNTIME_FILE, json.dumps(info).encode())
+
+    def _remove_runtime_file(self) -> None:
+        try:
+            path = self.data_dir / RUNTIME_FILE
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@asynccontextmanager
+async def open_node(config: Config) -> AsyncIterator[Node]:
+    """Run a node for the duration of the block (in-process; used by tests and tools)."""
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(config).run)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def read_runtime_file(data_dir: Path) -> dict[str, Any] | None:
+    """What a running node in ``data_dir`` published about itself, or None."""
+    try:
+        info = json.loads((data_dir / RUNTIME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
