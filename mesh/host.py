@@ -170,15 +170,17 @@ class MeshHost:
         if not maddrs:
             raise PeerUnreachable(f"no usable address for {peer_id}")
         # A failed dial is cached for 60 s by the swarm; PoolAI does its own backoff.
-        self._host.get_network().unblock_peer(pid) if hasattr(
-            self._host.get_network(), "unblock_peer"
-        ) else None
+        network = self._host.get_network()
+        if hasattr(network, "unblock_peer"):
+            network.unblock_peer(pid)
         try:
             await self._host.connect(PeerInfo(pid, maddrs))
         except _LIBP2P_ERRORS as exc:
             raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
         except OSError as exc:
             raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+        if not self.is_connected(peer_id):  # py-libp2p can return from a failed dial silently
+            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: no connection was established")
         self._host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL)
 
     async def disconnect(self, peer_id: str) -> None:
@@ -236,7 +238,7 @@ class MeshHost:
         request: Any,
         reply_types: tuple[type, ...],
         *,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 - the deadline maps to RequestTimeout here, once
         max_frame: int = wire.DEFAULT_MAX_FRAME,
     ) -> Any:
         """Open a stream, send one request, return the reply; everything within ``timeout``."""
@@ -279,9 +281,23 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str]) -> AsyncIterator
     try:
         async with host.run(listen_addrs=maddrs):
             await _stop_auto_connector(host)
-            yield MeshHost(host, key_pair)
+            try:
+                yield MeshHost(host, key_pair)
+            finally:
+                await _close_listeners(host)
     except OSError as exc:
         raise MeshError(f"cannot listen on {', '.join(listen_addrs)}: {exc.strerror or exc}") from None
+
+
+async def _close_listeners(host: Any) -> None:
+    # py-libp2p 0.8 leaves its TCP listeners running (in system tasks) after run() exits,
+    # so a "stopped" host would go on accepting connections in this process.
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        for listener in list(host.get_network().listeners.values()):
+            try:
+                await listener.close()
+            except Exception:
+                log.debug("listener did not close cleanly", exc_info=True)
 
 
 async def _stop_auto_connector(host: Any) -> None:

@@ -32,6 +32,8 @@ from poolai.mesh.errors import (
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
+# An error reply must fit however small a protocol's own frame limit is.
+ERROR_FRAME = 1024
 
 
 class ByteStream(Protocol):
@@ -92,7 +94,7 @@ async def exchange(
         await stream.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise PeerUnreachable(f"stream broke: {exc}") from None
-    body = await read_frame(stream, wire.FrameDecoder(max_frame))
+    body = await read_frame(stream, wire.FrameDecoder(max(max_frame, ERROR_FRAME)))
     if body is None:
         raise ProtocolError("peer closed the stream without replying")
     reply = wire.decode(body, wire.ErrorReply, *reply_types)
@@ -196,7 +198,7 @@ class Service:
         body = wire.encode(wire.ErrorReply(code=code, message=message[:512]))
         with trio.move_on_after(2):
             try:
-                await write_frame(stream, body, self.config.max_frame)
+                await write_frame(stream, body, max(self.config.max_frame, ERROR_FRAME))
             except MeshError:
                 pass
 

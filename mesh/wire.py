@@ -258,9 +258,8 @@ def _check(hint: Any, limits: Limits, value: Any, where: str) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise SchemaError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(
-                _check(a, Limits(), v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
-            )
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_check(a, Limits(), v, f"{where}[{i}]") for i, (a, v) in pairs)
         item = args[0] if args else Any
         items = [_check(item, Limits(), v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -270,7 +269,8 @@ def _check(hint: Any, limits: Limits, value: Any, where: str) -> Any:
         _check_len(len(value), limits.max_len or DEFAULT_MAX_ITEMS, where, "entries")
         key_t, val_t = args
         return {
-            _check(key_t, Limits(max_len=256), k, f"{where} key"): _check(val_t, Limits(), v, f"{where}[{k!r}]")
+            _check(key_t, Limits(max_len=256), k, f"{where} key"):
+            _check(val_t, Limits(), v, f"{where}[{k!r}]")
             for k, v in value.items()
         }
     if hint is bool:

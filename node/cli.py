@@ -19,7 +19,8 @@ import httpx
 import trio
 
 from poolai.mesh.errors import MeshError
-from poolai.node import __version__, config as config_mod
+from poolai.node import __version__
+from poolai.node import config as config_mod
 from poolai.node.logs import setup as setup_logging
 
 log = logging.getLogger("poolai")

@@ -1,0 +1,82 @@
+"""Three node processes through the CLI: join by bootstrap chains, restart, clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_three_nodes_join_restart_and_stop(tmp_path):
+    a = NodeProcess(tmp_path / "a").start()
+    nodes = [a]
+    try:
+        b = NodeProcess(tmp_path / "b", "--bootstrap", a.addr).start()
+        nodes.append(b)
+        c = NodeProcess(tmp_path / "c", "--bootstrap", b.addr).start()
+        nodes.append(c)
+        ids = {n.peer_id for n in nodes}
+        assert len(ids) == 3
+
+        def fully_connected() -> bool:
+            return all(n.connected() == ids - {n.peer_id} for n in nodes)
+
+        wait_until(fully_connected, 30, "all three nodes connected to each other")
+
+        # `poolai status --json` reads the same state through the CLI
+        out = subprocess.run(
+            poolai_cmd("--data-dir", str(c.data_dir), "status", "--json"),
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+        status = json.loads(out.stdout)
+        assert status["peer_id"] == c.peer_id
+        assert {p["peer_id"] for p in status["peers"]} == {a.peer_id, b.peer_id}
+
+        # restart C without any bootstrap flag: same identity, rejoins from its saved peers
+        code, took = c.stop(signal.SIGTERM)
+        assert (code, took < 5) == (0, True)
+        wait_until(lambda: c.peer_id not in a.connected() | b.connected(), 30, "C's departure seen")
+        c2 = NodeProcess(tmp_path / "c").start()
+        nodes[2] = c2
+        assert c2.peer_id == c.peer_id
+        wait_until(lambda: c2.connected() == {a.peer_id, b.peer_id}, 30, "restarted C rejoined")
+        wait_until(fully_connected, 30, "mesh whole again")
+    finally:
+        results = []
+        for node in nodes:
+            if node.alive:
+                results.append(node.stop(signal.SIGTERM))
+        stop_all(nodes)
+    assert all(code == 0 and took < 5 for code, took in results), results
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cases = [
+        ("--data-dir", str(tmp_path / "none"), "status"),
+        ("--data-dir", str(tmp_path / "none"), "node", "id"),
+        ("--data-dir", str(tmp_path), "node", "run", "--api-port", "99999"),
+    ]
+    for args in cases:
+        result = subprocess.run(poolai_cmd(*args), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("poolai: error: "), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_corrupt_identity_refuses_to_start(tmp_path):
+    (tmp_path / "identity.key").write_bytes(b"garbage")
+    (tmp_path / "identity.key").chmod(0o600)
+    result = subprocess.run(
+        poolai_cmd("--data-dir", str(tmp_path), "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0",
+                   "--api-port", "0"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "corrupt" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "identity.key").read_bytes() == b"garbage"

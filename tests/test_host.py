@@ -1,0 +1,124 @@
+"""Real libp2p hosts on 127.0.0.1: Noise+yamux only, requests, and misbehaving peers contained."""
+
+from __future__ import annotations
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from poolai.mesh import rpc, wire
+from poolai.mesh.errors import PeerUnreachable, RemoteError
+from poolai.mesh.host import open_host
+
+ECHO = "/poolai/test-echo/1.0.0"
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+pytestmark = pytest.mark.timeout(60)
+
+
+@wire.message("test.echo")
+class Echo:
+    text: str = wire.field(max_len=64)
+
+
+async def echo(peer, request: Echo) -> Echo:
+    if request.text == "crash":
+        raise RuntimeError("handler bug")
+    return Echo(text=request.text.upper())
+
+
+def echo_service() -> rpc.Service:
+    return rpc.Service("echo", echo, rpc.ServiceConfig(request_types=(Echo,), read_timeout=2))
+
+
+async def test_request_between_two_hosts():
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+        a.serve(ECHO, echo_service())
+        with trio.fail_after(10):
+            await b.connect(a.peer_id, a.transport_addrs())
+        reply = await b.request(a.peer_id, ECHO, Echo(text="hi"), (Echo,), timeout=5)
+        assert reply == Echo(text="HI")
+        assert a.connected_peers() == [b.peer_id]
+        assert await b.ping(a.peer_id) > 0
+
+
+async def test_unencrypted_dialer_is_refused():
+    async with open_host(create_new_key_pair(), LOOPBACK) as a:
+        a.serve(ECHO, echo_service())
+        keys = create_new_key_pair()
+        plain = new_host(
+            key_pair=keys,
+            sec_opt={TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(keys)},
+            listen_addrs=[multiaddr.Multiaddr(LOOPBACK[0])],
+        )
+        async with plain.run(listen_addrs=[multiaddr.Multiaddr(LOOPBACK[0])]):
+            info = PeerInfo(ID.from_base58(a.peer_id), [multiaddr.Multiaddr(a.transport_addrs()[0])])
+            with pytest.raises(Exception), trio.fail_after(15):  # noqa: B017 - any libp2p failure
+                await plain.connect(info)
+            assert str(plain.get_id()) not in a.connected_peers()
+        # the refused dial left the host serving
+        async with open_host(create_new_key_pair(), LOOPBACK) as b:
+            with trio.fail_after(10):
+                await b.connect(a.peer_id, a.transport_addrs())
+            assert await b.request(a.peer_id, ECHO, Echo(text="ok"), (Echo,), timeout=5) == Echo(text="OK")
+
+
+async def test_misbehaving_peer_loses_only_its_stream():
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+        service = echo_service()
+        a.serve(ECHO, service)
+        with trio.fail_after(10):
+            await b.connect(a.peer_id, a.transport_addrs())
+
+        abuses = [
+            wire.encode_varint(1 << 31),  # absurd frame length
+            wire.frame(b"\xc1\x00\x00"),  # not msgpack
+            wire.frame(wire.encode(wire.ErrorReply(code="internal", message="x"))),  # wrong type
+            wire.frame(wire.encode(Echo(text="hi")))[:-3],  # truncated, then half-close
+        ]
+        for junk in abuses:
+            stream = await b.open_stream(a.peer_id, ECHO)
+            with trio.fail_after(5):
+                await stream.send_all(junk)
+                await stream.send_eof()
+                body = await rpc.read_frame(stream, wire.FrameDecoder())
+            assert wire.decode(body, wire.ErrorReply).code == "bad_request"
+            await stream.aclose()
+
+        # a stream that opens and then goes silent is timed out, not held forever
+        silent = await b.open_stream(a.peer_id, ECHO)
+        with trio.fail_after(10):
+            while service.stats.timeouts == 0:  # noqa: ASYNC110 - polls a counter, deadline above
+                await trio.sleep(0.05)
+        await silent.reset()
+
+        # a handler bug becomes an error reply; the connection survives
+        with pytest.raises(RemoteError, match="internal"):
+            await b.request(a.peer_id, ECHO, Echo(text="crash"), (Echo,), timeout=5)
+        assert await b.request(a.peer_id, ECHO, Echo(text="still"), (Echo,), timeout=5) == Echo(
+            text="STILL"
+        )
+        assert service.stats.bad_requests == 4
+        assert a.connected_peers() == [b.peer_id]
+
+
+async def test_unknown_protocol_and_dead_peer_are_clean_errors():
+    async with open_host(create_new_key_pair(), LOOPBACK) as a:
+        async with open_host(create_new_key_pair(), LOOPBACK) as b:
+            with trio.fail_after(10):
+                await a.connect(b.peer_id, b.transport_addrs())
+            with pytest.raises(PeerUnreachable):
+                await a.request(b.peer_id, "/poolai/nothing/1.0.0", Echo(text="x"), (Echo,), timeout=5)
+        async with open_host(create_new_key_pair(), LOOPBACK) as gone:
+            dead_id, dead_addrs = gone.peer_id, gone.transport_addrs()
+        with pytest.raises((PeerUnreachable, trio.TooSlowError)), trio.fail_after(10):
+            await a.connect(dead_id, dead_addrs)
