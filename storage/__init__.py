@@ -1,1 +1,4 @@
-"""PoolAI storage: erasure-coded shares, manifests, placement and the LMDB share store. May import mesh, never node."""
+"""PoolAI storage: erasure-coded shares, manifests, placement and the LMDB share store.
+
+May import mesh, never node.
+"""

@@ -1,0 +1,182 @@
+"""Placement: which peers hold which shares, computed from a view of the ring alone.
+
+Pure code: no I/O, no network, no index. Every peer sits on a 64-bit ring at
+``ring_position(peer_id)`` (the first 8 bytes of sha256(peer_id), big-endian;
+the same rule as the overlay's ring, restated here so storage does not depend
+on it). Every share has a target position::
+
+    share_position(file_id, seg, i) = first 8 bytes of sha256(b"S" || file_id || u64 seg || u16 i)
+    manifest_position(file_id, j)   = first 8 bytes of sha256(b"M" || file_id || u16 j)
+
+Successor rule: the holder of a target is the first peer clockwise from it
+(position >= target, wrapping) that does not already hold another share of
+the same segment. The n shares of a segment therefore land on n distinct
+peers whenever the ring has n peers; with fewer, peers are reused round-robin
+so a small mesh still stores everything (with less fault tolerance).
+
+Any node with the file id and a ring view finds the holders, and a join or
+leave only moves the shares whose targets fall between the changed peer and
+its predecessor (about 1/N of them) plus the rare share that skipped over it.
+
+Fallbacks: when a holder fails, the next candidates for a share are the
+peers clockwise after its target that hold no share of the segment; a put
+falls back along that walk and a get probes along the same walk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+PeerId = bytes
+RING_BITS = 64
+RING_SIZE = 1 << RING_BITS
+
+
+def ring_position(peer_id: PeerId) -> int:
+    """Position of a peer on the 64-bit ring."""
+    return int.from_bytes(hashlib.sha256(peer_id).digest()[:8], "big")
+
+
+def share_position(file_id: bytes, seg: int, index: int) -> int:
+    """Target ring position of share ``index`` of segment ``seg`` of a file."""
+    key = b"S" + file_id + seg.to_bytes(8, "big") + index.to_bytes(2, "big")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+
+
+def manifest_position(file_id: bytes, copy: int) -> int:
+    """Target ring position of replica ``copy`` of a file's manifest."""
+    key = b"M" + file_id + copy.to_bytes(2, "big")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """An immutable snapshot of the ring: peers sorted by (position, peer id).
+
+    Build it with :meth:`from_positions` (positions given, e.g. by the
+    overlay) or :meth:`from_peers` (positions computed with ``ring_position``).
+    """
+
+    positions: tuple[int, ...]
+    peers: tuple[PeerId, ...]
+
+    @classmethod
+    def from_positions(cls, entries: Iterable[tuple[PeerId, int]]) -> Ring:
+        """Ring from ``(peer_id, position)`` pairs; a repeated peer id keeps its first position.
+
+        Raises ValueError for a position outside the 64-bit ring.
+        """
+        seen: dict[PeerId, int] = {}
+        for peer, position in entries:
+            if not 0 <= position < RING_SIZE:
+                raise ValueError(f"ring position {position} out of range")
+            seen.setdefault(bytes(peer), position)
+        ordered = sorted((pos, peer) for peer, pos in seen.items())
+        return cls(tuple(pos for pos, _ in ordered), tuple(peer for _, peer in ordered))
+
+    @classmethod
+    def from_peers(cls, peer_ids: Iterable[PeerId]) -> Ring:
+        """Ring from peer ids, each at ``ring_position(peer_id)``."""
+        return cls.from_positions((p, ring_position(p)) for p in peer_ids)
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self.peers
+
+    def without(self, gone: Iterable[PeerId]) -> Ring:
+        """A new ring with the given peers removed (e.g. peers known to have left)."""
+        drop = set(gone)
+        pairs = zip(self.positions, self.peers, strict=True)
+        kept = [(pos, p) for pos, p in pairs if p not in drop]
+        return Ring(tuple(pos for pos, _ in kept), tuple(p for _, p in kept))
+
+    def successors(self, position: int) -> Iterator[PeerId]:
+        """Every peer once, clockwise from the first at or after ``position``."""
+        count = len(self.peers)
+        start = bisect.bisect_left(self.positions, position)
+        for step in range(count):
+            yield self.peers[(start + step) % count]
+
+
+def _assign(ring: Ring, targets: Iterable[int]) -> tuple[PeerId, ...]:
+    if not ring.peers:
+        raise ValueError("cannot place shares on an empty ring")
+    used: set[PeerId] = set()
+    out: list[PeerId] = []
+    for target in targets:
+        if len(used) == len(ring):
+            used.clear()  # fewer peers than shares: start another round
+        holder = next(p for p in ring.successors(target) if p not in used)
+        used.add(holder)
+        out.append(holder)
+    return tuple(out)
+
+
+def segment_holders(ring: Ring, file_id: bytes, seg: int, n: int) -> tuple[PeerId, ...]:
+    """The n holders of a segment's shares, by share index (distinct when the ring has n peers).
+
+    Raises ValueError on an empty ring.
+    """
+    return _assign(ring, (share_position(file_id, seg, i) for i in range(n)))
+
+
+def manifest_holders(ring: Ring, file_id: bytes, copies: int) -> tuple[PeerId, ...]:
+    """The holders of a manifest's ``copies`` replicas (distinct when the ring is large enough)."""
+    return _assign(ring, (manifest_position(file_id, j) for j in range(copies)))
+
+
+def _fallback_walk(
+    ring: Ring, primary: PeerId, target: int, holders: tuple[PeerId, ...]
+) -> Iterator[PeerId]:
+    yield primary
+    others = set(holders)
+    for peer in ring.successors(target):
+        if peer not in others:
+            yield peer
+
+
+def share_candidates(
+    ring: Ring, file_id: bytes, seg: int, index: int, holders: tuple[PeerId, ...]
+) -> Iterator[PeerId]:
+    """Peers to try for one share, best first: its holder, then clockwise peers outside ``holders``.
+
+    ``holders`` is ``segment_holders(ring, file_id, seg, n)`` (passed in so a
+    caller walking all n shares computes it once).
+    """
+    target = share_position(file_id, seg, index)
+    return _fallback_walk(ring, holders[index], target, holders)
+
+
+def share_lookup(
+    ring: Ring, file_id: bytes, seg: int, index: int, holders: tuple[PeerId, ...]
+) -> Iterator[PeerId]:
+    """Peers that may hold a share, likeliest first: its holder, then all peers clockwise."""
+    primary = holders[index]
+    yield primary
+    for peer in ring.successors(share_position(file_id, seg, index)):
+        if peer != primary:
+            yield peer
+
+
+def manifest_lookup(
+    ring: Ring, file_id: bytes, copy: int, holders: tuple[PeerId, ...]
+) -> Iterator[PeerId]:
+    """Peers that may hold manifest replica ``copy``: its holder, then all peers clockwise."""
+    primary = holders[copy]
+    yield primary
+    for peer in ring.successors(manifest_position(file_id, copy)):
+        if peer != primary:
+            yield peer
+
+
+def manifest_candidates(
+    ring: Ring, file_id: bytes, copy: int, holders: tuple[PeerId, ...]
+) -> Iterator[PeerId]:
+    """Peers to try for manifest replica ``copy``: its holder, then clockwise others."""
+    target = manifest_position(file_id, copy)
+    return _fallback_walk(ring, holders[copy], target, holders)

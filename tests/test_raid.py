@@ -1,0 +1,415 @@
+"""Burst RAID put/get/repair over an in-process transport routed to real LMDB share stores.
+
+Each fake peer owns a real ``ShareStore``; a peer can be dead (raises),
+slow (waits on an event that never fires), corrupt (flips a byte of what it
+returns) or given a virtual latency. Timeouts and hedging run on trio's
+MockClock, so no test waits in real time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+
+import pytest
+import trio
+
+from poolai.storage import placement, raid
+from poolai.storage.erasure import ErasureParams
+from poolai.storage.errors import FileChanged, NotEnoughShares, PeerError, PutFailed, StoreError
+from poolai.storage.placement import Ring
+from poolai.storage.raid import RaidConfig, ShareMeta
+from poolai.storage.store import ShareStore
+
+SEG = 1000
+PARAMS = ErasureParams(k=3, n=6, segment_size=SEG)
+CONFIG = RaidConfig(
+    peer_timeout=100.0, hedge_delay=1.0, extra_fetches=1, manifest_copies=3, manifest_happy=2
+)
+LEASE = 1_000_000
+
+
+async def inline(fn, *args):
+    """Offload that runs blocking work on the trio thread.
+
+    Under MockClock(autojump_threshold=0) a wait on a worker thread counts as
+    idle, so the clock would race ahead through every deadline while a thread
+    runs; running inline keeps virtual time exact.
+    """
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
+
+
+class Peers:
+    """In-process stand-ins for remote peers, and the transport that reaches them."""
+
+    def __init__(self, tmp_path, count: int) -> None:
+        self.ids = [b"peer-%02d" % i for i in range(count)]
+        self.stores = {
+            p: ShareStore(tmp_path / p.decode(), quota_bytes=1 << 22, durable=False)
+            for p in self.ids
+        }
+        self.dead: set[bytes] = set()
+        self.slow: set[bytes] = set()
+        self.corrupt: set[bytes] = set()
+        self.latency = 0.0
+        self.never = trio.Event()
+        self.fetched: list[tuple[bytes, bytes]] = []
+        self.stored: list[tuple[bytes, bytes]] = []
+        self.abandoned = 0
+        self.active = 0
+        self.max_active = 0
+        self.active_ids: list[bytes] = []
+        self.on_store_start = None
+
+    @property
+    def ring(self) -> Ring:
+        return Ring.from_peers(self.ids)
+
+    def live_ring(self) -> Ring:
+        return self.ring.without(self.dead)
+
+    def close(self) -> None:
+        for s in self.stores.values():
+            s.close()
+
+    async def _reach(self, peer: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if peer in self.dead:
+            raise PeerError(f"{peer!r} is gone")
+        if peer in self.slow:
+            try:
+                await self.never.wait()
+            finally:
+                self.abandoned += 1
+        if self.latency:
+            await trio.sleep(self.latency)
+
+    async def store(self, peer: bytes, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self.active_ids.append(share_id)
+        if self.on_store_start:
+            self.on_store_start(self.active_ids)
+        try:
+            await self._reach(peer)
+            self.stores[peer].put(
+                share_id, data, file_id=meta.file_id, lease_expiry=meta.lease_expiry
+            )
+            self.stored.append((peer, share_id))
+        except StoreError as exc:
+            raise PeerError(str(exc)) from exc
+        finally:
+            self.active -= 1
+            self.active_ids.remove(share_id)
+
+    async def fetch(self, peer: bytes, share_id: bytes) -> bytes:
+        self.fetched.append((peer, share_id))
+        await self._reach(peer)
+        try:
+            data = self.stores[peer].get(share_id)
+        except StoreError as exc:
+            raise PeerError(str(exc)) from exc
+        if peer in self.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:] if data else b"?"
+        return data
+
+    async def has(self, peer: bytes, share_ids: Sequence[bytes]) -> Sequence[bool]:
+        await self._reach(peer)
+        return self.stores[peer].has(list(share_ids))
+
+    async def audit(self, peer, share_id, offset, length, nonce) -> bytes:
+        await self._reach(peer)
+        return self.stores[peer].audit(share_id, offset, length, nonce)
+
+
+@pytest.fixture
+def make_peers(tmp_path):
+    made: list[Peers] = []
+
+    def make(count: int) -> Peers:
+        peers = Peers(tmp_path / f"net{len(made)}", count)
+        made.append(peers)
+        return peers
+
+    yield make
+    for peers in made:
+        peers.close()
+
+
+def write_file(tmp_path, size: int, seed: int = 0):
+    data = random.Random(seed).randbytes(size)
+    path = tmp_path / f"in-{size}-{seed}.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+async def put(peers: Peers, path, **kwargs) -> raid.PutResult:
+    return await raid.put_file(
+        path, peers, peers.ring, lease_expiry=LEASE, params=PARAMS, config=CONFIG, **kwargs
+    )
+
+
+async def get(peers: Peers, file_id: bytes, out, ring: Ring | None = None, **kwargs):
+    return await raid.get_file(
+        file_id, out, peers, ring or peers.ring, config=CONFIG, **kwargs
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 5 * SEG + 17])
+async def test_round_trip(tmp_path, make_peers, size):
+    peers = make_peers(8)
+    path, data = write_file(tmp_path, size)
+    put_progress, get_progress = [], []
+    result = await put(peers, path, progress=lambda d, t: put_progress.append((d, t)))
+    m = result.manifest
+    assert (result.shares_stored, result.shares_present, result.shares_failed) == (
+        m.segment_count * 6, 0, 0
+    )
+    assert result.manifest_copies == 3
+    out = tmp_path / "out.bin"
+    got = await get(peers, result.file_id, out, progress=lambda d, t: get_progress.append((d, t)))
+    assert got == m
+    assert out.read_bytes() == data
+    for steps in (put_progress, get_progress):
+        if size:
+            assert steps[-1] == (size, size)
+            assert [d for d, _ in steps] == sorted(d for d, _ in steps)
+
+
+async def test_every_k_subset_of_holders_rebuilds(tmp_path, make_peers):
+    peers = make_peers(6)  # six peers, n=6: every peer holds one share of every segment
+    path, data = write_file(tmp_path, 3 * SEG + 5)
+    result = await put(peers, path)
+    for alive in itertools.combinations(peers.ids, 3):
+        peers.dead = set(peers.ids) - set(alive)
+        out = tmp_path / "out.bin"
+        await get(peers, result.file_id, out, manifest=result.manifest, resume=False)
+        assert out.read_bytes() == data
+
+
+async def test_corrupt_holders_are_skipped(tmp_path, make_peers):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 4 * SEG)
+    result = await put(peers, path)
+    peers.corrupt = set(peers.ids[:3])  # exactly k honest peers left
+    out = tmp_path / "out.bin"
+    await get(peers, result.file_id, out)
+    assert out.read_bytes() == data
+    assert any(peer in peers.corrupt for peer, _ in peers.fetched)
+
+
+async def test_fewer_than_k_valid_shares_fail_clearly_and_write_nothing_wrong(
+    tmp_path, make_peers
+):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 4 * SEG)
+    result = await put(peers, path)
+    peers.corrupt = set(peers.ids[:4])
+    out = tmp_path / "out.bin"
+    with pytest.raises(NotEnoughShares, match="fewer than 3 valid shares"):
+        await get(peers, result.file_id, out, manifest=result.manifest)
+    assert data.startswith(out.read_bytes())
+
+
+async def test_manifest_is_fetched_from_any_valid_copy(tmp_path, make_peers):
+    peers = make_peers(10)
+    path, _ = write_file(tmp_path, 2 * SEG)
+    result = await put(peers, path)
+    holders = placement.manifest_holders(peers.ring, result.file_id, 3)
+    peers.dead = {holders[0]}
+    peers.corrupt = {holders[1]}
+    m = await raid.fetch_manifest(result.file_id, peers, peers.ring, config=CONFIG)
+    assert m == result.manifest
+    peers.dead = set(holders)
+    peers.corrupt = set()
+    with pytest.raises(NotEnoughShares):
+        await raid.fetch_manifest(result.file_id, peers, peers.ring, config=CONFIG)
+
+
+async def test_slow_holders_are_hedged_and_cancelled(tmp_path, make_peers, autojump_clock):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 4 * SEG)
+    result = await put(peers, path)
+    peers.slow = set(peers.ids[:3])
+    config = RaidConfig(peer_timeout=100.0, hedge_delay=1.0, extra_fetches=0)
+    start = trio.current_time()
+    out = tmp_path / "out.bin"
+    await raid.get_file(
+        result.file_id, out, peers, peers.ring, config=config, manifest=result.manifest,
+        offload=inline,
+    )
+    assert out.read_bytes() == data
+    assert peers.abandoned > 0  # slow fetches were started, then cancelled
+    assert trio.current_time() - start < config.peer_timeout  # hedges won, not timeouts
+
+
+async def test_slow_holders_time_out_when_hedging_cannot_help(
+    tmp_path, make_peers, autojump_clock
+):
+    peers = make_peers(6)
+    path, _ = write_file(tmp_path, 2 * SEG)
+    result = await put(peers, path)
+    peers.slow = set(peers.ids[:4])
+    start = trio.current_time()
+    with pytest.raises(NotEnoughShares):
+        await get(
+            peers, result.file_id, tmp_path / "out.bin", manifest=result.manifest, offload=inline
+        )
+    assert trio.current_time() - start >= CONFIG.peer_timeout
+
+
+async def test_put_falls_back_to_the_next_peer_when_a_holder_fails(tmp_path, make_peers):
+    peers = make_peers(12)
+    path, data = write_file(tmp_path, 6 * SEG)
+    peers.dead = set(peers.ids[:2])
+    result = await put(peers, path)
+    assert result.shares_failed == 0
+    assert result.shares_stored == 6 * 6
+    assert not any(peer in peers.dead for peer, _ in peers.stored)
+    out = tmp_path / "out.bin"
+    await get(peers, result.file_id, out)  # dead peers still in the ring view
+    assert out.read_bytes() == data
+
+
+async def test_put_fails_when_too_few_shares_can_be_placed(tmp_path, make_peers):
+    peers = make_peers(6)
+    path, _ = write_file(tmp_path, 2 * SEG)
+    peers.dead = set(peers.ids[:3])  # 3 of 6 placed, happy is 3 + 3//2 = 4
+    with pytest.raises(PutFailed, match="fewer than 4 shares"):
+        await put(peers, path)
+
+
+async def test_put_resumes_by_skipping_shares_holders_have(tmp_path, make_peers):
+    peers = make_peers(8)
+    path, _ = write_file(tmp_path, 3 * SEG)
+    first = await put(peers, path)
+    again = await put(peers, path)
+    assert (again.file_id, again.shares_stored, again.shares_present) == (first.file_id, 0, 18)
+    m = first.manifest
+    for seg, i in [(0, 1), (2, 5)]:
+        holder = placement.segment_holders(peers.ring, first.file_id, seg, 6)[i]
+        assert peers.stores[holder].delete(m.share_id(seg, i))
+    peers.stored.clear()
+    third = await put(peers, path)
+    assert (third.shares_stored, third.shares_present) == (2, 16)
+    assert {sid for _, sid in peers.stored} == {m.share_id(0, 1), m.share_id(2, 5)}
+
+
+async def test_put_refuses_a_file_that_changed_after_hashing(tmp_path, make_peers):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 3 * SEG)
+    m = await raid.build_manifest(path, PARAMS)
+    path.write_bytes(data[:1500] + b"X" + data[1501:])
+    with pytest.raises(FileChanged, match="segment 1"):
+        await put(peers, path, manifest=m)
+
+
+async def test_put_refuses_a_file_that_grew_after_hashing(tmp_path, make_peers):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 2 * SEG)
+    m = await raid.build_manifest(path, PARAMS)
+    path.write_bytes(data + b"more")
+    with pytest.raises(FileChanged, match="no longer"):
+        await put(peers, path, manifest=m)
+    assert peers.stored == []
+
+
+async def test_get_resumes_after_the_last_good_segment(tmp_path, make_peers):
+    peers = make_peers(8)
+    path, data = write_file(tmp_path, 5 * SEG + 3)
+    result = await put(peers, path)
+    m = result.manifest
+    out = tmp_path / "out.bin"
+    partial = bytearray(data[: 3 * SEG + 500])
+    partial[2 * SEG + 7] ^= 1  # segment 2 is damaged: resume from there
+    out.write_bytes(bytes(partial))
+    peers.fetched.clear()
+    await get(peers, result.file_id, out, manifest=m)
+    assert out.read_bytes() == data
+    early = {m.share_id(s, i) for s in (0, 1) for i in range(6)}
+    fetched = {sid for _, sid in peers.fetched}
+    assert fetched.isdisjoint(early)
+    assert any(sid in fetched for sid in m.segment_share_ids(2))
+
+
+async def test_repair_restores_full_redundancy_after_losing_n_minus_k_holders(
+    tmp_path, make_peers
+):
+    peers = make_peers(12)
+    path, data = write_file(tmp_path, 4 * SEG)
+    result = await put(peers, path)
+    fid, m = result.file_id, result.manifest
+    peers.dead = set(placement.segment_holders(peers.ring, fid, 0, 6)[:3])
+    live = peers.live_ring()
+    report = await raid.repair_file(m, peers, live, lease_expiry=LEASE, config=CONFIG)
+    assert report.shares_missing > 0
+    assert report.shares_rebuilt == report.shares_missing
+    assert (report.shares_failed, report.segments_lost) == (0, 0)
+    for seg in range(m.segment_count):
+        for i, holder in enumerate(placement.segment_holders(live, fid, seg, 6)):
+            assert peers.stores[holder].get(m.share_id(seg, i))  # hash-checked on read
+    # Full redundancy again: another n-k holders may go.
+    peers.dead |= set(placement.segment_holders(live, fid, 0, 6)[3:])
+    out = tmp_path / "out.bin"
+    await get(peers, fid, out, ring=peers.live_ring())
+    assert out.read_bytes() == data
+    again = await raid.repair_file(m, peers, live, lease_expiry=LEASE, config=CONFIG)
+    assert again.segments_lost == 0
+
+
+async def test_repair_uses_fallbacks_while_dead_peers_are_still_in_the_ring(
+    tmp_path, make_peers
+):
+    peers = make_peers(10)
+    path, data = write_file(tmp_path, 3 * SEG)
+    result = await put(peers, path)
+    fid, m = result.file_id, result.manifest
+    peers.dead = set(placement.segment_holders(peers.ring, fid, 1, 6)[:2])
+    report = await raid.repair_file(m, peers, peers.ring, lease_expiry=LEASE, config=CONFIG)
+    assert report.shares_rebuilt == report.shares_missing > 0
+    assert report.shares_failed == 0
+    peers.dead |= set(placement.segment_holders(peers.ring, fid, 1, 6)[2:4])
+    out = tmp_path / "out.bin"
+    await get(peers, fid, out)  # segment 1 now needs the rebuilt copies on fallbacks
+    assert out.read_bytes() == data
+
+
+async def test_repair_reports_segments_it_cannot_rebuild(tmp_path, make_peers):
+    peers = make_peers(6)
+    path, _ = write_file(tmp_path, 2 * SEG)
+    result = await put(peers, path)
+    peers.dead = set(peers.ids[:4])
+    report = await raid.repair_file(
+        result.manifest, peers, peers.live_ring(), lease_expiry=LEASE, config=CONFIG
+    )
+    assert report.segments_lost == 2
+    assert report.shares_rebuilt == 0
+
+
+async def test_transfers_and_segments_in_memory_are_bounded(tmp_path, make_peers, autojump_clock):
+    peers = make_peers(12)
+    peers.latency = 1.0
+    path, _ = write_file(tmp_path, 10 * SEG)
+    m = await raid.build_manifest(path, PARAMS, offload=inline)
+    segment_of = {m.share_id(s, i): s for s in range(m.segment_count) for i in range(6)}
+    most_segments = 0
+
+    def watch(active_ids):
+        nonlocal most_segments
+        most_segments = max(most_segments, len({segment_of.get(s) for s in active_ids}))
+
+    peers.on_store_start = watch
+    config = RaidConfig(max_transfers=4, segments_in_flight=2, manifest_copies=3)
+    await raid.put_file(
+        path, peers, peers.ring, lease_expiry=LEASE, config=config, manifest=m, offload=inline
+    )
+    assert peers.max_active == 4
+    assert most_segments <= 2
+
+
+async def test_put_on_an_empty_ring_is_refused(tmp_path):
+    path, _ = write_file(tmp_path, 10)
+    with pytest.raises(PutFailed, match="no peers"):
+        await raid.put_file(path, None, Ring.from_peers([]), lease_expiry=LEASE)
