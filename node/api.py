@@ -31,12 +31,13 @@ def build_app(node: Node) -> Starlette:
     async def peers(request: Request) -> JSONResponse:
         return JSONResponse({"peers": node.status()["peers"]})
 
-    return Starlette(
-        routes=[
-            Route("/api/status", status),
-            Route("/api/peers", peers),
-        ]
-    )
+    routes = [
+        Route("/api/status", status),
+        Route("/api/peers", peers),
+    ]
+    for service in node.services:
+        routes.extend(service.routes())
+    return Starlette(routes=routes)
 
 
 async def serve_api(

@@ -54,17 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-peers", type=str, help="connections to keep open")
     run.add_argument("--log-level", help="debug, info, warning or error")
     run.add_argument("--log-format", help="text or json")
-    node_sub.add_parser("id", help="print this node's peer id")
+    run.set_defaults(func=_node_run)
+    node_sub.add_parser("id", help="print this node's peer id").set_defaults(func=_node_id)
 
     status = sub.add_parser("status", help="ask the running local node for its status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node")
+    status.set_defaults(func=_status)
 
     cfg = sub.add_parser("config", help="inspect the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     cfg_sub.required = True
-    cfg_sub.add_parser("show", help="print the effective config and where each value came from")
+    cfg_sub.add_parser(
+        "show", help="print the effective config and where each value came from"
+    ).set_defaults(func=_config_show)
+    for register in _command_modules():
+        register(sub)
     return parser
+
+
+def _command_modules() -> list:
+    """``register(subparsers)`` functions of the command groups kept in their own modules."""
+    return []
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,15 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "node" and args.node_command == "run":
-        return _node_run(args)
-    if args.command == "node" and args.node_command == "id":
-        return _node_id(args)
-    if args.command == "status":
-        return _status(args)
-    if args.command == "config":
-        return _config_show(args)
-    raise CliError(f"unknown command {args.command}")
+    return args.func(args)
 
 
 def _node_run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -35,6 +35,23 @@ RUNTIME_FILE = "node.json"
 SAVE_PEERS_EVERY = 30.0
 
 
+class NodeService(Protocol):
+    """A long-running part of the node (overlay, capacity, storage, jobs ...).
+
+    ``run`` serves until cancelled and calls ``task_status.started()`` once it is
+    ready; ``status`` returns this service's section of ``/api/status``; ``routes``
+    returns the Starlette routes it adds to the local API.
+    """
+
+    name: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def routes(self) -> list[Any]: ...
+
+
 class Node:
     """One PoolAI node. Use :func:`open_node`, or ``await nursery.start(node.run)``."""
 
@@ -45,6 +62,7 @@ class Node:
         self.book: PeerBook | None = None
         self.connections: ConnectionManager | None = None
         self.api_url: str | None = None
+        self.services: list[NodeService] = []
         self.started_at = 0.0
         self._stopped = trio.Event()
 
@@ -65,9 +83,12 @@ class Node:
             self.book = PeerBook(host.peer_id)
             self._load_peers()
             self.connections = ConnectionManager(host, self.book, target_peers=self.config.max_peers)
+            self.services = self._build_services()
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.connections.run)
+                    for service in self.services:
+                        await nursery.start(service.run)
                     self.api_url = await nursery.start(
                         serve_api, self, self.config.api_host, self.config.api_port
                     )
@@ -82,6 +103,18 @@ class Node:
                 self._remove_runtime_file()
                 self._stopped.set()
 
+    def _build_services(self) -> list[NodeService]:
+        """The node's services, in start order (each may use the ones before it)."""
+        services: list[NodeService] = []
+        return services
+
+    def service(self, name: str) -> Any:
+        """The running service called ``name``; KeyError if this node has none."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
     # ------------------------------------------------------------------ state for API and CLI
     def status(self) -> dict[str, Any]:
         host = self.host
@@ -95,7 +128,7 @@ class Node:
                     "addrs": list(entry.addrs) if entry else [],
                 }
             )
-        return {
+        status = {
             "peer_id": host.peer_id,
             "addrs": host.addrs(),
             "version": __version__,
@@ -104,6 +137,9 @@ class Node:
             "known_peers": len(self.book),
             "api": self.api_url,
         }
+        for service in self.services:
+            status[service.name] = service.status()
+        return status
 
     # ------------------------------------------------------------------ persistence
     def _load_peers(self) -> None:
