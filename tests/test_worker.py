@@ -1,0 +1,293 @@
+"""The worker (in-process via ``execute``) and the runner (real, sandboxed processes).
+
+Only three tests start a worker that imports torch (~3-5 s each); the rest run the
+worker's core in this process or sandbox tiny ``python -c`` programs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+from safetensors.torch import load_file, save_file
+
+from poolai.node.jobspec import (
+    BuiltinProgram,
+    FileRef,
+    JobSpec,
+    JobStatus,
+    Loss,
+    MLPConfig,
+    Mode,
+    Pt2Program,
+    TrainSpec,
+    TransformerConfig,
+    job_to_dict,
+)
+from poolai.node.models import build_model
+from poolai.node.runner import (
+    ProcessLimits,
+    WorkerPolicy,
+    run_isolated,
+    run_job,
+    worker_argv,
+)
+from poolai.node.worker import OUTPUT_FILE, execute
+
+MLP = MLPConfig(16, (32,), 4)
+GPT = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=16)
+IS_ROOT = os.geteuid() == 0
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def put(directory: Path, name: str, tensors: dict[str, torch.Tensor] | None = None,
+        data: bytes | None = None) -> FileRef:
+    path = directory / name
+    if tensors is not None:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    else:
+        path.write_bytes(data or b"")
+    body = path.read_bytes()
+    return FileRef(name, hashlib.sha256(body).hexdigest(), len(body))
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "out").mkdir()
+    return tmp_path / "files", tmp_path / "out"
+
+
+@pytest.fixture(scope="session")
+def mlp_pt2() -> tuple[bytes, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model(MLP).eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(model, (torch.randn(8, 16),), dynamic_shapes={"x": {0: batch}})
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    return buf.getvalue(), model
+
+
+def builtin_job(files: Path, config, inputs: dict[str, torch.Tensor],  # type: ignore[no-untyped-def]
+                **kw) -> tuple[JobSpec, torch.nn.Module]:
+    torch.manual_seed(1)
+    model = build_model(config)
+    weights = put(files, "weights.safetensors", model.state_dict())
+    job = JobSpec("job-1", "peer1", BuiltinProgram(config, weights),
+                  put(files, "inputs.safetensors", inputs), **kw)
+    return job, model
+
+
+def pt2_job(files: Path, archive: bytes, model: torch.nn.Module, x: torch.Tensor) -> JobSpec:
+    program = Pt2Program(put(files, "model.pt2", data=archive),
+                         put(files, "weights.safetensors", model.state_dict()))
+    return JobSpec("job-2", "peer1", program, put(files, "inputs.safetensors", {"x": x}))
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_execute_trains_an_mlp_and_returns_weights_and_losses(dirs) -> None:
+    files, out = dirs
+    x = torch.randn(32, 16)
+    job, _ = builtin_job(files, MLP, {"x": x, "target": torch.randn(32, 4)}, mode=Mode.TRAIN,
+                         train=TrainSpec(steps=5, lr=0.05, loss=Loss.MSE))
+    result = execute(job, files, out)
+    assert result.status is JobStatus.OK, result.error
+    assert len(result.losses) == 5 and result.losses[-1] < result.losses[0]
+    weights = load_file(out / OUTPUT_FILE)
+    assert set(weights) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
+    assert result.output is not None
+    assert result.output.sha256 == hashlib.sha256((out / OUTPUT_FILE).read_bytes()).hexdigest()
+
+
+def test_execute_refuses_bad_files_with_clear_errors(dirs) -> None:
+    files, out = dirs
+    job, _ = builtin_job(files, MLP, {"x": torch.randn(3, 15)})
+    result = execute(job, files, out)
+    assert result.status is JobStatus.REFUSED
+    assert result.error == "inputs: x has shape [3, 15], expected ['batch', 16]"
+    (files / "weights.safetensors").write_bytes(b"tampered")
+    result = execute(job, files, out)
+    assert result.status is JobStatus.REFUSED and "has 8 bytes" in result.error
+    assert not (out / OUTPUT_FILE).exists()
+
+
+def test_execute_runs_a_sanitised_pt2_and_refuses_an_attack(dirs, mlp_pt2) -> None:
+    files, out = dirs
+    archive, model = mlp_pt2
+    x = torch.randn(7, 16)
+    result = execute(pt2_job(files, archive, model, x), files, out)
+    assert result.status is JobStatus.OK, result.error
+    with torch.inference_mode():
+        assert torch.allclose(load_file(out / OUTPUT_FILE)["output"], model(x), atol=1e-6)
+
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    model_json = next(n for n in members if n.endswith("models/model.json"))
+    doc = json.loads(members[model_json])
+    doc["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.aten.from_file.default"
+    members[model_json] = json.dumps(doc).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    result = execute(pt2_job(files, buf.getvalue(), model, x), files, out)
+    assert result.status is JobStatus.REFUSED
+    assert "from_file.default' is not on the allow-list" in result.error
+
+
+def test_execute_reports_a_program_failure(dirs, mlp_pt2) -> None:
+    files, out = dirs
+    archive, model = mlp_pt2
+    weights = {k: v for k, v in model.state_dict().items() if k != "layers.1.bias"}
+    job = pt2_job(files, archive, model, torch.randn(2, 16))
+    program = Pt2Program(job.program.archive, put(files, "weights.safetensors", weights))
+    result = execute(JobSpec("job-3", "peer1", program, job.inputs), files, out)
+    assert result.status is JobStatus.FAILED
+    assert result.error.startswith("RuntimeError") and "layers.1.bias" in result.error
+
+
+# ----------------------------------------------------------------------------- real workers
+
+
+async def test_worker_process_runs_an_mlp_forward(dirs) -> None:
+    files, out = dirs
+    x = torch.randn(9, 16)
+    job, model = builtin_job(files, MLP, {"x": x})
+    with trio.fail_after(120):
+        outcome = await run_job(job, files, out)
+    result = outcome.result
+    assert result.status is JobStatus.OK, (result.error, outcome.process.stderr[-2000:])
+    with torch.no_grad():
+        assert torch.allclose(load_file(out / OUTPUT_FILE)["y"], model(x), rtol=1e-5, atol=1e-6)
+    assert result.device.startswith("cpu")
+    assert result.timings.wall_s > 0 and result.timings.cpu_s > 0
+    assert result.peak_rss_bytes > 50 << 20  # torch is loaded
+    assert outcome.process.network_isolated == IS_ROOT
+
+
+async def test_worker_process_runs_a_transformer_forward(dirs) -> None:
+    files, out = dirs
+    tokens = torch.randint(0, GPT.vocab_size, (3, 11))
+    job, model = builtin_job(files, GPT, {"tokens": tokens})
+    with trio.fail_after(120):
+        outcome = await run_job(job, files, out)
+    assert outcome.result.status is JobStatus.OK, outcome.result.error
+    with torch.no_grad():
+        ref = model.eval()(tokens)
+    logits = load_file(out / OUTPUT_FILE)["logits"]
+    assert logits.shape == (3, 11, 50)
+    assert torch.allclose(logits, ref, rtol=1e-4, atol=1e-5)
+
+
+async def test_worker_process_runs_a_pt2_program(dirs, mlp_pt2) -> None:
+    files, out = dirs
+    archive, model = mlp_pt2
+    x = torch.randn(100, 16)
+    with trio.fail_after(120):
+        outcome = await run_job(pt2_job(files, archive, model, x), files, out)
+    assert outcome.result.status is JobStatus.OK, outcome.result.error
+    with torch.inference_mode():
+        assert torch.allclose(load_file(out / OUTPUT_FILE)["output"], model(x),
+                              rtol=1e-5, atol=1e-6)
+
+
+async def test_job_over_its_timeout_is_killed_and_reported(dirs) -> None:
+    files, out = dirs
+    config = MLPConfig(512, (2048, 2048), 512)
+    x = torch.randn(2048, 512)
+    job, _ = builtin_job(files, config, {"x": x, "target": x.clone()}, mode=Mode.TRAIN,
+                         train=TrainSpec(steps=10_000, lr=0.01), timeout_s=1.0)
+    with trio.fail_after(60):
+        outcome = await run_job(job, files, out)
+    assert outcome.result.status is JobStatus.TIMED_OUT
+    assert outcome.result.error == "killed after its timeout of 1 s"
+    assert outcome.process.returncode is None and outcome.process.timed_out
+    assert not (out / OUTPUT_FILE).exists()
+
+
+async def test_worker_refuses_a_bad_config_before_importing_torch(dirs) -> None:
+    files, out = dirs
+    job, _ = builtin_job(files, MLP, {"x": torch.randn(2, 16)})
+    wire = job_to_dict(job)
+    wire["program"]["config"]["hidden"] = [0]
+    argv = worker_argv(WorkerPolicy(), files, out)
+    with trio.fail_after(60):
+        proc = await run_isolated(argv, stdin=json.dumps(wire).encode(),
+                                  limits=ProcessLimits(timeout_s=30, memory_bytes=256 << 20),
+                                  env=ENV)
+    assert proc.returncode == 2, proc.stderr.decode()[-2000:]
+    record = json.loads((out / "result.json").read_text())
+    assert record["status"] == "refused"
+    assert record["error"] == "hidden width=0 is outside [1, 65536]"
+
+
+# ----------------------------------------------------------------------------- the sandbox
+
+
+async def py(code: str, **limits) -> tuple:  # type: ignore[no-untyped-def]
+    with trio.fail_after(60):
+        return await run_isolated([sys.executable, "-c", code], stdin=b"",
+                                  limits=ProcessLimits(**{"timeout_s": 30, **limits}), env=ENV)
+
+
+async def test_sandbox_applies_the_memory_cap() -> None:
+    proc = await py("bytearray(512 << 20)", memory_bytes=256 << 20)
+    assert proc.returncode == 1 and b"MemoryError" in proc.stderr
+    proc = await py("bytearray(64 << 20)", memory_bytes=256 << 20)
+    assert proc.returncode == 0
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a network namespace needs root")
+async def test_sandbox_has_no_network() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code = (f"import socket\ntry:\n socket.create_connection(('127.0.0.1', {port}), 5)\n"
+                f" print('connected')\nexcept OSError as e:\n print('errno', e.errno)")
+        isolated = await py(code)
+        control = await py(code, isolate_network=False)
+    assert isolated.network_isolated and isolated.stdout.strip() == b"errno 101"  # unreachable
+    assert not control.network_isolated and control.stdout.strip() == b"connected"
+
+
+async def test_sandbox_caps_captured_output_and_sets_threads() -> None:
+    proc = await py("import os; print(os.environ['OMP_NUM_THREADS']); print('x' * 200000)",
+                    capture_bytes=1000, threads=3)
+    assert proc.stdout.startswith(b"3\nxxx") and len(proc.stdout) == 1000
+    assert proc.stdout_dropped == 200003 - 1000
+
+
+async def test_sandbox_timeout_and_cancellation_kill_the_process(tmp_path: Path) -> None:
+    proc = await py("import time; time.sleep(60)", timeout_s=0.5)
+    assert proc.timed_out and proc.returncode is None
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)  # the child writes its pid here; reading blocks until it has
+    code = f"import os, time; open({str(fifo)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(py, code)
+            pid = int(await trio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True))
+            nursery.cancel_scope.cancel()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped before the cancelled nursery exited
+
+
+def test_node_side_modules_do_not_import_torch() -> None:
+    code = ("import sys, poolai.node.runner, poolai.node.worker, poolai.node.sanitise; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.stdout.strip() == b"[]", proc.stderr.decode()[-2000:]
