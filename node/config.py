@@ -68,6 +68,21 @@ def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
     return parse
 
 
+def _float_in(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"{number} is outside {lo}..{hi}")
+        return number
+
+    return parse
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).lower()
@@ -103,6 +118,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_host", "127.0.0.1", _host, "address of the local API and status page"),
     Setting("api_port", 8740, _int_in(0, 65535), "port of the local API (0 = any free port)"),
     Setting("max_peers", 32, _int_in(1, 1000), "connections the node keeps open"),
+    Setting("overlay_scale", 1.0, _float_in(0.01, 100.0),
+            "multiplier on overlay maintenance periods (below 1 = faster, for small test meshes)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -119,6 +136,7 @@ class Config:
     api_host: str
     api_port: int
     max_peers: int
+    overlay_scale: float
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"

@@ -105,7 +105,9 @@ class Node:
 
     def _build_services(self) -> list[NodeService]:
         """The node's services, in start order (each may use the ones before it)."""
-        services: list[NodeService] = []
+        from poolai.node.overlay_service import OverlayService
+
+        services: list[NodeService] = [OverlayService(self)]
         return services
 
     def service(self, name: str) -> Any:

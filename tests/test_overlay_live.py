@@ -1,0 +1,81 @@
+"""Twelve node processes form the overlay ring, answer lookups, and heal after SIGKILLs."""
+
+from __future__ import annotations
+
+import bisect
+import random
+import signal
+
+import httpx
+import pytest
+from nodeproc import NodeProcess, stop_all, wait_until
+
+from poolai.mesh.host import peer_id_bytes
+from poolai.mesh.ring import node_position
+
+pytestmark = pytest.mark.timeout(240)
+FAST = {"POOLAI_OVERLAY_SCALE": "0.05"}  # probe every 1.5 s, stabilise every 3 s
+
+
+def true_successor(ring: list[tuple[int, str]], position: int, *, strictly_after: bool) -> str:
+    """Owner of ``position`` on a sorted ring: first node at or after it (clockwise)."""
+    positions = [p for p, _ in ring]
+    index = (bisect.bisect_right if strictly_after else bisect.bisect_left)(positions, position)
+    return ring[index % len(ring)][1]
+
+
+def ring_of(nodes: list[NodeProcess]) -> list[tuple[int, str]]:
+    return sorted((node_position(peer_id_bytes(n.peer_id)), n.peer_id) for n in nodes)
+
+
+def ring_is_correct(nodes: list[NodeProcess]) -> bool:
+    ring = ring_of(nodes)
+    for node in nodes:
+        overlay = node.get("/api/overlay")
+        if not overlay["successors"]:
+            return False
+        expected = true_successor(ring, int(overlay["position"], 16), strictly_after=True)
+        if overlay["successors"][0]["peer_id"] != expected:
+            return False
+    return True
+
+
+def lookups_correct(nodes: list[NodeProcess], keys: list[int]) -> tuple[int, int]:
+    """(correct answers, total) for every node looking up every key."""
+    ring = ring_of(nodes)
+    good = total = 0
+    for node in nodes:
+        reply = httpx.post(
+            node.api + "/api/overlay/lookup",
+            json={"positions": [f"{k:016x}" for k in keys]},
+            timeout=60,
+        ).json()
+        for key, result in zip(keys, reply["results"], strict=True):
+            total += 1
+            good += result["owner"] == true_successor(ring, key, strictly_after=False)
+    return good, total
+
+
+def test_ring_forms_routes_and_heals(tmp_path):
+    rng = random.Random(7)
+    keys = [rng.getrandbits(64) for _ in range(100)]
+    nodes = [NodeProcess(tmp_path / "n0", env=FAST).start()]
+    try:
+        for i in range(1, 12):
+            nodes.append(
+                NodeProcess(tmp_path / f"n{i}", "--bootstrap", nodes[0].addr, env=FAST).start()
+            )
+        wait_until(lambda: ring_is_correct(nodes), 30, "every successor to be the true one")
+        good, total = lookups_correct(nodes, keys)
+        assert (good, total) == (1200, 1200)
+
+        victims = [nodes[3], nodes[7], nodes[10]]
+        for victim in victims:
+            victim.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            victim.proc.wait()  # type: ignore[union-attr]
+        live = [n for n in nodes if n not in victims]
+        wait_until(lambda: ring_is_correct(live), 30, "the ring to heal after three SIGKILLs")
+        good, total = lookups_correct(live, keys)
+        assert (good, total) == (900, 900)
+    finally:
+        stop_all(nodes)
