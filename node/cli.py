@@ -168,6 +168,15 @@ def _status(args: argparse.Namespace) -> int:
     print(f"peers:    {len(data['peers'])} connected, {data['known_peers']} known")
     for peer in data["peers"]:
         print(f"  {peer['peer_id']}")
+    overlay = data.get("overlay")
+    if overlay:
+        def ids(group: str) -> str:
+            return ", ".join(p["peer_id"][-8:] for p in overlay[group]) or "-"
+
+        print(f"overlay:  position {overlay['position']}, network size ~{overlay['size_estimate']:g}, "
+              f"coordinate error {overlay['coordinate']['error']:.2f}")
+        for group in ("successors", "predecessors", "long", "proximity"):
+            print(f"  {group:<12} {ids(group)}")
     return 0
 
 
