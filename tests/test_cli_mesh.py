@@ -16,7 +16,7 @@ def test_three_nodes_join_restart_and_stop(tmp_path):
     a = NodeProcess(tmp_path / "a").start()
     nodes = [a]
     try:
-        b = NodeProcess(tmp_path / "b", "--bootstrap", a.addr).start()
+        b = NodeProcess(tmp_path / "b", "--bootstrap", a.addr, "--log-format", "json").start()
         nodes.append(b)
         c = NodeProcess(tmp_path / "c", "--bootstrap", b.addr).start()
         nodes.append(c)
@@ -27,6 +27,8 @@ def test_three_nodes_join_restart_and_stop(tmp_path):
             return all(n.connected() == ids - {n.peer_id} for n in nodes)
 
         wait_until(fully_connected, 30, "all three nodes connected to each other")
+        json_logs = [json.loads(line) for line in b.output if line.startswith("{")]
+        assert json_logs and all({"ts", "level", "logger", "msg"} <= set(e) for e in json_logs)
 
         # `poolai status --json` reads the same state through the CLI
         out = subprocess.run(
@@ -49,8 +51,8 @@ def test_three_nodes_join_restart_and_stop(tmp_path):
     finally:
         results = []
         for node in nodes:
-            if node.alive:
-                results.append(node.stop(signal.SIGTERM))
+            if node.alive:  # Ctrl-C for the first node, SIGTERM for the others
+                results.append(node.stop(signal.SIGINT if node is a else signal.SIGTERM))
         stop_all(nodes)
     assert all(code == 0 and took < 5 for code, took in results), results
 
