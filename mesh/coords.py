@@ -35,12 +35,13 @@ class VivaldiConfig:
     ``cc`` scales how far one sample moves the coordinate, ``ce`` how fast the
     error estimate follows the observed error (Dabek et al. use 0.25 for both).
     ``min_height`` keeps heights positive: a zero height would let two nodes
-    on the same host predict 0 ms. Four dimensions plus height predict
+    on the same host predict 0 ms. Eight dimensions plus height predict
     short RTTs (the ones nearest-peer choices hinge on) clearly better than
-    Dabek's two on PlanetLab data, for two more floats per coordinate.
+    Dabek's two on PlanetLab data (docs/overlay-sim.md), for six more floats
+    per coordinate.
     """
 
-    dimensions: int = 4
+    dimensions: int = 8
     cc: float = 0.25
     ce: float = 0.25
     min_height_ms: float = 0.1
@@ -117,7 +118,7 @@ def update(
     ):
         return local
     rtt = max(rtt_ms, MIN_RTT_MS)
-    diff = [x - y for x, y in zip(lv, rv)]
+    diff = [x - y for x, y in zip(lv, rv, strict=True)]
     plane = math.sqrt(sum([d * d for d in diff]))
     if not math.isfinite(plane):
         return local  # a non-finite remote vector
@@ -138,8 +139,8 @@ def update(
     # splits the step between plane and heights in proportion to their sizes. Starting
     # from one point, that sends almost every early step into the heights and the plane
     # unfolds slowly; here the plane takes the whole step along its own unit vector and
-    # the heights their proportional share on top, which converges about twice as fast.
+    # the heights their proportional share on top, which converges faster.
     force = config.cc * weight * (rtt - dist)
-    vec = tuple([x + force * d / plane for x, d in zip(lv, diff)])
+    vec = tuple([x + force * d / plane for x, d in zip(lv, diff, strict=True)])
     height = max(config.min_height_ms, local.height + force * heights / dist)
     return Coord(vec, height, error)

@@ -38,17 +38,19 @@ class OverlayConfig:
     max_out_links: int = 8
     max_incoming: int = 32
     resize_factor: float = 2.0  # re-draw long links when the size estimate moves this much
-    probe_interval: float = 30.0
+    probe_interval: float = 60.0
     probe_misses: int = 3  # a link missing this many probes in a row is declared failed
     stabilise_interval: float = 60.0
     exchange_interval: float = 600.0  # refresh each neighbour's link list this often
     exchange_batch: int = 4  # at most this many neighbour-list requests per maintenance call
-    sample_interval: float = 30.0  # two coordinate samples this often: one far, one near
-    near_samples: int = 8  # the near sample is drawn from this many nearest measured peers
+    sample_interval: float = 30.0  # coordinate samples this often: one far, some near
+    near_samples: int = 8  # near samples are drawn from this many nearest measured peers
+    near_per_sample: int = 2  # near samples per sample_interval
+    walk_per_sample: int = 2  # probes per sample_interval of peers a proximity walk named
     proximity_interval: float = 60.0
     long_retry: float = 60.0  # re-issue a long-link lookup that got no answer after this long
     failed_memory: float = 600.0  # ignore second-hand news of a failed peer this long
-    rtt_memory: int = 256  # measured RTTs kept (links first, then the most recent)
+    rtt_memory: int = 64  # measured RTTs kept (links first, then the most recent)
     step_limit: int = 8  # next hops in one step answer
     bits_per_hop: float = 4.0  # ring bits one lookup round resolves, for the latency weight
     default_rtt_ms: float = 150.0  # assumed RTT to a peer with no coordinate
@@ -107,6 +109,15 @@ class LinkSet:
 
     def clipped(self) -> LinkSet:
         """This link set cut to the wire bounds (apply to anything received from a peer)."""
+        if (
+            len(self.successors) <= MAX_LIST
+            and len(self.predecessors) <= MAX_LIST
+            and len(self.long) <= MAX_LONG
+            and len(self.proximity) <= MAX_PROXIMITY
+            and len(self.incoming) <= MAX_INCOMING
+            and len(self.out) <= MAX_LIST + MAX_LONG + MAX_PROXIMITY
+        ):
+            return self
         return dataclasses.replace(
             self,
             successors=self.successors[:MAX_LIST],
@@ -138,6 +149,13 @@ class AskNeighbours:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AskNear:
+    """Ask ``peer`` for ``near(our coordinate)``; report it with ``merge_near``."""
+
+    peer: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FindLong:
     """Look up the owner of ``target``; report ``long_link_found(slot, target, owner)``."""
 
@@ -152,4 +170,4 @@ class Drop:
     peer: bytes
 
 
-Action = Probe | AskNeighbours | FindLong | Drop
+Action = Probe | AskNeighbours | AskNear | FindLong | Drop

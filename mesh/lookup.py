@@ -33,6 +33,8 @@ from poolai.mesh.coords import Coord
 from poolai.mesh.ring import ring_distance
 from poolai.mesh.routing import PeerInfo, Step, hop_cost
 
+MAX_EXCLUDE = 64  # the most exclude entries a hop honours from one request
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LookupConfig:
@@ -44,8 +46,10 @@ class LookupConfig:
     max_exclude: int = 32
 
     def __post_init__(self) -> None:
-        if self.alpha < 1 or self.max_queries < 1 or self.hop_limit < 1 or self.max_exclude < 0:
+        if self.alpha < 1 or self.max_queries < 1 or self.hop_limit < 1:
             raise ValueError("lookup bounds must be positive")
+        if not 0 <= self.max_exclude <= MAX_EXCLUDE:
+            raise ValueError(f"max_exclude must be in 0..{MAX_EXCLUDE}")
 
 
 DEFAULT_LOOKUP = LookupConfig()

@@ -91,7 +91,7 @@ def harmonic_fraction(size_estimate: float, u: float) -> float:
     routing over such links take O(log^2 n / k) hops.
     """
     n = max(size_estimate, 2.0)
-    return n ** (u - 1.0)
+    return float(n ** (u - 1.0))
 
 
 def harmonic_cdf(fraction: float, size_estimate: float) -> float:

@@ -139,7 +139,9 @@ def step(
         if other.node.peer_id in exclude or not (other.successors or other.predecessors):
             continue
         other_chain = owner_chain(other, key, exclude)
-        if other_chain:
+        # A neighbour's chain naming us contradicts our own lists, which did not cover the
+        # key: its view is stale or has a gap, so it is ignored.
+        if other_chain and all(p.peer_id != me.peer_id for p in other_chain):
             d = ring_distance(other.node.position, key)
             if best_view is None or d < best_view[0]:
                 best_view = (d, other_chain)

@@ -1,8 +1,10 @@
-"""The node's local HTTP API (and, later, its status page).
+"""The node's local HTTP API, its status page and ``/metrics``.
 
 Starlette on hypercorn's trio worker: both run natively inside the node's trio
 nursery, so API handlers read live node state directly, with no thread hop and
-no second event loop. The API binds 127.0.0.1 by default.
+no second event loop. The API binds 127.0.0.1 by default; every request passes
+:class:`~poolai.node.auth.AuthMiddleware` first (admin token, Host and Origin
+checks).
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from poolai.node import metrics
+from poolai.node.auth import AuthMiddleware, Policy
+from poolai.node.web import web_routes
 
 if TYPE_CHECKING:
     from poolai.node.node import Node
@@ -25,19 +31,34 @@ log = logging.getLogger(__name__)
 
 
 def build_app(node: Node) -> Starlette:
+    """The ASGI app of ``node``: core routes, every service's routes, the page, the admin API."""
+
     async def status(request: Request) -> JSONResponse:
+        """Everything the node knows about itself, one section per service."""
         return JSONResponse(node.status())
 
     async def peers(request: Request) -> JSONResponse:
+        """Connected peers."""
         return JSONResponse({"peers": node.status()["peers"]})
 
-    routes = [
+    async def metrics_text(request: Request) -> Response:
+        """The status in Prometheus text format."""
+        counts = node.log_ring.counts() if node.log_ring else None
+        return Response(metrics.render(metrics.collect(node.status(), counts)),
+                        media_type=metrics.CONTENT_TYPE)
+
+    routes: list[BaseRoute] = [
         Route("/api/status", status),
         Route("/api/peers", peers),
+        Route("/metrics", metrics_text),
     ]
     for service in node.services:
         routes.extend(service.routes())
-    return Starlette(routes=routes)
+    routes.extend(web_routes(node))
+    app = Starlette(routes=routes)
+    # Always installed: a node without a token (never the case once run() started) refuses admin calls.
+    app.add_middleware(AuthMiddleware, policy=Policy.for_bind(node.admin_token, node.config.api_host))
+    return app
 
 
 async def serve_api(

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", help="text or json")
     run.set_defaults(func=_node_run)
     node_sub.add_parser("id", help="print this node's peer id").set_defaults(func=_node_id)
+    node_sub.add_parser(
+        "url", help="print the running node's status page URL, admin token included"
+    ).set_defaults(func=_node_url)
 
     status = sub.add_parser("status", help="ask the running local node for its status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -75,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_modules() -> list:
     """``register(subparsers)`` functions of the command groups kept in their own modules."""
-    return []
+    from poolai.node import cli_capacity, cli_credits, cli_jobs, cli_storage
+
+    return [cli_capacity.register, cli_jobs.register, cli_storage.register, cli_credits.register]
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,6 +125,7 @@ def _node_run(args: argparse.Namespace) -> int:
                 for addr in running.host.addrs():
                     print(f"listening: {addr}", flush=True)
                 print(f"api: {running.api_url}", flush=True)
+                print(f"status page: {running.status_url}", flush=True)
                 async for signum in signals:
                     log.info("received %s, stopping", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
@@ -155,6 +161,21 @@ def _node_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_url(args: argparse.Namespace) -> int:
+    from poolai.node.auth import TOKEN_FILE, read_token
+    from poolai.node.node import read_runtime_file
+
+    config = config_mod.load(args.data_dir, {})
+    info = read_runtime_file(config.data_dir)
+    if not info or not info.get("api"):
+        raise CliError(f"no running node found in {config.data_dir} (start one with 'poolai node run')")
+    token = read_token(config.data_dir)
+    if token is None:
+        raise CliError(f"cannot read {config.data_dir / TOKEN_FILE} (is it yours, with mode 0600?)")
+    print(f"{info['api']}/#token={token}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     config = config_mod.load(args.data_dir, {})
     data = fetch_local(config.data_dir, "/api/status", args.timeout)
@@ -181,14 +202,18 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def fetch_local(data_dir: Path, path: str, timeout: float) -> Any:
-    """GET ``path`` from the node running in ``data_dir``; CliError when there is none."""
+    """GET ``path`` from the node running in ``data_dir``; CliError when there is none.
+
+    Sends the node's admin token when this user can read it, so admin routes work too.
+    """
+    from poolai.node.auth import auth_headers
     from poolai.node.node import read_runtime_file
 
     info = read_runtime_file(data_dir)
     if not info or not info.get("api"):
         raise CliError(f"no running node found in {data_dir} (start one with 'poolai node run')")
     try:
-        response = httpx.get(info["api"] + path, timeout=timeout)
+        response = httpx.get(info["api"] + path, timeout=timeout, headers=auth_headers(data_dir))
         response.raise_for_status()
         return response.json()
     except httpx.HTTPError as exc:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from poolai.node.payout import parse_payout_setting
+
 CONFIG_FILE = "config.toml"
 
 
@@ -93,6 +95,54 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _text(max_len: int) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip()
+        if len(text) > max_len:
+            raise ValueError(f"longer than {max_len} characters")
+        return text
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _with_unit(units: dict[str, int], lo: int, hi: int, what: str) -> Callable[[Any], int]:
+    """Parse ``10GiB`` / ``7d`` style values (or a plain number) into an int within lo..hi."""
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected {what}")
+        text = str(value).strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits):]
+        if unit not in units:
+            raise ValueError(f"unknown unit {unit!r} in {value!r} (use {', '.join(u for u in units if u)})")
+        try:
+            number = int(float(digits) * units[unit])
+        except ValueError:
+            raise ValueError(f"expected {what}, got {value!r}") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"{value!r} is outside {lo}..{hi}")
+        return number
+
+    return parse
+
+
 def _host(value: Any) -> str:
     text = str(value).strip()
     if not text or len(text) > 253 or " " in text:
@@ -117,9 +167,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bootstrap", [], _peer_addr_list, "peers to join through (/ip4/../tcp/../p2p/<id>)"),
     Setting("api_host", "127.0.0.1", _host, "address of the local API and status page"),
     Setting("api_port", 8740, _int_in(0, 65535), "port of the local API (0 = any free port)"),
+    Setting("api_remote", False, _bool,
+            "allow api_host to be a non-loopback address (every request then needs the admin token)"),
     Setting("max_peers", 32, _int_in(1, 1000), "connections the node keeps open"),
     Setting("overlay_scale", 1.0, _float_in(0.01, 100.0),
             "multiplier on overlay maintenance periods (below 1 = faster, for small test meshes)"),
+    Setting("inventory_file", "", _text(4096),
+            "JSON file describing simulated devices (empty = read the GPUs through NVML)"),
+    Setting("job_slots", 1, _int_in(0, 1024), "jobs this node runs at once"),
+    Setting("job_queue", 16, _int_in(0, 4096), "accepted jobs that may wait for a slot"),
+    Setting("job_memory_mib", 4096, _int_in(1024, 1 << 20),
+            "address-space cap of a CPU job's worker process, in MiB"),
+    Setting("capacity_heartbeat", 10.0, _float_in(0.2, 3600.0), "seconds between capacity adverts"),
+    Setting("capacity_expiry", 3, _int_in(2, 100), "missed heartbeats before a peer's advert expires"),
+    Setting("payout_address", "", parse_payout_setting,
+            "Solana address where this node's credits are paid (advertised; empty = none)"),
+    Setting("redundancy_fraction", 0.05, _float_in(0.0, 1.0),
+            "share of submitted jobs also run on a second peer to check the results"),
+    Setting("credits_sync_interval", 60.0, _float_in(0.1, 86400.0),
+            "seconds between pulls of new credit receipts from connected peers"),
+    Setting("storage_quota", 10 << 30, _with_unit(_SIZE_UNITS, 1 << 20, 1 << 50, "a size like 10GiB"),
+            "bytes of shares this node keeps for the mesh (e.g. 10GiB, 500MB)"),
+    Setting("storage_lease", 7 * 86400, _with_unit(_DURATION_UNITS, 1, 10 * 365 * 86400, "a duration"),
+            "how long unpinned files put from this node are kept (e.g. 7d, 12h)"),
+    Setting("storage_interval", 600, _with_unit(_DURATION_UNITS, 1, 86400, "a duration"),
+            "seconds between storage upkeep passes (gc, scrub, repair, audit)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -135,8 +207,21 @@ class Config:
     bootstrap: list[str]
     api_host: str
     api_port: int
+    api_remote: bool
     max_peers: int
     overlay_scale: float
+    inventory_file: str
+    job_slots: int
+    job_queue: int
+    job_memory_mib: int
+    capacity_heartbeat: float
+    capacity_expiry: int
+    payout_address: str
+    redundancy_fraction: float
+    credits_sync_interval: float
+    storage_quota: int
+    storage_lease: int
+    storage_interval: int
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"

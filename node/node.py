@@ -1,9 +1,9 @@
 """The node: the composition root that owns the nursery, the host and every service.
 
-Start order: identity → libp2p host → protocol services → connection manager →
-local API → runtime file. Stop order is the reverse, driven by cancelling the
-node's nursery; the peer book is saved on the way out so a restarted node can
-rejoin without its bootstrap list.
+Start order: admin token and in-memory log ring → identity → libp2p host →
+protocol services → connection manager → local API → runtime file. Stop order
+is the reverse, driven by cancelling the node's nursery; the peer book is saved
+on the way out so a restarted node can rejoin without its bootstrap list.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from poolai.mesh import identity
 from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
-from poolai.node import __version__
+from poolai.node import __version__, auth
 from poolai.node.api import serve_api
-from poolai.node.config import Config
+from poolai.node.config import Config, ConfigError
+from poolai.node.logring import LogRing
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class Node:
         self.book: PeerBook | None = None
         self.connections: ConnectionManager | None = None
         self.api_url: str | None = None
+        self.admin_token = ""  # read or made by run(); see poolai.node.auth
+        self.admin_token_created = False
+        self.log_ring: LogRing | None = None  # the log tail the status page shows
         self.services: list[NodeService] = []
         self.started_at = 0.0
         self._stopped = trio.Event()
@@ -71,10 +75,29 @@ class Node:
         assert self.host is not None, "node is not running"
         return self.host.peer_id
 
+    @property
+    def status_url(self) -> str:
+        """The status page's URL with the admin token in its fragment (which browsers never send)."""
+        assert self.api_url is not None, "node is not running"
+        return f"{self.api_url}/#token={self.admin_token}"
+
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. ``task_status.started(self)`` once every service is up."""
+        if not auth.is_loopback(self.config.api_host) and not self.config.api_remote:
+            raise ConfigError(f"api_host {self.config.api_host} is not a loopback address; set "
+                              f"api_remote = true to serve the API beyond this machine (every request "
+                              f"then needs the admin token)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
+        self.admin_token, self.admin_token_created = auth.load_or_create_token(self.data_dir)
+        self.log_ring = LogRing()
+        logging.getLogger().addHandler(self.log_ring)
+        try:
+            await self._run(task_status)
+        finally:
+            logging.getLogger().removeHandler(self.log_ring)
+
+    async def _run(self, task_status: trio.TaskStatus[Node]) -> None:
         key_pair, created = identity.load_or_create(self.data_dir / KEY_FILE)
         if created:
             log.info("created a new identity in %s", self.data_dir / KEY_FILE)
@@ -105,9 +128,17 @@ class Node:
 
     def _build_services(self) -> list[NodeService]:
         """The node's services, in start order (each may use the ones before it)."""
+        from poolai.node.capacity_service import CapacityService
+        from poolai.node.credits_service import CreditsService
+        from poolai.node.job_service import JobService
         from poolai.node.overlay_service import OverlayService
+        from poolai.node.storage_service import StorageService
 
         services: list[NodeService] = [OverlayService(self)]
+        services.append(CapacityService(self))
+        services.append(StorageService(self))
+        services.append(JobService(self))
+        services.append(CreditsService(self))
         return services
 
     def service(self, name: str) -> Any:

@@ -52,6 +52,8 @@ from poolai.node.jobspec import (
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+WORKER_NICENESS = 10
 MAX_RESULT_BYTES = 1 << 20
 _READ_CHUNK = 65536
 
@@ -140,6 +142,16 @@ def _libc_unshare() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _UNSHARE = _libc_unshare()
 
 
+def _libc_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
 def _preexec(limits: ProcessLimits, unshare_net: bool):  # type: ignore[no-untyped-def]
     # Runs in the child between fork and exec: no logging, no allocation-heavy work.
     # A failed unshare is left for the parent to detect by comparing namespaces.
@@ -150,6 +162,12 @@ def _preexec(limits: ProcessLimits, unshare_net: bool):  # type: ignore[no-untyp
         if limits.file_size_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE,
                                (limits.file_size_bytes, limits.file_size_bytes))
+        # Die with the node: a SIGKILLed node must not leave its worker computing for nobody.
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Workers yield the CPU to the node process, whose heartbeats and offers are what the
+        # rest of the mesh sees; a starved node looks dead to its submitters.
+        os.nice(WORKER_NICENESS)
         if unshare_net and _UNSHARE is not None:
             _UNSHARE(CLONE_NEWNET)
 

@@ -1,0 +1,307 @@
+"""Capacity adverts: what a node says about itself on the capacity topic, signed.
+
+An advert travels as a signed envelope::
+
+    capacity.signed { body: bytes, public_key: bytes[32], signature: bytes[64] }
+
+``body`` is the msgpack encoding of a :class:`Advert` exactly as the signer
+produced it, and ``signature`` is Ed25519 over ``SIGNING_DOMAIN + body``.
+Signing the bytes rather than a re-encoding of the decoded fields means a
+receiver never has to reproduce the sender's encoder to check a signature, and
+a body is only parsed after its signature holds. The peer id inside the body
+must be the one derived from ``public_key``, so a node can speak only for
+itself.
+
+Everything here is pure: :func:`verify` takes the current time and the last
+sequence number seen from the peer, and either returns the advert or raises
+:class:`AdvertRejected` naming the reason. The whole envelope is capped at
+:data:`MAX_ADVERT` bytes (16 KiB), checked before anything is unpacked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from poolai.mesh import wire
+from poolai.mesh.errors import ProtocolError
+
+TOPIC = "poolai/capacity/1"
+ADVERT_VERSION = 1  # the schema version, also the topic's suffix
+MAX_ADVERT = 16 * 1024  # a whole signed envelope, in bytes
+ENVELOPE_OVERHEAD = 160  # type tag, three keys, key and signature, length prefixes
+MAX_BODY = MAX_ADVERT - ENVELOPE_OVERHEAD
+MAX_GPUS = 16
+MAX_MODELS = 32
+MAX_MODEL_NAME = 128
+MAX_SKEW_S = 30.0  # how far in the future a timestamp may be (clock skew between peers)
+MAX_TTL_S = 3600.0
+MAX_BYTES = 1 << 60  # any memory or storage size
+MAX_SEQ = (1 << 63) - 1
+SIGNING_DOMAIN = b"poolai/capacity/advert/1\x00"
+ED25519_KEY_LEN = 32
+ED25519_SIG_LEN = 64
+
+# Why an advert was refused. Those in IGNORED can happen to an honest sender
+# (reordering on two mesh paths, a slow path) and cost the forwarder nothing;
+# every other reason is a fault of whoever sent it and is penalised.
+REASONS = (
+    "oversize", "malformed", "unknown_field", "schema", "bad_key", "bad_signature",
+    "peer_mismatch", "origin_mismatch", "future", "expired", "stale",
+)
+IGNORED = frozenset({"expired", "stale"})
+
+
+class AdvertRejected(ProtocolError):
+    """An advert failed verification; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def penalise(self) -> bool:
+        """Whether the peer that passed this on should lose reputation for it."""
+        return self.reason not in IGNORED
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@wire.message("capacity.gpu")
+class GpuAdvert:
+    """One GPU as its node sees it. Sizes in bytes; ``None`` where the driver would not say."""
+
+    index: int = wire.field(min=0, max=255)
+    name: str = wire.field(max_len=96)
+    uuid: str = wire.field(max_len=96)
+    memory_total: int = wire.field(min=0, max=MAX_BYTES)
+    memory_free: int = wire.field(min=0, max=MAX_BYTES)
+    cc_major: int = wire.field(min=0, max=99)
+    cc_minor: int = wire.field(min=0, max=99)
+    utilization: int | None = wire.field(min=0, max=100, default=None)  # percent
+    temperature_c: int | None = wire.field(min=0, max=250, default=None)
+    power_w: float | None = wire.field(min=0, max=100_000, default=None)
+    power_limit_w: float | None = wire.field(min=0, max=100_000, default=None)
+    pcie_gen: int | None = wire.field(min=1, max=32, default=None)
+    pcie_width: int | None = wire.field(min=1, max=64, default=None)
+
+    @property
+    def compute_capability(self) -> tuple[int, int]:
+        return (self.cc_major, self.cc_minor)
+
+
+@wire.message("capacity.coord")
+class CoordAdvert:
+    """A Vivaldi coordinate (see :mod:`poolai.mesh.coords`): point and height in ms."""
+
+    vec: tuple[float, ...] = wire.field(max_len=8)
+    height: float = wire.field(min=0, max=60_000)
+    error: float = wire.field(min=0, max=10)
+
+
+@wire.message("capacity.advert")
+class Advert:
+    """What one node can run right now, and how busy it is.
+
+    ``seq`` grows strictly with every advert from a node, across restarts
+    (nodes seed it from the clock in milliseconds). ``ttl`` says how long the
+    advert stays valid after it is received unless a newer one replaces it.
+    """
+
+    peer_id: str = wire.field(max_len=128)
+    seq: int = wire.field(min=1, max=MAX_SEQ)
+    timestamp: float = wire.field(min=0, max=1 << 36)  # unix seconds at the sender
+    ttl: float = wire.field(min=1, max=MAX_TTL_S)
+    software: str = wire.field(max_len=64)  # e.g. "poolai/0.1.0"
+    protocol: int = wire.field(min=1, max=65535)  # the advert schema version
+    simulated: bool = wire.field()  # devices come from a file, not from the hardware
+    gpus: tuple[GpuAdvert, ...] = wire.field(max_len=MAX_GPUS)
+    cpu_cores: int = wire.field(min=0, max=65536)
+    ram_total: int = wire.field(min=0, max=MAX_BYTES)
+    ram_free: int = wire.field(min=0, max=MAX_BYTES)
+    storage_free: int = wire.field(min=0, max=MAX_BYTES)
+    job_slots: int = wire.field(min=0, max=1024)
+    free_slots: int = wire.field(min=0, max=1024)
+    queue_length: int = wire.field(min=0, max=1_000_000)
+    models: tuple[str, ...] = wire.field(max_len=MAX_MODELS, default=())
+    driver_version: str = wire.field(max_len=32, default="")
+    cuda_version: str = wire.field(max_len=16, default="")
+    torch_cuda: bool | None = wire.field(default=None)  # None: unknown
+    coord: CoordAdvert | None = wire.field(default=None)
+    payout_address: str = wire.field(max_len=128, default="")
+
+
+@wire.message("capacity.signed")
+class SignedAdvert:
+    """The envelope that travels on the topic."""
+
+    body: bytes = wire.field(max_len=MAX_BODY)
+    public_key: bytes = wire.field(max_len=ED25519_KEY_LEN)
+    signature: bytes = wire.field(max_len=ED25519_SIG_LEN)
+
+
+# --------------------------------------------------------------------------- identity
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+# libp2p's protobuf PublicKey{Type: Ed25519, Data: <32 bytes>} header, and the
+# identity-multihash header (code 0x00, length 36) a peer id wraps it in.
+_ED25519_PROTO_PREFIX = b"\x08\x01\x12\x20"
+_IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
+
+
+def _b58encode(data: bytes) -> str:
+    number = int.from_bytes(data, "big")
+    out = []
+    while number:
+        number, rem = divmod(number, 58)
+        out.append(_B58[rem])
+    pad = len(data) - len(data.lstrip(b"\x00"))
+    return "1" * pad + "".join(reversed(out))
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """The libp2p peer id (base58) of a raw 32-byte Ed25519 public key."""
+    if len(public_key) != ED25519_KEY_LEN:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return _b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + public_key)
+
+
+# --------------------------------------------------------------------------- sign and verify
+
+
+def sign(advert: Advert, signer: Callable[[bytes], bytes], public_key: bytes) -> bytes:
+    """The signed envelope for ``advert``, ready to publish.
+
+    ``signer`` signs bytes with the node's Ed25519 private key. Raises
+    ValueError when the advert is too large or does not belong to ``public_key``.
+    """
+    if advert.peer_id != peer_id_from_public_key(public_key):
+        raise ValueError("advert peer id does not belong to the signing key")
+    body = wire.encode(advert)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"advert body of {len(body)} bytes exceeds {MAX_BODY}")
+    envelope = wire.encode(SignedAdvert(body, public_key, signer(SIGNING_DOMAIN + body)))
+    if len(envelope) > MAX_ADVERT:  # only a wrong ENVELOPE_OVERHEAD could get here
+        raise ValueError(f"signed advert of {len(envelope)} bytes exceeds {MAX_ADVERT}")
+    return envelope
+
+
+def verify(
+    data: bytes,
+    *,
+    now: float,
+    last_seq: int | None = None,
+    origin: str | None = None,
+    max_skew: float = MAX_SKEW_S,
+    max_age: float = MAX_TTL_S,
+) -> Advert:
+    """Check a received envelope and return the advert inside.
+
+    ``last_seq`` is the newest sequence number accepted from the advert's peer
+    (``None`` if none is held); ``origin``, when given, is the peer the
+    transport says published it. Checks run cheapest first and a body is only
+    unpacked once its signature holds. Raises :class:`AdvertRejected`.
+    """
+    if len(data) > MAX_ADVERT:
+        raise AdvertRejected("oversize", f"{len(data)} bytes, limit {MAX_ADVERT}")
+    envelope = _decode(SignedAdvert, data)
+    if len(envelope.public_key) != ED25519_KEY_LEN:
+        raise AdvertRejected("bad_key", f"public key of {len(envelope.public_key)} bytes")
+    if len(envelope.signature) != ED25519_SIG_LEN:
+        raise AdvertRejected("bad_signature", f"signature of {len(envelope.signature)} bytes")
+    _check_signature(envelope)
+    advert = _decode(Advert, envelope.body)
+    if advert.peer_id != peer_id_from_public_key(envelope.public_key):
+        raise AdvertRejected("peer_mismatch", f"{advert.peer_id} is not the signing key's peer id")
+    if origin is not None and origin != advert.peer_id:
+        raise AdvertRejected("origin_mismatch", f"advert of {advert.peer_id} published by {origin}")
+    _check_consistent(advert)
+    if advert.timestamp > now + max_skew:
+        raise AdvertRejected("future", f"timestamp {advert.timestamp - now:.1f} s ahead")
+    if advert.timestamp < now - max_age:
+        raise AdvertRejected("expired", f"timestamp {now - advert.timestamp:.1f} s old")
+    if last_seq is not None and advert.seq <= last_seq:
+        raise AdvertRejected("stale", f"seq {advert.seq} <= last seen {last_seq}")
+    return advert
+
+
+def _check_signature(envelope: SignedAdvert) -> None:
+    # Imported here: building and printing adverts (scripts/gpu_inventory.py on a
+    # bare GPU host) needs no cryptography, only verifying does.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = Ed25519PublicKey.from_public_bytes(envelope.public_key)
+        key.verify(envelope.signature, SIGNING_DOMAIN + envelope.body)
+    except InvalidSignature:
+        raise AdvertRejected("bad_signature", "signature does not match") from None
+    except ValueError as exc:
+        raise AdvertRejected("bad_key", str(exc)) from None
+
+
+def _decode(cls: type, data: bytes) -> Any:
+    try:
+        raw = wire.unpack(data, len(data))
+    except ProtocolError as exc:
+        raise AdvertRejected("malformed", str(exc)) from None
+    unknown = _unknown_fields(cls, raw, wire.type_name_of(cls))
+    if unknown:
+        raise AdvertRejected("unknown_field", ", ".join(unknown[:4]))
+    try:
+        return wire.from_wire(cls, raw)
+    except ProtocolError as exc:
+        raise AdvertRejected("schema", str(exc)) from None
+
+
+def _unknown_fields(cls: type, raw: Any, where: str) -> list[str]:
+    """Field names in ``raw`` that ``cls`` (and the messages nested in it) do not declare."""
+    if not isinstance(raw, dict):
+        return []  # a type error, reported by the schema check
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = [f"{where}.{k}" for k in raw if k != "type" and k not in names]
+    for name in names & set(raw):
+        nested = _message_in(hints[name])
+        if nested is None:
+            continue
+        value = raw[name]
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items[:MAX_GPUS]):
+            out += _unknown_fields(nested, item, f"{where}.{name}[{i}]")
+    return out
+
+
+def _message_in(hint: Any) -> type | None:
+    """The wire message class inside ``X``, ``X | None`` or ``tuple[X, ...]``, if any."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and hasattr(candidate, "__wire_type__"):
+            return candidate
+    return None
+
+
+def _check_consistent(advert: Advert) -> None:
+    problems = []
+    if advert.free_slots > advert.job_slots:
+        problems.append("free_slots > job_slots")
+    if advert.ram_free > advert.ram_total:
+        problems.append("ram_free > ram_total")
+    for gpu in advert.gpus:
+        if gpu.memory_free > gpu.memory_total:
+            problems.append(f"gpu {gpu.index}: memory_free > memory_total")
+    if len({g.index for g in advert.gpus}) != len(advert.gpus):
+        problems.append("duplicate gpu index")
+    if any(not m or len(m) > MAX_MODEL_NAME for m in advert.models):
+        problems.append(f"model names must be 1..{MAX_MODEL_NAME} characters")
+    if advert.coord is not None and not (
+        advert.coord.vec and all(math.isfinite(v) and abs(v) < 1e6 for v in advert.coord.vec)
+    ):
+        problems.append("coordinate is empty or not finite")
+    if problems:
+        raise AdvertRejected("schema", "; ".join(problems))

@@ -1,0 +1,289 @@
+"""``poolai put / get / stat / pin / unpin``: the mesh's burst-RAID storage from the shell.
+
+Every command talks to the node running in the data directory, through its
+local API (found like ``poolai status`` finds it). Progress bars go to stderr
+when it is a terminal; the file id (put) and tables (stat) go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from poolai.node import config as config_mod
+from poolai.node.cli import CliError
+
+MiB = 1 << 20
+CHUNK = 1 << 20
+
+
+def register(sub: Any) -> None:
+    """Add the storage commands to the ``poolai`` parser."""
+    put = sub.add_parser("put", help="store a file in the mesh; prints its id")
+    put.add_argument("file", type=Path, help="the file to store")
+    put.add_argument("--k", type=int, help="shares needed to rebuild a segment (default 4)")
+    put.add_argument("--n", type=int, help="shares stored per segment (default 10)")
+    put.add_argument("--segment-mib", type=int, help="segment size in MiB (default 4)")
+    put.add_argument("--pin", action="store_true", help="keep it until unpinned (renew its lease)")
+    put.set_defaults(func=_put)
+
+    get = sub.add_parser("get", help="fetch a file from the mesh")
+    get.add_argument("file_id", help="the id 'poolai put' printed")
+    get.add_argument("-o", "--output", type=Path, required=True, help="where to write it")
+    get.set_defaults(func=_get)
+
+    stat = sub.add_parser("stat", help="show where a file's shares are and their health")
+    stat.add_argument("file_id")
+    stat.add_argument("--verify", action="store_true",
+                      help="also prove every share (fetch k per segment, audit the other holders)")
+    stat.add_argument("--json", action="store_true", help="print the raw JSON")
+    stat.set_defaults(func=_stat)
+
+    for action, text in (("pin", "keep a file: renew its leases until unpinned"),
+                         ("unpin", "let a file's lease run out")):
+        cmd = sub.add_parser(action, help=text)
+        cmd.add_argument("file_id")
+        cmd.set_defaults(func=_pin, action=action)
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+def _node(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    from poolai.node.node import read_runtime_file
+
+    data_dir = config_mod.load(args.data_dir, {}).data_dir
+    info = read_runtime_file(data_dir)
+    if not info or not info.get("api"):
+        raise CliError(f"no running node found in {data_dir} (start one with 'poolai node run')")
+    try:
+        from poolai.node.auth import auth_headers
+    except ImportError:  # a node without an admin token
+        return info["api"], {}
+    return info["api"], auth_headers(data_dir)
+
+
+def _check_id(text: str) -> str:
+    raw = text.strip().lower()
+    if len(raw) != 64 or any(c not in "0123456789abcdef" for c in raw):
+        raise CliError(f"{text!r} is not a file id (64 hex digits)")
+    return raw
+
+
+def _fail(response: httpx.Response) -> CliError:
+    try:
+        response.read()
+        error = response.json().get("error")
+    except (ValueError, AttributeError, httpx.HTTPError):
+        error = None
+    if isinstance(error, dict):
+        return CliError(f"{error.get('code')}: {error.get('message')}")
+    if isinstance(error, str):
+        return CliError(f"{response.status_code}: {error}")
+    return CliError(f"the node answered HTTP {response.status_code}")
+
+
+class Bar:
+    """A one-line progress bar on stderr (only drawn on a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.phase_start = time.monotonic()
+        self.phase = ""
+        self.last = 0.0
+
+    def show(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase != self.phase:
+            self.phase, self.phase_start = phase, now
+        if not self.tty or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        rate = done / max(now - self.phase_start, 1e-6) / 1e6
+        filled = int(frac * 30)
+        sys.stderr.write(f"\r{self.label} {phase:<6} [{'#' * filled}{' ' * (30 - filled)}] "
+                         f"{frac * 100:5.1f}% {done / MiB:8.1f}/{total / MiB:.1f} MiB {rate:7.1f} MB/s ")
+        sys.stderr.flush()
+
+    def finish(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+        print(text, file=sys.stderr)
+
+
+def _timeout() -> httpx.Timeout:
+    # no total limit (a put of a large file takes minutes); a silent node is an error
+    return httpx.Timeout(connect=5.0, read=300.0, write=300.0, pool=5.0)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _put(args: argparse.Namespace) -> int:
+    api, headers = _node(args)
+    path: Path = args.file
+    try:
+        size = path.stat().st_size
+        handle = path.open("rb")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    params: dict[str, str] = {"progress": "1"}
+    for key, value in (("k", args.k), ("n", args.n),
+                       ("segment", args.segment_mib * MiB if args.segment_mib else None)):
+        if value is not None:
+            params[key] = str(value)
+    if args.pin:
+        params["pin"] = "1"
+    bar = Bar("put")
+    start = time.monotonic()
+
+    def body() -> Iterator[bytes]:
+        sent = 0
+        while chunk := handle.read(CHUNK):
+            sent += len(chunk)
+            bar.show("upload", sent, size)
+            yield chunk
+
+    result: dict[str, Any] | None = None
+    try:
+        with handle, httpx.Client(timeout=_timeout()) as client, client.stream(
+            "POST", f"{api}/api/files", params=params, content=body(),
+            headers={**headers, "Content-Length": str(size)},
+        ) as response:
+            if response.status_code != 200:
+                raise _fail(response)
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("event") == "progress":
+                    bar.show(event["phase"], event["done"], event["total"])
+                elif event.get("event") == "error":
+                    error = event.get("error", {})
+                    if bar.tty:
+                        bar.finish("")
+                    raise CliError(f"{error.get('code')}: {error.get('message')}")
+                elif event.get("event") == "done":
+                    result = event
+    except httpx.HTTPError as exc:
+        raise CliError(f"the node at {api} did not finish the put: {exc}") from None
+    except (ValueError, KeyError) as exc:
+        raise CliError(f"the node sent a malformed progress event: {exc}") from None
+    if result is None:
+        raise CliError("the node closed the connection before the put finished")
+    took = time.monotonic() - start
+    bar.finish(f"put {size / MiB:.1f} MiB in {took:.1f} s ({size / max(took, 1e-6) / 1e6:.1f} MB/s), "
+               f"{result['segments']} segments, {result['k']}-of-{result['n']}"
+               f"{', pinned' if result.get('pinned') else ''}")
+    print(result["file_id"])
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    api, headers = _node(args)
+    file_id = _check_id(args.file_id)
+    out: Path = args.output
+    tmp = out.with_name(out.name + ".part")
+    bar = Bar("get")
+    start = time.monotonic()
+    received = size = 0
+    try:
+        with httpx.Client(timeout=_timeout()) as client, client.stream(
+            "GET", f"{api}/api/files/{file_id}", headers=headers
+        ) as response:
+            if response.status_code != 200:
+                raise _fail(response)
+            size = int(response.headers.get("content-length", "0"))
+            with tmp.open("wb") as handle:
+                for chunk in response.iter_raw(CHUNK):
+                    handle.write(chunk)
+                    received += len(chunk)
+                    bar.show("get", received, size)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except httpx.HTTPError:
+        tmp.unlink(missing_ok=True)
+        if received or size:
+            reason = _last_error(api, headers, file_id)
+            raise CliError(f"download stopped at {received} of {size} bytes: {reason}") from None
+        raise CliError(f"the node at {api} did not answer") from None
+    except CliError:
+        tmp.unlink(missing_ok=True)
+        raise
+    if received != size:
+        tmp.unlink(missing_ok=True)
+        reason = _last_error(api, headers, file_id)
+        raise CliError(f"download stopped at {received} of {size} bytes: {reason}")
+    tmp.replace(out)
+    took = time.monotonic() - start
+    bar.finish(f"got {size / MiB:.1f} MiB in {took:.1f} s ({size / max(took, 1e-6) / 1e6:.1f} MB/s) -> {out}")
+    return 0
+
+
+def _last_error(api: str, headers: dict[str, str], file_id: str) -> str:
+    try:
+        status = httpx.get(f"{api}/api/storage", headers=headers, timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return "the node stopped sending"
+    for error in reversed(status.get("recent_errors", [])):
+        if error.get("file_id") == file_id:
+            return str(error.get("error"))
+    return "the node stopped sending (see its log)"
+
+
+def _request(method: str, url: str, headers: dict[str, str], timeout: float = 600.0) -> Any:
+    try:
+        response = httpx.request(method, url, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise CliError(f"the node did not answer: {exc}") from None
+    if response.status_code >= 300:
+        raise _fail(response)
+    return response.json()
+
+
+def _stat(args: argparse.Namespace) -> int:
+    api, headers = _node(args)
+    file_id = _check_id(args.file_id)
+    query = "?verify=1" if args.verify else ""
+    data = _request("GET", f"{api}/api/files/{file_id}/stat{query}", headers)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"file {data['file_id']}")
+    print(f"size {data['size']} bytes, {data['k']}-of-{data['n']}, {data['segments']} segments of "
+          f"{data['segment_size'] / MiB:g} MiB{', verified' if data['verified'] else ''}")
+    print(f"{'seg':>5}  {'health':<9} {'live':>5} {'proven':>6}  holders (share 0..n-1; "
+          f"+ proven, ! failed, - none)")
+    for seg in data["segment_health"]:
+        cells = []
+        for holder, proof in zip(seg["holders"], seg["proofs"], strict=True):
+            mark = {True: "+", False: "!", None: ""}[proof]
+            cells.append("-" if holder is None else holder[-6:] + mark)
+        print(f"{seg['segment']:>5}  {seg['health']:<9} {seg['live']:>2}/{data['n']:<2} "
+              f"{seg['proven']:>6}  {' '.join(cells)}")
+    counts = data["counts"]
+    print(f"segments: {counts['healthy']} healthy, {counts['degraded']} degraded, {counts['lost']} lost")
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    api, headers = _node(args)
+    file_id = _check_id(args.file_id)
+    data = _request("POST", f"{api}/api/files/{file_id}/{args.action}", headers)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["lease_expiry"]))
+    state = "pinned" if data["pinned"] else "unpinned (kept until its lease ends)"
+    print(f"{data['file_id']} {state}; lease until {until}")
+    return 0

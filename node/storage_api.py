@@ -1,0 +1,330 @@
+"""The storage routes of the local API.
+
+JSON unless said otherwise; every error is ``{"error": {"code": ..., "message": ...}}``.
+
+* ``POST /api/files?k=&n=&segment=&pin=1&progress=1``: the body is the file, streamed to
+  ``storage/uploads``; 201 with the file id. With ``progress=1``: 200 and NDJSON lines
+  ``{"event": "progress", "phase", "done", "total"}`` ending with ``{"event": "done", ...}``
+  or ``{"event": "error", "status", "error": {...}}``.
+* ``GET /api/files/{id}``: the bytes (``Content-Length``, ``X-Poolai-File-Id``), streamed as
+  segments are verified; a body shorter than its length means the download failed.
+* ``GET /api/files/{id}/stat?verify=1``: each segment's holders and health; ``verify`` also
+  fetches k shares per segment and audits the other holders.
+* ``POST /api/files/{id}/pin`` and ``.../unpin``: keep the file (renew its leases) / let its
+  lease run out.
+* ``GET /api/storage``: quota, use, counters, looked-after files and their health.
+* ``POST /api/storage/repair``: one upkeep pass now (gc, scrub, repair, audit); its report.
+
+Error codes: ``bad_request`` 400, ``not_found`` 404, ``file_changed`` 409,
+``bad_manifest`` 502, ``put_failed``/``unavailable`` 503, ``quota`` 507, ``io_error`` 500.
+Long operations run in the storage service's nursery (:class:`Job`), so a
+response only follows them; a client that goes away cancels its job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from poolai.mesh.host import peer_id_text
+from poolai.storage import erasure, integrity
+from poolai.storage.errors import (
+    FileChanged,
+    ManifestError,
+    NotEnoughShares,
+    PutFailed,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from poolai.node.storage_service import FileHealth, PutOutcome, StorageService
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+_EXPECTED = (StorageError, OSError, ValueError, KeyError)
+
+
+class Job:
+    """One long operation, run in the service's nursery and followed by one response."""
+
+    def __init__(self) -> None:
+        self.phase = "start"
+        self.done = 0
+        self.total = 0
+        self.result: Any = None
+        self.error: Exception | None = None
+        self.finished = trio.Event()
+        self._changed = trio.Event()
+        self._scope = trio.CancelScope()
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        self.phase, self.done, self.total = phase, done, total
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, op: Callable[[Callable[[str, int, int], None]], Awaitable[Any]]) -> None:
+        with self._scope:
+            try:
+                self.result = await op(self.progress)
+            except _EXPECTED as exc:
+                self.error = exc
+        self.finished.set()
+        self._changed.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, code = describe_error(exc)
+    return JSONResponse({"error": {"code": code, "message": _message(exc)}}, status)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, error code) for an operation's failure."""
+    from poolai.node.storage_service import QuotaRefused
+
+    table: list[tuple[type[BaseException], int, str]] = [
+        (QuotaRefused, 507, "quota"), (PutFailed, 503, "put_failed"), (FileChanged, 409, "file_changed"),
+        (ManifestError, 502, "bad_manifest"), (NotEnoughShares, 503, "unavailable"),
+        (KeyError, 404, "not_found"), (ValueError, 400, "bad_request"), (OSError, 500, "io_error"),
+    ]
+    for kind, status, code in table:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "internal"
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return "this node does not look after that file"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def _file_id(request: Request) -> bytes:
+    return integrity.from_hex(request.path_params["file_id"])
+
+
+def put_json(outcome: PutOutcome) -> dict[str, Any]:
+    m = outcome.manifest
+    return {"file_id": integrity.to_hex(outcome.file_id), "size": m.size, "k": m.k, "n": m.n,
+            "segment_size": m.segment_size, "segments": m.segment_count,
+            "shares_stored": outcome.shares_stored, "shares_present": outcome.shares_present,
+            "shares_failed": outcome.shares_failed, "manifest_copies": outcome.manifest_copies,
+            "pinned": outcome.pinned, "lease_expiry": outcome.lease_expiry}
+
+
+def health_json(health: FileHealth) -> dict[str, Any]:
+    m = health.manifest
+    return {
+        "file_id": integrity.to_hex(health.file_id), "size": m.size, "k": m.k, "n": m.n,
+        "segment_size": m.segment_size, "segments": m.segment_count, "verified": health.verified,
+        "checked_at": round(health.checked_at, 3), "counts": health.counts(),
+        "segment_health": [
+            {"segment": s.segment, "health": s.health(m.k), "live": s.live,
+             "proven": sum(v is True for v in s.verified), "failed": sum(v is False for v in s.verified),
+             "holders": [peer_id_text(p) if p is not None else None for p in s.holders],
+             "proofs": list(s.verified), "healed": list(s.healed)}
+            for s in health.segments
+        ],
+    }
+
+
+def storage_routes(service: StorageService) -> list[Route]:
+    """The routes above, bound to ``service``."""
+
+    async def receive_body(request: Request, path: Path) -> int:
+        fd = await service.offload_io(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        size = 0
+        try:
+            pending = bytearray()
+            async for chunk in request.stream():
+                pending += chunk
+                if len(pending) >= CHUNK:
+                    await service.offload_io(_write_all, fd, bytes(pending))
+                    size += len(pending)
+                    pending.clear()
+            await service.offload_io(_write_all, fd, bytes(pending))
+            return size + len(pending)
+        finally:
+            os.close(fd)
+
+    async def post_file(request: Request) -> Response:
+        """Put the request body into the mesh (query: k, n, segment, pin, progress)."""
+        query = request.query_params
+        try:
+            params = erasure.ErasureParams(
+                int(query.get("k", erasure.DEFAULT_K)), int(query.get("n", erasure.DEFAULT_N)),
+                int(query.get("segment", erasure.DEFAULT_SEGMENT_SIZE)),
+            )
+        except (TypeError, ValueError) as exc:
+            return error_response(ValueError(f"bad erasure parameters: {exc}"))
+        pin = query.get("pin", "") in ("1", "true", "yes")
+        path = service.scratch_path("uploads")
+        try:
+            await receive_body(request, path)
+        except (OSError, ClientDisconnect) as exc:
+            _unlink(path)
+            return error_response(exc if isinstance(exc, OSError) else ValueError("upload interrupted"))
+        job = Job()
+        service.spawn(job.run, lambda progress: service.put(path, params=params, pin=pin, progress=progress))
+        if query.get("progress", "") in ("1", "true", "yes"):
+            return StreamingResponse(_put_events(job, path), media_type="application/x-ndjson")
+        try:
+            await job.finished.wait()
+        finally:
+            job.cancel()
+            _unlink(path)
+        if job.error is not None:
+            return error_response(job.error)
+        return JSONResponse(put_json(job.result), 201)
+
+    async def get_file(request: Request) -> Response:
+        """The file's bytes, fetched from its holders and verified as they stream out."""
+        try:
+            file_id = _file_id(request)
+            m = await service.open_manifest(file_id)
+        except NotEnoughShares as exc:
+            return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
+        except _EXPECTED as exc:
+            return error_response(exc)
+        path = service.scratch_path("downloads")
+        job = Job()
+        service.spawn(job.run, lambda progress: service.get(file_id, path, manifest=m, progress=progress))
+        headers = {"Content-Length": str(m.size), "X-Poolai-File-Id": integrity.to_hex(file_id)}
+        return StreamingResponse(_follow(service, job, path, m.size), headers=headers,
+                                 media_type="application/octet-stream")
+
+    async def stat(request: Request) -> Response:
+        """Each segment's holders and health (query: verify=1 makes every holder prove it)."""
+        try:
+            health = await service.stat(_file_id(request),
+                                        verify=request.query_params.get("verify", "") in ("1", "true"))
+        except NotEnoughShares as exc:
+            return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
+        except _EXPECTED as exc:
+            return error_response(exc)
+        return JSONResponse(health_json(health))
+
+    async def pin(request: Request) -> Response:
+        """Keep the file: this node renews its leases and repairs it."""
+        return await pin_or_unpin(request, service.pin)
+
+    async def unpin(request: Request) -> Response:
+        """Stop renewing the file's leases; it is collected when they end."""
+        return await pin_or_unpin(request, service.unpin)
+
+    async def pin_or_unpin(request: Request, op: Callable[[bytes], Awaitable[Any]]) -> Response:
+        try:
+            entry = await op(_file_id(request))
+        except NotEnoughShares as exc:
+            return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
+        except _EXPECTED as exc:
+            return error_response(exc)
+        return JSONResponse({"file_id": integrity.to_hex(entry.file_id), "pinned": entry.pinned,
+                             "lease_expiry": entry.lease_expiry})
+
+    async def storage(request: Request) -> Response:
+        """Quota, use, counters, and the files this node looks after with their health."""
+        await service.refresh_statistics()
+        files = []
+        for entry in service.files.entries():
+            health = service.health.get(entry.file_id)
+            files.append({"file_id": integrity.to_hex(entry.file_id), "size": entry.manifest.size,
+                          "k": entry.manifest.k, "n": entry.manifest.n, "pinned": entry.pinned,
+                          "lease_expiry": entry.lease_expiry, "added": entry.added,
+                          "health": health.counts() if health else None,
+                          "checked_at": round(health.checked_at, 3) if health else None})
+        return JSONResponse({**service.status(), "files_placed": files})
+
+    async def repair(request: Request) -> Response:
+        """Run one upkeep pass now (gc, scrub, repair, audit) and return its report."""
+        import dataclasses
+
+        report = await service.upkeep()
+        return JSONResponse(dataclasses.asdict(report))
+
+    return [
+        Route("/api/files", post_file, methods=["POST"]),
+        Route("/api/files/{file_id}", get_file, methods=["GET"]),
+        Route("/api/files/{file_id}/stat", stat, methods=["GET"]),
+        Route("/api/files/{file_id}/pin", pin, methods=["POST"]),
+        Route("/api/files/{file_id}/unpin", unpin, methods=["POST"]),
+        Route("/api/storage", storage, methods=["GET"]),
+        Route("/api/storage/repair", repair, methods=["POST"]),
+    ]
+
+
+async def _put_events(job: Job, path: Path) -> AsyncIterator[bytes]:
+    try:
+        while not job.finished.is_set():
+            with trio.move_on_after(0.5):
+                await job.finished.wait()
+            if not job.finished.is_set():
+                yield _line({"event": "progress", "phase": job.phase, "done": job.done, "total": job.total})
+        if job.error is not None:
+            status, code = describe_error(job.error)
+            yield _line({"event": "error", "status": status,
+                         "error": {"code": code, "message": _message(job.error)}})
+        else:
+            yield _line({"event": "done", **put_json(job.result)})
+    finally:
+        job.cancel()
+        _unlink(path)
+
+
+async def _follow(service: StorageService, job: Job, path: Path, size: int) -> AsyncIterator[bytes]:
+    """The file's bytes as the get job writes and verifies them, in order."""
+    sent = 0
+    fd: int | None = None
+    try:
+        while sent < size:
+            if job.done > sent:
+                if fd is None:
+                    fd = os.open(path, os.O_RDONLY)
+                chunk = await service.offload_io(os.pread, fd, min(CHUNK, job.done - sent), sent)
+                sent += len(chunk)
+                yield chunk
+            elif job.finished.is_set():
+                break
+            else:
+                await job.changed()
+        if sent < size:
+            log.warning("download stopped at %d of %d bytes: %s", sent, size, job.error)
+    finally:
+        job.cancel()
+        if fd is not None:
+            os.close(fd)
+        _unlink(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,103 @@
+"""The files a node looks after: those it put into the mesh and those its owner pinned.
+
+One directory, two files per file id (hex)::
+
+    <id>.manifest   the manifest bytes (verified against the id when loaded)
+    <id>.json       {"pinned": bool, "lease_expiry": unix seconds, "added": unix seconds}
+
+Each file is written to a temporary name, fsynced and renamed, so a crash
+leaves either the old or the new version. Entries whose manifest does not
+hash to their name are skipped with a warning when loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from poolai.storage import integrity
+from poolai.storage import manifest as manifest_mod
+from poolai.storage.errors import ManifestError
+from poolai.storage.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One looked-after file."""
+
+    file_id: bytes
+    manifest: Manifest
+    pinned: bool
+    lease_expiry: int
+    added: int
+
+
+class FileRegistry:
+    """The looked-after files in ``path``. Blocking: async callers use a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[bytes, FileEntry] = {}
+
+    def load(self) -> int:
+        """Read every entry from disk; returns how many loaded."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for meta_path in sorted(self.path.glob("*.json")):
+            try:
+                file_id = integrity.from_hex(meta_path.stem)
+                blob = (self.path / f"{meta_path.stem}.manifest").read_bytes()
+                if integrity.file_id(blob) != file_id:
+                    raise ManifestError("manifest does not hash to its file id")
+                meta = json.loads(meta_path.read_text())
+                entry = FileEntry(file_id, manifest_mod.decode(blob), bool(meta["pinned"]),
+                                  int(meta["lease_expiry"]), int(meta["added"]))
+            except (OSError, ValueError, KeyError, TypeError, ManifestError) as exc:
+                log.warning("skipping unreadable file entry %s: %s", meta_path.name, exc)
+                continue
+            self._entries[file_id] = entry
+        return len(self._entries)
+
+    def get(self, file_id: bytes) -> FileEntry | None:
+        return self._entries.get(file_id)
+
+    def entries(self) -> list[FileEntry]:
+        return list(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, entry: FileEntry) -> None:
+        """Add or replace an entry (manifest first, so a listed entry always has one)."""
+        name = integrity.to_hex(entry.file_id)
+        if entry.file_id not in self._entries:
+            _atomic_write(self.path / f"{name}.manifest", entry.manifest.encode())
+        meta = {"pinned": entry.pinned, "lease_expiry": entry.lease_expiry, "added": entry.added}
+        _atomic_write(self.path / f"{name}.json", json.dumps(meta).encode())
+        self._entries[entry.file_id] = entry
+
+    def remove(self, file_id: bytes) -> None:
+        name = integrity.to_hex(file_id)
+        for suffix in (".json", ".manifest"):  # listing file first: no entry without a manifest
+            try:
+                (self.path / f"{name}{suffix}").unlink()
+            except FileNotFoundError:
+                pass
+        self._entries.pop(file_id, None)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

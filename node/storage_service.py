@@ -1,0 +1,523 @@
+"""The storage service: this node's share store, the share protocol, and burst-RAID put/get.
+
+The node keeps other peers' shares in an LMDB :class:`ShareStore` under
+``<data_dir>/shares`` (bounded by ``storage_quota``) and serves them on
+``/poolai/store/1.0.0``. For its owner it puts files into the mesh, gets
+them back, and looks after the files it put or pinned (``<data_dir>/storage/files``).
+
+**Ring view.** Placement needs the same ring on every node. Until the overlay
+can enumerate it, the ring is this node plus every peer it is connected to
+(:meth:`StorageService.ring_view`, the one place to change); peers are named
+by their raw peer id bytes (the multihash), which placement hashes.
+
+**Leases.** A put stores shares under a short *pending* lease and, once it
+has succeeded, renews them to ``storage_lease``: the shares of a put that
+failed half-way expire within a day (sooner if the lease is shorter). A
+pinned file's lease is renewed by every upkeep pass; an unpinned one expires.
+
+**Upkeep** (every ``storage_interval`` seconds, or ``POST /api/storage/repair``):
+collect expired shares, hash-check a slice of the held shares (a rotted one
+is deleted, so repair replaces it), then for each looked-after file repair
+missing shares, audit one random segment (fetch k, rebuild, challenge the
+other holders) and re-store shares whose holder failed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import logging
+import os
+import random
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from poolai.mesh.host import peer_id_bytes
+from poolai.node.storage_files import FileEntry, FileRegistry
+from poolai.storage import integrity, raid, upkeep
+from poolai.storage.erasure import ErasureParams
+from poolai.storage.errors import (
+    NotEnoughShares,
+    PutFailed,
+    ShareCorrupted,
+    ShareNotFound,
+    StorageError,
+)
+from poolai.storage.manifest import Manifest
+from poolai.storage.placement import PeerId, Ring
+from poolai.storage.protocol import PROTOCOL, ShareRefused
+from poolai.storage.raid import RaidConfig, ShareMeta
+from poolai.storage.server import ShareServer
+from poolai.storage.store import ShareStore, StoreStatistics
+from poolai.storage.transport import Libp2pShareTransport
+
+if TYPE_CHECKING:
+    from poolai.node.node import Node
+
+log = logging.getLogger(__name__)
+
+PENDING_LEASE = 86400  # seconds a put's shares live until the put has succeeded
+MAP_CEILING = 1 << 40  # quota the share store's LMDB map leaves room for without a restart
+SCRUB_PER_PASS = 256  # held shares hash-checked per upkeep pass
+# Manifests are tiny: keep many copies. One extra fetch per segment, not two: an extra share
+# arrives alongside the k it races (the transfers run in parallel), so each costs 1/k more
+# bytes received; slow holders are still hedged after hedge_delay.
+RAID = RaidConfig(manifest_copies=10, manifest_happy=2, extra_fetches=1)
+PhaseProgress = Callable[[str, int, int], None]
+
+
+class QuotaRefused(PutFailed):
+    """A put failed because holders refused shares: their storage quotas are full."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PutOutcome:
+    file_id: bytes
+    manifest: Manifest
+    shares_stored: int
+    shares_present: int
+    shares_failed: int
+    manifest_copies: int
+    renewed: int
+    pinned: bool
+    lease_expiry: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileHealth:
+    """Where every share of a file is and, when verified, which holders proved it."""
+
+    file_id: bytes
+    manifest: Manifest
+    segments: tuple[upkeep.SegmentCheck, ...]
+    verified: bool
+    checked_at: float
+
+    def counts(self) -> dict[str, int]:
+        out = {"healthy": 0, "degraded": 0, "lost": 0}
+        for seg in self.segments:
+            out[seg.health(self.manifest.k)] += 1
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpkeepReport:
+    at: float
+    gc_shares: int
+    gc_bytes: int
+    scrubbed: int
+    scrub_failures: int
+    files: int
+    expired_files: int
+    shares_missing: int
+    shares_rebuilt: int
+    segments_lost: int
+    audited: int
+    audit_failures: int
+    healed: int
+
+
+class _CountingTransport:
+    """Passes calls through and counts refusals by reason (to explain a failed put)."""
+
+    def __init__(self, inner: Libp2pShareTransport) -> None:
+        self.inner = inner
+        self.refusals: collections.Counter[str] = collections.Counter()
+
+    async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
+        try:
+            await self.inner.store(peer, share_id, data, meta)
+        except ShareRefused as exc:
+            self.refusals[exc.reason] += 1
+            raise
+
+    async def fetch(self, peer: PeerId, share_id: bytes) -> bytes:
+        return await self.inner.fetch(peer, share_id)
+
+    async def has(self, peer: PeerId, share_ids: Sequence[bytes]) -> Sequence[bool]:
+        return await self.inner.has(peer, share_ids)
+
+    async def audit(self, peer: PeerId, share_id: bytes, offset: int, length: int, nonce: bytes) -> bytes:
+        return await self.inner.audit(peer, share_id, offset, length, nonce)
+
+
+class StorageService:
+    """The node service called ``storage`` (see the module doc)."""
+
+    name = "storage"
+
+    def __init__(self, node: Node) -> None:
+        assert node.host is not None
+        self.node = node
+        self.host = node.host
+        cfg = node.config
+        self.quota = cfg.storage_quota
+        self.lease_s = cfg.storage_lease
+        self.interval = cfg.storage_interval
+        self.root = node.data_dir / "storage"
+        self.store: ShareStore | None = None
+        self.server: ShareServer | None = None
+        self.transport: Libp2pShareTransport | None = None
+        self.files = FileRegistry(self.root / "files")
+        self.health: dict[bytes, FileHealth] = {}
+        self.last_upkeep: UpkeepReport | None = None
+        self.recent_errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.recent_ops: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self._stats: StoreStatistics | None = None
+        self._cpu_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        self._io_limiter = trio.CapacityLimiter(8)
+        self._upkeep_lock = trio.Lock()
+        self._scrub_cursor = b""
+        self._rng = random.Random()
+        self._names: dict[str, bytes] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for scratch in ("uploads", "downloads"):  # leftovers of a crash
+            await self.offload_io(shutil.rmtree, self.root / scratch, True)
+            await self.offload_io(lambda p: p.mkdir(parents=True, exist_ok=True), self.root / scratch)
+        loaded = await self.offload_io(self.files.load)
+        # The LMDB map is sized for MAP_CEILING (address space, not disk) so that set_quota
+        # can raise the quota later without reopening; the quota itself is the attribute.
+        self.store = await self.offload_io(
+            lambda: ShareStore(self.node.data_dir / "shares", quota_bytes=max(self.quota, MAP_CEILING))
+        )
+        self.store.quota_bytes = self.quota
+        try:
+            self.server = ShareServer(self.store, offload=self.offload_io)
+            self.transport = Libp2pShareTransport(self.host, local=self.server)
+            server = self.server
+            self.host.set_handler(PROTOCOL, lambda stream: server.handle(stream, stream.peer_id))
+            await self.refresh_statistics()
+            log.info("storage: %d shares held, %d files looked after", self._stats.shares, loaded)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.transport.run)
+                nursery.start_soon(self._upkeep_loop)
+                nursery.start_soon(self._statistics_loop)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.offload_io(self.store.close)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in this service's nursery (API jobs that outlive one await)."""
+        assert self._nursery is not None, "storage service is not running"
+        self._nursery.start_soon(fn, *args)
+
+    async def offload_io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
+
+    async def offload_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._cpu_limiter)
+
+    def scratch_path(self, kind: str) -> Path:
+        """A fresh file name under ``storage/uploads`` or ``storage/downloads``."""
+        return self.root / kind / f"{secrets.token_hex(8)}.part"
+
+    # ------------------------------------------------------------------ the ring
+    def ring_view(self) -> Ring:
+        """The ring placement uses: this node and every connected peer (see the module doc)."""
+        peers = [self.host.peer_id, *self.host.connected_peers()]
+        ids = []
+        for name in peers:
+            raw = self._names.get(name)
+            if raw is None:
+                raw = self._names.setdefault(name, peer_id_bytes(name))
+            ids.append(raw)
+        return Ring.from_peers(ids)
+
+    # ------------------------------------------------------------------ operations
+    async def put(
+        self, path: Path, *, params: ErasureParams, pin: bool = False,
+        progress: PhaseProgress | None = None,
+    ) -> PutOutcome:
+        """Put a local file into the mesh; raises QuotaRefused, PutFailed, OSError."""
+        assert self.transport is not None
+        now = int(time.time())
+        lease = now + self.lease_s
+        clock = [time.perf_counter()]
+        m = await raid.build_manifest(path, params, progress=_phase(progress, "hash"),
+                                      offload=self.offload_cpu)
+        clock.append(time.perf_counter())
+        file_id = m.file_id()
+        counting = _CountingTransport(self.transport)
+        ring = self.ring_view()
+        try:
+            result = await raid.put_file(
+                path, counting, ring, lease_expiry=now + min(self.lease_s, PENDING_LEASE),
+                manifest=m, config=RAID, progress=_phase(progress, "store"), offload=self.offload_cpu,
+            )
+        except PutFailed as exc:
+            self._record("put", file_id, exc)
+            full = counting.refusals["quota"]
+            if full:
+                raise QuotaRefused(
+                    f"{exc}; holders refused {full} shares: their storage quota is full"
+                ) from None
+            raise
+        clock.append(time.perf_counter())
+        known = self.files.get(file_id)
+        if known is not None:
+            pin, lease = pin or known.pinned, max(lease, known.lease_expiry)
+        await self.offload_io(self.files.put, FileEntry(file_id, m, pin, lease, now))
+        if progress:
+            progress("renew", 0, 1)
+        renewed = await upkeep.renew_file(self.transport, ring, m, lease,
+                                          manifest_copies=RAID.manifest_copies)
+        if pin:
+            await self.offload_io(self._pin_local, m, True)
+        clock.append(time.perf_counter())
+        self._timed("put", file_id, m.size, hash=clock[1] - clock[0], store=clock[2] - clock[1],
+                    renew=clock[3] - clock[2])
+        await self.refresh_statistics()
+        return PutOutcome(file_id, m, result.shares_stored, result.shares_present, result.shares_failed,
+                          result.manifest_copies, renewed, pin, lease)
+
+    async def open_manifest(self, file_id: bytes) -> Manifest:
+        """The manifest of ``file_id``: ours if we look after it, else fetched and verified.
+
+        Raises NotEnoughShares when no holder has it, ManifestError when it is malformed.
+        """
+        assert self.transport is not None
+        entry = self.files.get(file_id)
+        if entry is not None:
+            return entry.manifest
+        return await raid.fetch_manifest(file_id, self.transport, self.ring_view(), config=RAID,
+                                         offload=self.offload_cpu)
+
+    async def get(
+        self, file_id: bytes, out_path: Path, *, manifest: Manifest | None = None,
+        progress: PhaseProgress | None = None,
+    ) -> Manifest:
+        """Fetch a file into ``out_path`` (verified); raises NotEnoughShares, ManifestError, OSError."""
+        assert self.transport is not None
+        m = manifest or await self.open_manifest(file_id)
+        start = time.perf_counter()
+        try:
+            await raid.get_file(file_id, out_path, self.transport, self.ring_view(), config=RAID,
+                                manifest=m, resume=False, progress=_phase(progress, "get"),
+                                offload=self.offload_cpu)
+        except NotEnoughShares as exc:
+            self._record("get", file_id, exc)
+            raise
+        self._timed("get", file_id, m.size, get=time.perf_counter() - start)
+        return m
+
+    async def stat(self, file_id: bytes, *, verify: bool = False) -> FileHealth:
+        """Each segment's holders (and with ``verify``, proofs from every holder)."""
+        assert self.transport is not None
+        m = await self.open_manifest(file_id)
+        ring = self.ring_view()
+        limiter = trio.CapacityLimiter(RAID.max_transfers)
+        found = await upkeep.locate(self.transport, ring, m, limiter=limiter)
+        checks = [
+            upkeep.SegmentCheck(seg, tuple(found.get((seg, i)) for i in range(m.n)), (None,) * m.n)
+            for seg in range(m.segment_count)
+        ]
+        if verify:
+            window = trio.CapacityLimiter(RAID.segments_in_flight)
+
+            async def check(seg: int) -> None:
+                async with window:
+                    checks[seg] = await upkeep.verify_segment(
+                        self.transport, m, seg, checks[seg].holders, rng=self._rng,
+                        offload=self.offload_cpu, limiter=limiter,
+                    )
+
+            async with trio.open_nursery() as nursery:
+                for seg in range(m.segment_count):
+                    nursery.start_soon(check, seg)
+        health = FileHealth(file_id, m, tuple(checks), verify, time.time())
+        if self.files.get(file_id) is not None:
+            self.health[file_id] = health
+        return health
+
+    async def pin(self, file_id: bytes) -> FileEntry:
+        """Keep a file: look after it, renew its leases, pin the shares held here."""
+        assert self.transport is not None
+        now = int(time.time())
+        entry = self.files.get(file_id)
+        m = entry.manifest if entry else await self.open_manifest(file_id)
+        lease = max(entry.lease_expiry if entry else 0, now + self.lease_s)
+        entry = FileEntry(file_id, m, True, lease, entry.added if entry else now)
+        await self.offload_io(self.files.put, entry)
+        await upkeep.renew_file(self.transport, self.ring_view(), m, lease,
+                                manifest_copies=RAID.manifest_copies)
+        await self.offload_io(self._pin_local, m, True)
+        return entry
+
+    async def unpin(self, file_id: bytes) -> FileEntry:
+        """Stop renewing a file's leases; it expires at its current lease. KeyError if not ours."""
+        entry = self.files.get(file_id)
+        if entry is None:
+            raise KeyError(file_id)
+        entry = dataclasses.replace(entry, pinned=False)
+        await self.offload_io(self.files.put, entry)
+        await self.offload_io(self._pin_local, entry.manifest, False)
+        return entry
+
+    async def set_quota(self, quota_bytes: int) -> None:
+        """Change the share quota now (until restart; ``storage_quota`` sets it for good).
+
+        Lowering it deletes nothing: new shares are refused until use falls below it.
+        Raises ValueError outside 1 MiB .. the store's map ceiling.
+        """
+        assert self.store is not None
+        ceiling = max(self.node.config.storage_quota, MAP_CEILING)
+        if not 1 << 20 <= quota_bytes <= ceiling:
+            raise ValueError(f"quota must be between 1 MiB and {ceiling} bytes without a restart")
+        self.quota = self.store.quota_bytes = quota_bytes
+        log.info("storage quota set to %d bytes", quota_bytes)
+        await self.refresh_statistics()
+
+    def _pin_local(self, m: Manifest, pinned: bool) -> None:
+        assert self.store is not None
+        ids = [m.file_id()] + [m.share_id(s, i) for s in range(m.segment_count) for i in range(m.n)]
+        for share_id in ids:
+            try:
+                (self.store.pin if pinned else self.store.unpin)(share_id)
+            except ShareNotFound:
+                pass
+
+    # ------------------------------------------------------------------ upkeep
+    async def upkeep(self) -> UpkeepReport:
+        """One pass: gc, scrub a slice, repair and spot-audit every looked-after file."""
+        assert self.store is not None and self.transport is not None
+        async with self._upkeep_lock:
+            now = int(time.time())
+            gc = await self.offload_io(self.store.gc, now)
+            scrubbed, bad = await self.offload_io(self._scrub_slice)
+            n = collections.Counter()
+            for entry in self.files.entries():
+                if not entry.pinned and entry.lease_expiry <= now:
+                    await self.offload_io(self.files.remove, entry.file_id)
+                    self.health.pop(entry.file_id, None)
+                    n["expired"] += 1
+                    continue
+                if entry.pinned and entry.lease_expiry - now < self.lease_s // 2:
+                    entry = dataclasses.replace(entry, lease_expiry=now + self.lease_s)
+                    await self.offload_io(self.files.put, entry)
+                    await upkeep.renew_file(self.transport, self.ring_view(), entry.manifest,
+                                            entry.lease_expiry, manifest_copies=RAID.manifest_copies)
+                await self._look_after(entry, n)
+            report = UpkeepReport(time.time(), gc.shares, gc.bytes, scrubbed, bad, len(self.files),
+                                  n["expired"], n["missing"], n["rebuilt"], n["lost"], n["audited"],
+                                  n["audit_failed"], n["healed"])
+        self.last_upkeep = report
+        await self.refresh_statistics()
+        return report
+
+    async def _look_after(self, entry: FileEntry, n: collections.Counter[str]) -> None:
+        assert self.transport is not None
+        m, ring = entry.manifest, self.ring_view()
+        repaired = await raid.repair_file(m, self.transport, ring, lease_expiry=entry.lease_expiry,
+                                          config=RAID, offload=self.offload_cpu)
+        n["missing"] += repaired.shares_missing
+        n["rebuilt"] += repaired.shares_rebuilt
+        n["lost"] += repaired.segments_lost
+        if repaired.shares_rebuilt or repaired.segments_lost:
+            log.info("repaired %s: %d missing, %d rebuilt, %d segments lost",
+                     entry.file_id.hex()[:12], repaired.shares_missing, repaired.shares_rebuilt,
+                     repaired.segments_lost)
+        found = await upkeep.locate(self.transport, ring, m)
+        checks = [
+            upkeep.SegmentCheck(seg, tuple(found.get((seg, i)) for i in range(m.n)), (None,) * m.n)
+            for seg in range(m.segment_count)
+        ]
+        if checks:  # prove one random segment's holders; re-store what a holder failed to prove
+            seg = self._rng.randrange(m.segment_count)
+            checks[seg] = check = await upkeep.verify_segment(
+                self.transport, m, seg, checks[seg].holders, rng=self._rng,
+                offload=self.offload_cpu, heal_lease=entry.lease_expiry,
+            )
+            n["audited"] += sum(v is not None for v in check.verified)
+            n["audit_failed"] += sum(v is False for v in check.verified)
+            n["healed"] += len(check.healed)
+        self.health[entry.file_id] = FileHealth(entry.file_id, m, tuple(checks), False, time.time())
+
+    def _scrub_slice(self) -> tuple[int, int]:
+        assert self.store is not None
+        ids = sorted(self.store.share_ids())
+        start = bisect.bisect_right(ids, self._scrub_cursor)
+        batch = ids[start : start + SCRUB_PER_PASS] or ids[:SCRUB_PER_PASS]
+        bad = 0
+        for share_id in batch:
+            try:
+                self.store.get(share_id, 0, 0)  # hashes the whole share
+            except ShareCorrupted:
+                bad += 1
+            except ShareNotFound:
+                pass
+        self._scrub_cursor = batch[-1] if batch else b""
+        return len(batch), bad
+
+    async def _upkeep_loop(self) -> None:
+        while True:
+            await trio.sleep(self.interval)
+            try:
+                await self.upkeep()
+            except (StorageError, OSError) as exc:  # a full disk, say: try again next time
+                log.warning("storage upkeep pass failed: %s", exc)
+
+    # ------------------------------------------------------------------ status
+    async def refresh_statistics(self) -> StoreStatistics:
+        assert self.store is not None
+        self._stats = await self.offload_io(self.store.statistics)
+        return self._stats
+
+    async def _statistics_loop(self) -> None:
+        while True:
+            await trio.sleep(2)
+            await self.refresh_statistics()
+
+    def _record(self, op: str, file_id: bytes, exc: Exception) -> None:
+        self.recent_errors.append({"at": round(time.time(), 3), "op": op,
+                                   "file_id": integrity.to_hex(file_id), "error": str(exc)})
+
+    def _timed(self, op: str, file_id: bytes, size: int, **phases: float) -> None:
+        seconds = sum(phases.values())
+        self.recent_ops.append({"at": round(time.time(), 3), "op": op, "file_id": integrity.to_hex(file_id),
+                                "bytes": size, "seconds": round(seconds, 3),
+                                "MBps": round(size / max(seconds, 1e-9) / 1e6, 1),
+                                "phases_s": {k: round(v, 3) for k, v in phases.items()}})
+
+    def status(self) -> dict[str, Any]:
+        """This service's section of ``/api/status`` (counters as of the last refresh)."""
+        stats = self._stats
+        out: dict[str, Any] = {
+            "quota_bytes": self.quota,
+            "used_bytes": stats.bytes if stats else 0,
+            "shares": stats.shares if stats else 0,
+            "hash_failures": stats.hash_failures if stats else 0,
+            "files": len(self.files),
+            "pinned": sum(e.pinned for e in self.files.entries()),
+            "upkeep": dataclasses.asdict(self.last_upkeep) if self.last_upkeep else None,
+            "recent_errors": list(self.recent_errors),
+            "recent_ops": list(self.recent_ops),
+        }
+        if self.server is not None and self.transport is not None:
+            out["server"] = dataclasses.asdict(self.server.statistics())
+            out["transport"] = dataclasses.asdict(self.transport.statistics())
+        return out
+
+    def routes(self) -> list[Any]:
+        from poolai.node.storage_api import storage_routes
+
+        return storage_routes(self)
+
+
+def _phase(progress: PhaseProgress | None, phase: str) -> raid.Progress | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(phase, done, total)

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Benchmark burst-RAID storage on local node processes; prints one JSON object.
+
+In one run:
+
+* zfec alone: encode and decode (from parity shares only, the worst case) of
+  the same parameters, MB/s of file data;
+* one libp2p stream (Noise + yamux) between two local processes, and k
+  streams from k processes into one: what a receiving process can take;
+* 10 ``poolai node run`` processes: put a random file through node 0's local
+  API and get it back through node 1's (timed end to end, bytes checked),
+  with node 1's peak resident memory during the get (VmHWM, reset first).
+
+    python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10]
+
+``--size`` is in MiB. Everything runs on this machine: the numbers measure
+CPU (Noise, hashing, zfec, HTTP) shared by every process, not a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import zfec
+
+MiB = 1 << 20
+BENCH_PROTOCOL = "/poolai/bench-stream/1.0.0"
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return round(nbytes / max(seconds, 1e-9) / 1e6, 1)
+
+
+# ----------------------------------------------------------------------------- zfec alone
+
+
+def bench_zfec(k: int, n: int, segment: int, total: int) -> dict[str, float]:
+    rng = random.Random(0)
+    block = segment // k
+    segments = max(1, total // segment)
+    blocks = [[rng.randbytes(block) for _ in range(k)] for _ in range(min(segments, 8))]
+    encoder, decoder = zfec.Encoder(k, n), zfec.Decoder(k, n)
+    start = time.perf_counter()
+    encoded = [encoder.encode(blocks[s % len(blocks)]) for s in range(segments)]
+    encode_s = time.perf_counter() - start
+    parity = list(range(n - k, n))  # worst case: no primary share survives
+    start = time.perf_counter()
+    for shares in encoded:
+        decoder.decode([shares[i] for i in parity], parity)
+    decode_s = time.perf_counter() - start
+    size = segments * segment
+    return {"zfec_encode_MBps": mbps(size, encode_s), "zfec_decode_MBps": mbps(size, decode_s)}
+
+
+# ----------------------------------------------------------------------------- raw libp2p streams
+
+
+def stream_source(size: int) -> None:
+    """Child process: serve ``size`` bytes on every stream of BENCH_PROTOCOL."""
+    import trio
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from poolai.mesh.host import open_host
+
+    payload = random.Random(1).randbytes(256 << 10)
+
+    async def main() -> None:
+        async with open_host(create_new_key_pair(), ["/ip4/127.0.0.1/tcp/0"]) as host:
+
+            async def serve(stream) -> None:
+                sent = 0
+                while sent < size:
+                    chunk = payload[: min(len(payload), size - sent)]
+                    await stream.send_all(chunk)
+                    sent += len(chunk)
+                await stream.aclose()
+
+            host.set_handler(BENCH_PROTOCOL, serve)
+            print(f"addr: {host.addrs()[0]}", flush=True)
+            await trio.sleep_forever()
+
+    trio.run(main)
+
+
+def bench_streams(sources: list[str], size: int) -> float:
+    """Read ``size`` bytes from each source at once (one stream each); MB/s in total."""
+    import trio
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from poolai.mesh.host import open_host, split_p2p_addr
+
+    async def main() -> float:
+        async with open_host(create_new_key_pair(), ["/ip4/127.0.0.1/tcp/0"]) as host:
+            peers = [split_p2p_addr(a) for a in sources]
+            for peer_id, addr in peers:
+                await host.connect(peer_id, [addr])
+            got = [0] * len(peers)
+
+            async def pull(i: int, peer_id: str) -> None:
+                stream = await host.open_stream(peer_id, BENCH_PROTOCOL)
+                while got[i] < size:
+                    data = await stream.receive_some(1 << 20)
+                    if not data:
+                        raise RuntimeError(f"stream ended after {got[i]} bytes")
+                    got[i] += len(data)
+                await stream.aclose()
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for i, (peer_id, _) in enumerate(peers):
+                    nursery.start_soon(pull, i, peer_id)
+            return mbps(sum(got), time.perf_counter() - start)
+
+    return trio.run(main)
+
+
+# ----------------------------------------------------------------------------- node processes
+
+
+def poolai() -> list[str]:
+    exe = Path(sys.executable).with_name("poolai")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli"]
+
+
+class Proc:
+    """A child process that prints ``key: value`` lines when ready."""
+
+    def __init__(self, cmd: list[str], keys: tuple[str, ...], env: dict[str, str] | None = None):
+        self.info: dict[str, str] = {}
+        self.ready = threading.Event()
+        self.keys = keys
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            key, _, value = line.strip().partition(": ")
+            if key in self.keys and key not in self.info:
+                self.info[key] = value
+                if len(self.info) == len(self.keys):
+                    self.ready.set()
+
+    def wait_ready(self, timeout: float = 90) -> Proc:
+        if not self.ready.wait(timeout):
+            raise SystemExit(f"{self.proc.args[:3]} did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_nodes(base: Path, count: int, env: dict[str, str], nodes: list[Proc]) -> None:
+    """Start ``count`` nodes into ``nodes`` (so the caller can stop them whatever happens)."""
+    keys = ("peer id", "listening", "api")
+
+    def node(i: int, extra: list[str]) -> Proc:
+        cmd = poolai() + ["--data-dir", str(base / f"node{i}"), "node", "run", "--listen",
+                          "/ip4/127.0.0.1/tcp/0", "--api-port", "0", *extra]
+        return Proc(cmd, keys, env)
+
+    nodes.append(node(0, []).wait_ready())
+    nodes += [node(i, ["--bootstrap", nodes[0].info["listening"]]) for i in range(1, count)]
+    for p in nodes:
+        p.wait_ready()
+    ids = {p.info["peer id"] for p in nodes}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if all({q["peer_id"] for q in httpx.get(p.info["api"] + "/api/peers", timeout=5).json()["peers"]}
+                   >= ids - {p.info["peer id"]} for p in nodes):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the nodes did not connect to each other")
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak(pid: int) -> None:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int) -> dict:
+    src = base / "src.bin"
+    digest = hashlib.sha256()
+    rng = random.Random(2)
+    with src.open("wb") as handle:
+        left = size
+        while left:
+            chunk = rng.randbytes(min(left, 8 * MiB))
+            digest.update(chunk)
+            handle.write(chunk)
+            left -= len(chunk)
+    timeout = httpx.Timeout(connect=10, read=600, write=600, pool=10)
+
+    def upload():
+        with src.open("rb") as handle:
+            while chunk := handle.read(MiB):
+                yield chunk
+
+    start = time.perf_counter()
+    response = httpx.post(nodes[0].info["api"] + "/api/files", content=upload(), timeout=timeout,
+                          params={"k": k, "n": n, "segment": segment},
+                          headers={"Content-Length": str(size)})
+    put_s = time.perf_counter() - start
+    if response.status_code != 201:
+        raise SystemExit(f"put failed: {response.text}")
+    file_id = response.json()["file_id"]
+    put_op = last_op(nodes[0], "put")
+
+    getter = nodes[1].proc.pid
+    rss_before = vm_kib(getter, "VmRSS")
+    reset_peak(getter)
+    got = hashlib.sha256()
+    received = 0
+    start = time.perf_counter()
+    with httpx.stream("GET", f"{nodes[1].info['api']}/api/files/{file_id}", timeout=timeout) as reply:
+        for chunk in reply.iter_raw(MiB):
+            got.update(chunk)
+            received += len(chunk)
+    get_s = time.perf_counter() - start
+    if received != size or got.digest() != digest.digest():
+        raise SystemExit(f"get returned {received} bytes that do not match")
+    get_op = last_op(nodes[1], "get")
+    return {
+        "put_api_MBps": mbps(size, put_s),
+        "put_phases_s": put_op["phases_s"],
+        "put_store_phase_MBps": mbps(size, put_op["phases_s"]["store"]),
+        "get_api_MBps": mbps(size, get_s),
+        "get_node_MBps": get_op["MBps"],
+        "get_node_rss_before_MiB": round(rss_before / 1024, 1),
+        "get_node_peak_rss_MiB": round(vm_kib(getter, "VmHWM") / 1024, 1),
+    }
+
+
+def last_op(node: Proc, op: str) -> dict:
+    """The node's record of its last ``op`` (a get is recorded just after its last byte went out)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ops = httpx.get(node.info["api"] + "/api/storage", timeout=30).json()["recent_ops"]
+        found = [o for o in ops if o["op"] == op]
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    raise SystemExit(f"the node recorded no {op}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256, help="file size in MiB (default 256)")
+    ap.add_argument("--nodes", type=int, default=10)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--segment-mib", type=int, default=4)
+    ap.add_argument("--stream-mib", type=int, default=64, help="bytes per baseline stream (MiB)")
+    ap.add_argument("--stream-source", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stream_source is not None:
+        stream_source(args.stream_source)
+        return
+    size, segment = args.size * MiB, args.segment_mib * MiB
+    out: dict = {"size_MiB": args.size, "nodes": args.nodes, "k": args.k, "n": args.n,
+                 "segment_MiB": args.segment_mib, "cpus": os.cpu_count()}
+    out.update(bench_zfec(args.k, args.n, segment, min(size, 256 * MiB)))
+
+    stream = args.stream_mib * MiB
+    sources = [Proc([sys.executable, __file__, "--stream-source", str(stream)], ("addr",))
+               for _ in range(args.k)]
+    try:
+        addrs = [p.wait_ready().info["addr"] for p in sources]
+        out["stream_1_MBps"] = bench_streams(addrs[:1], stream)
+        out[f"streams_{args.k}_into_1_MBps"] = bench_streams(addrs, stream // args.k)
+    finally:
+        for p in sources:
+            p.stop()
+
+    base = Path(tempfile.mkdtemp(prefix="poolai-bench-"))
+    env = {"POOLAI_STORAGE_QUOTA": f"{max(1, 4 * size * args.n // args.k // args.nodes // MiB + 64)}MiB",
+           "POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_LOG_LEVEL": "warning"}
+    nodes: list[Proc] = []
+    try:
+        start_nodes(base, args.nodes, env, nodes)
+        out["load_before"] = round(os.getloadavg()[0], 2)
+        out.update(bench_mesh(base, nodes, size, args.k, args.n, segment))
+    finally:
+        for p in nodes:
+            p.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    single = out["stream_1_MBps"]
+    reference = min(out["zfec_decode_MBps"], out[f"streams_{args.k}_into_1_MBps"])
+    for where in ("api", "node"):
+        out[f"get_{where}_speedup_over_1_stream"] = round(out[f"get_{where}_MBps"] / single, 2)
+        out[f"get_{where}_vs_min_decode_kstreams"] = round(out[f"get_{where}_MBps"] / reference, 2)
+    out["load_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

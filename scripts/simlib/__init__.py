@@ -1,0 +1,1 @@
+"""Harness of ``scripts/sim_overlay.py``: latency model, lookup engine, the three systems."""

@@ -1,0 +1,302 @@
+"""The share server: serves one node's :class:`ShareStore` on ``/poolai/store/1.0.0``.
+
+It knows no transport: it serves any trio half-closeable stream, so tests
+drive it over memory streams too. It checks a ``store.put`` header (size,
+ids, quota) before reading the body, bounds concurrent transfers and their
+announced bytes (answering ``busy`` when full), reads and writes under
+deadlines, and runs every LMDB call off the event loop. The same checks
+serve this node's own requests (``*_local``), which skip the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from poolai.mesh import wire
+from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, TruncatedFrame
+from poolai.mesh.rpc import ByteStream
+from poolai.storage import integrity
+from poolai.storage.errors import QuotaExceeded, ShareCorrupted, ShareHashMismatch, ShareNotFound
+from poolai.storage.protocol import (
+    CONTROL_FRAME,
+    MAX_AUDIT_LENGTH,
+    MAX_SHARE_SIZE,
+    REQUESTS,
+    AuditRequest,
+    DataReply,
+    FetchRequest,
+    HasRequest,
+    HeldReply,
+    ProofReply,
+    PutRequest,
+    Reader,
+    RenewedReply,
+    ShareRefused,
+    StoredReply,
+    abort,
+    check_ids,
+    close,
+    pack_bits,
+    send_frame,
+    send_raw,
+)
+from poolai.storage.store import ShareStore
+
+log = logging.getLogger(__name__)
+
+Offload = Callable[..., Awaitable[Any]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits of one node's share server. Raises ValueError on nonsense."""
+
+    max_requests: int = 64  # streams served at once, all kinds
+    max_transfers: int = 32  # store/fetch bodies in flight
+    max_transfer_bytes: int = 128 << 20  # their announced sizes together (memory bound)
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0  # to receive one share body
+    reply_timeout: float = 60.0  # to send one reply (with its bytes)
+    max_lease_s: int = 400 * 86400  # longest lease granted to a peer, from now
+
+    def __post_init__(self) -> None:
+        if min(self.max_requests, self.max_transfers, self.max_transfer_bytes) < 1:
+            raise ValueError("limits must be positive")
+        if self.max_transfer_bytes < MAX_SHARE_SIZE:
+            raise ValueError("max_transfer_bytes must fit one largest share")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """Counters since start (a snapshot)."""
+
+    requests: int
+    busy: int
+    bad_requests: int
+    timeouts: int
+    stored: int
+    fetched: int
+    quota_refusals: int
+    hash_refusals: int
+    corrupt: int
+    bytes_in: int
+    bytes_out: int
+    transfers: int  # store/fetch bodies in flight now
+
+
+class ShareServer:
+    """Serves one :class:`ShareStore` to peers, and to this node itself (``*_local``).
+
+    ``offload`` runs blocking store calls (default ``trio.to_thread.run_sync``);
+    ``clock`` gives unix seconds for capping leases.
+    """
+
+    def __init__(
+        self,
+        store: ShareStore,
+        *,
+        config: ServerConfig = ServerConfig(),
+        offload: Offload = trio.to_thread.run_sync,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._offload = offload
+        self._clock = clock
+        self._requests = trio.CapacityLimiter(config.max_requests)
+        self._transfers = 0
+        self._transfer_bytes = 0
+        self._n = {f.name: 0 for f in dataclasses.fields(ServerStatistics) if f.name != "transfers"}
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(**self._n, transfers=self._transfers)
+
+    # ------------------------------------------------------------------ operations
+    async def put_local(self, share_id: bytes, data: bytes, file_id: bytes, lease: int) -> bool:
+        """Store a share in this node's store; raises ShareRefused (quota, hash)."""
+        check_ids([share_id, file_id])
+        if not 0 < len(data) <= MAX_SHARE_SIZE:
+            raise ShareRefused("bad_request", "too_large", f"share of {len(data)} bytes")
+        lease = min(lease, int(self._clock()) + self.config.max_lease_s)
+        try:
+            new = await self._offload(self._put, share_id, data, file_id, lease)
+        except ShareHashMismatch as exc:
+            self._n["hash_refusals"] += 1
+            raise ShareRefused("bad_request", "hash", str(exc)) from None
+        except QuotaExceeded as exc:
+            self._n["quota_refusals"] += 1
+            raise ShareRefused("refused", "quota", str(exc)) from None
+        self._n["stored"] += 1
+        return new
+
+    def _put(self, share_id: bytes, data: bytes, file_id: bytes, lease: int) -> bool:
+        return self.store.put(share_id, data, file_id=file_id, lease_expiry=lease)
+
+    async def admit_local(self, share_id: bytes, size: int) -> None:
+        """Refuse a share before its bytes arrive if it cannot fit the quota."""
+        if not (await self._offload(self.store.has, [share_id]))[0]:
+            stats = await self._offload(self.store.statistics)
+            if stats.bytes + size > stats.quota_bytes:
+                self._n["quota_refusals"] += 1
+                raise ShareRefused(
+                    "refused", "quota",
+                    f"share of {size} bytes refused: {stats.bytes} of {stats.quota_bytes} quota bytes used",
+                )
+
+    async def fetch_local(self, share_id: bytes, offset: int = 0, length: int = 0) -> tuple[int, bytes]:
+        """(whole share size, bytes of the range); length 0 = to the end. Raises ShareRefused."""
+        check_ids([share_id])
+        try:
+            return await self._offload(self._get, share_id, offset, length)
+        except ShareNotFound:
+            raise ShareRefused("not_found", "not_found", f"no share {share_id.hex()[:16]}") from None
+        except ShareCorrupted as exc:
+            self._n["corrupt"] += 1
+            raise ShareRefused("not_found", "corrupt", str(exc)) from None
+        except ValueError as exc:
+            raise ShareRefused("bad_request", "range", str(exc)) from None
+
+    def _get(self, share_id: bytes, offset: int, length: int) -> tuple[int, bytes]:
+        record = self.store.record(share_id)
+        if record is None:
+            raise ShareNotFound(share_id.hex())
+        data = self.store.get(share_id, offset, length or None)
+        return record.size, data
+
+    async def has_local(self, ids: Sequence[bytes]) -> list[bool]:
+        check_ids(ids)
+        return await self._offload(self.store.has, list(ids))
+
+    async def audit_local(self, share_id: bytes, offset: int, length: int, nonce: bytes) -> bytes:
+        if len(nonce) != integrity.AUDIT_NONCE_SIZE:
+            raise ShareRefused("bad_request", "schema", "nonce must be 32 bytes")
+        if not 0 < length <= MAX_AUDIT_LENGTH:
+            raise ShareRefused("bad_request", "range", f"audit length must be 1..{MAX_AUDIT_LENGTH}")
+        _, data = await self.fetch_local(share_id, offset, length)
+        return await self._offload(integrity.audit_digest, nonce, data)
+
+    async def renew_local(self, ids: Sequence[bytes], lease: int) -> list[bool]:
+        check_ids(ids)
+        lease = min(lease, int(self._clock()) + self.config.max_lease_s)
+        return await self._offload(self._renew, list(ids), lease)
+
+    def _renew(self, ids: list[bytes], lease: int) -> list[bool]:
+        out = []
+        for share_id in ids:
+            try:
+                self.store.renew(share_id, lease)
+                out.append(True)
+            except ShareNotFound:
+                out.append(False)
+        return out
+
+    # ------------------------------------------------------------------ network side
+    async def handle(self, stream: ByteStream, peer: str = "?") -> None:
+        """Serve one inbound stream. Never raises for anything the peer does."""
+        self._n["requests"] += 1
+        try:
+            self._requests.acquire_on_behalf_of_nowait(stream)
+        except trio.WouldBlock:
+            self._n["busy"] += 1
+            await self._refuse(stream, ShareRefused("busy", "busy", "too many concurrent requests"))
+            return
+        try:
+            await self._serve(stream)
+        except ShareRefused as fault:
+            await self._refuse(stream, fault)
+            return
+        except (MeshError, trio.TooSlowError) as exc:
+            if isinstance(exc, trio.TooSlowError):
+                self._n["timeouts"] += 1
+            log.info("store: dropped stream from %s: %r", peer[-8:], exc)
+            await abort(stream)
+            return
+        finally:
+            self._requests.release_on_behalf_of(stream)
+        await close(stream)
+
+    async def _refuse(self, stream: ByteStream, fault: ShareRefused) -> None:
+        if fault.code == "bad_request":
+            self._n["bad_requests"] += 1
+        with trio.move_on_after(2):
+            try:
+                await send_frame(stream, fault.to_wire())
+            except MeshError:
+                pass
+        await close(stream)
+
+    async def _serve(self, stream: ByteStream) -> None:
+        reader = Reader(stream)
+        try:
+            with trio.fail_after(self.config.header_timeout):
+                body = await reader.frame(CONTROL_FRAME)
+            if body is None:
+                raise PeerUnreachable("stream closed before a request arrived")
+            request = wire.decode(body, *REQUESTS)
+        except (ProtocolError, trio.TooSlowError) as exc:
+            if isinstance(exc, trio.TooSlowError):
+                raise
+            raise ShareRefused("bad_request", "malformed", str(exc)) from None
+        if isinstance(request, FetchRequest):
+            await self._serve_fetch(stream, request)
+            return
+        if isinstance(request, PutRequest):
+            reply: Any = await self._serve_put(reader, request)
+        elif isinstance(request, HasRequest):
+            reply = HeldReply(held=pack_bits(await self.has_local(request.ids)))
+        elif isinstance(request, AuditRequest):
+            check_ids([request.id])
+            digest = await self.audit_local(request.id, request.offset, request.length, request.nonce)
+            reply = ProofReply(digest=digest)
+        else:
+            reply = RenewedReply(renewed=pack_bits(await self.renew_local(request.ids, request.lease)))
+        with trio.fail_after(self.config.reply_timeout):
+            await send_frame(stream, reply)
+
+    def _reserve(self, size: int) -> None:
+        cfg = self.config
+        if self._transfers >= cfg.max_transfers or self._transfer_bytes + size > cfg.max_transfer_bytes:
+            self._n["busy"] += 1
+            raise ShareRefused("busy", "busy", "too many transfers in flight")
+        self._transfers += 1
+        self._transfer_bytes += size
+
+    def _release(self, size: int) -> None:
+        self._transfers -= 1
+        self._transfer_bytes -= size
+
+    async def _serve_put(self, reader: Reader, request: PutRequest) -> StoredReply:
+        check_ids([request.id, request.file])
+        self._reserve(request.size)
+        try:
+            await self.admit_local(request.id, request.size)
+            try:
+                with trio.fail_after(self.config.body_timeout):
+                    data = await reader.exactly(request.size)
+            except TruncatedFrame as exc:
+                raise ShareRefused("bad_request", "truncated", str(exc)) from None
+            self._n["bytes_in"] += len(data)
+            new = await self.put_local(request.id, data, request.file, request.lease)
+        finally:
+            self._release(request.size)
+        return StoredReply(new=new)
+
+    async def _serve_fetch(self, stream: ByteStream, request: FetchRequest) -> None:
+        check_ids([request.id])
+        budget = request.length or MAX_SHARE_SIZE
+        self._reserve(budget)  # held until the bytes are sent: they sit in memory till then
+        try:
+            size, data = await self.fetch_local(request.id, request.offset, request.length)
+            with trio.fail_after(self.config.reply_timeout):
+                await send_frame(stream, DataReply(size=size, length=len(data)))
+                await send_raw(stream, data)
+        finally:
+            self._release(budget)
+        self._n["fetched"] += 1
+        self._n["bytes_out"] += len(data)

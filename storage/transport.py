@@ -1,0 +1,360 @@
+"""The client side of ``/poolai/store/1.0.0``: a :class:`~poolai.storage.raid.ShareTransport` on libp2p.
+
+Peers are named by their raw peer id bytes (the multihash, what placement
+hashes onto the ring); they are turned into base58 only to open a stream.
+Requests to this node itself skip the network and go to its own
+:class:`~poolai.storage.server.ShareServer`, through the same checks.
+
+Every fault of the remote side (unreachable, reset, malformed or short
+reply, error reply) is raised as :class:`~poolai.storage.errors.PeerError`
+(error replies as its subclass ``ShareRefused``), as the ShareTransport
+contract requires. The caller owns the deadline; ``fallback_timeout`` only
+stops an exchange nobody bounded from hanging forever. A stream whose
+exchange failed is reset so the holder stops sending at once. Exchanges are
+carried by tasks the caller's cancellation cannot reach (see ``_remote``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from poolai.mesh import wire
+from poolai.mesh.errors import MeshError, ProtocolError
+from poolai.mesh.host import Libp2pStream, MeshHost, peer_id_bytes, peer_id_text
+from poolai.storage import integrity
+from poolai.storage.errors import PeerError
+from poolai.storage.placement import PeerId
+from poolai.storage.protocol import (
+    CONTROL_FRAME,
+    MAX_SHARE_SIZE,
+    PROTOCOL,
+    AuditRequest,
+    DataReply,
+    FetchRequest,
+    HasRequest,
+    HeldReply,
+    ProofReply,
+    PutRequest,
+    Reader,
+    RenewedReply,
+    RenewRequest,
+    ShareRefused,
+    StoredReply,
+    abort,
+    close,
+    send_eof,
+    send_frame,
+    send_raw,
+    unpack_bits,
+)
+from poolai.storage.raid import MAX_HAS_IDS, ShareMeta
+from poolai.storage.server import ShareServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    """Outbound counters since start (a snapshot); ``refusals`` counts error replies by reason."""
+
+    requests: int
+    failures: int
+    bytes_sent: int
+    bytes_received: int
+    refusals: dict[str, int]
+
+
+class Libp2pShareTransport:
+    """Share exchanges with peers over a :class:`MeshHost`; implements ``ShareTransport``.
+
+    Run :meth:`run` in a nursery to make exchanges immune to their callers'
+    cancellation (see :meth:`_remote`); without it they run in the caller's task.
+    """
+
+    def __init__(
+        self, host: MeshHost, *, local: ShareServer | None = None, fallback_timeout: float = 120.0,
+        max_exchanges: int = 128,
+    ) -> None:
+        self._host = host
+        self._local = local
+        self._me = peer_id_bytes(host.peer_id)
+        self._timeout = fallback_timeout
+        self._names: dict[bytes, str] = {}
+        self._n = {"requests": 0, "failures": 0, "bytes_sent": 0, "bytes_received": 0}
+        self._refusals: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        self._slots = trio.Semaphore(max_exchanges)
+
+    @property
+    def me(self) -> PeerId:
+        """This node's own peer id bytes."""
+        return self._me
+
+    def statistics(self) -> TransportStatistics:
+        return TransportStatistics(**self._n, refusals=dict(self._refusals))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the tasks that carry exchanges, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    # ------------------------------------------------------------------ ShareTransport
+    async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
+        """Ask ``peer`` to keep ``data``; raises PeerError (ShareRefused for quota, hash, busy ...)."""
+        if len(data) > MAX_SHARE_SIZE:
+            raise ValueError(f"share of {len(data)} bytes exceeds {MAX_SHARE_SIZE}")
+        if self._is_local(peer):
+            await self._counted(self._local_store(share_id, data, meta))
+            return
+        header = PutRequest(id=share_id, file=meta.file_id, lease=meta.lease_expiry, size=len(data))
+        await self._remote(peer, self._store_io, header, data)
+        self._n["bytes_sent"] += len(data)
+
+    async def fetch(self, peer: PeerId, share_id: bytes) -> bytes:
+        """The whole share ``peer`` holds under ``share_id`` (unverified: callers check the hash)."""
+        return await self.fetch_range(peer, share_id, 0, 0)
+
+    async def fetch_range(self, peer: PeerId, share_id: bytes, offset: int, length: int) -> bytes:
+        """``length`` bytes of a share from ``offset`` (0 = to the end)."""
+        if self._is_local(peer):
+            local = self._require_local()
+            return (await self._counted(local.fetch_local(share_id, offset, length)))[1]
+        request = FetchRequest(id=share_id, offset=offset, length=length)
+        data = await self._remote(peer, self._fetch_io, request)
+        self._n["bytes_received"] += len(data)
+        return data
+
+    async def has(self, peer: PeerId, share_ids: Sequence[bytes]) -> list[bool]:
+        """For each of at most ``MAX_HAS_IDS`` ids, whether ``peer`` holds it."""
+        if len(share_ids) > MAX_HAS_IDS:
+            raise ValueError(f"at most {MAX_HAS_IDS} ids per request")
+        if not share_ids:
+            return []
+        if self._is_local(peer):
+            return await self._counted(self._require_local().has_local(share_ids))
+        reply = await self._remote(peer, self._small_io, HasRequest(ids=list(share_ids)), HeldReply)
+        return unpack_bits(reply.held, len(share_ids))
+
+    async def audit(
+        self, peer: PeerId, share_id: bytes, offset: int, length: int, nonce: bytes
+    ) -> bytes:
+        """``peer``'s proof of possession of ``share[offset:offset+length]`` for ``nonce``."""
+        if self._is_local(peer):
+            local = self._require_local()
+            return await self._counted(local.audit_local(share_id, offset, length, nonce))
+        request = AuditRequest(id=share_id, offset=offset, length=length, nonce=nonce)
+        reply = await self._remote(peer, self._small_io, request, ProofReply)
+        if len(reply.digest) != integrity.HASH_SIZE:
+            raise PeerError("audit digest has the wrong size")
+        return reply.digest
+
+    async def renew(self, peer: PeerId, share_ids: Sequence[bytes], lease_expiry: int) -> list[bool]:
+        """Extend the leases of the listed shares ``peer`` holds; which ones it held."""
+        if len(share_ids) > MAX_HAS_IDS:
+            raise ValueError(f"at most {MAX_HAS_IDS} ids per request")
+        if not share_ids:
+            return []
+        if self._is_local(peer):
+            return await self._counted(self._require_local().renew_local(share_ids, lease_expiry))
+        request = RenewRequest(ids=list(share_ids), lease=lease_expiry)
+        reply = await self._remote(peer, self._small_io, request, RenewedReply)
+        return unpack_bits(reply.renewed, len(share_ids))
+
+    # ------------------------------------------------------------------ internals
+    def _is_local(self, peer: PeerId) -> bool:
+        return peer == self._me and self._local is not None
+
+    def _require_local(self) -> ShareServer:
+        assert self._local is not None
+        return self._local
+
+    async def _local_store(self, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
+        local = self._require_local()
+        await local.admit_local(share_id, len(data))
+        await local.put_local(share_id, data, meta.file_id, meta.lease_expiry)
+
+    async def _counted(self, op: Any) -> Any:
+        self._n["requests"] += 1
+        try:
+            return await op
+        except ShareRefused as exc:
+            self._refused(exc)
+            raise
+
+    def _refused(self, exc: ShareRefused) -> None:
+        self._n["failures"] += 1
+        self._refusals[exc.reason] = self._refusals.get(exc.reason, 0) + 1
+
+    def _name(self, peer: PeerId) -> str:
+        name = self._names.get(peer)
+        if name is None:
+            try:
+                name = peer_id_text(bytes(peer))
+            except ValueError as exc:
+                raise PeerError(f"not a peer id: {exc}") from None
+            if len(self._names) > 10_000:
+                self._names.clear()
+            self._names[peer] = name
+        return name
+
+    async def _remote(self, peer: PeerId, io: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run one exchange with ``peer`` where the caller's cancellation cannot reach it.
+
+        py-libp2p 0.8 is not cancel-safe: a task cancelled while it writes, or
+        while a read of it sends a window update, may have advanced the Noise
+        nonce without sending the frame, and the peer then drops the whole
+        connection. Callers here cancel routinely (a get cancels the fetches
+        it no longer needs), so the exchange runs in a task of :meth:`run`'s
+        nursery; a cancelled caller stops waiting at once and the exchange
+        finishes or fails on its own (within ``fallback_timeout``).
+        """
+        name = self._name(peer)
+        self._n["requests"] += 1
+        if self._nursery is None:
+            return await self._exchange(name, io, *args)
+        await self._slots.acquire()
+        done, abandoned = trio.Event(), trio.Event()
+        outcome: dict[str, Any] = {}
+
+        async def carry() -> None:
+            try:
+                outcome["value"] = await self._exchange(name, io, *args, abandoned=abandoned)
+            except Exception as exc:  # handed to the caller, who re-raises it
+                outcome["error"] = exc
+            finally:
+                self._slots.release()
+                done.set()
+
+        self._nursery.start_soon(carry)
+        try:
+            await done.wait()
+        except BaseException:
+            abandoned.set()  # the exchange stops (and resets its stream) at its next read or write
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    async def _exchange(
+        self, name: str, io: Callable[..., Awaitable[Any]], *args: Any,
+        abandoned: trio.Event | None = None,
+    ) -> Any:
+        """Open a stream, run ``io(stream, *args)``; faults become PeerError, failed streams reset."""
+        stream: Libp2pStream | None = None
+        try:
+            with trio.fail_after(self._timeout):
+                stream = await self._host.open_stream(name, PROTOCOL)
+                result = await io(stream if abandoned is None else _Abandonable(stream, abandoned), *args)
+        except BaseException as exc:
+            if stream is not None:
+                await abort(stream)  # the holder stops sending at once
+            if isinstance(exc, ShareRefused):
+                self._refused(exc)
+                raise
+            if isinstance(exc, MeshError | trio.BrokenResourceError | trio.ClosedResourceError):
+                self._n["failures"] += 1
+                raise PeerError(f"{PROTOCOL} with {name[-8:]}: {exc}") from None
+            if isinstance(exc, trio.TooSlowError):
+                self._n["failures"] += 1
+                raise PeerError(f"{PROTOCOL} with {name[-8:]} took over {self._timeout:g} s") from None
+            raise
+        await close(stream)
+        return result
+
+    async def _small_io(self, stream: Libp2pStream, request: Any, reply_type: type) -> Any:
+        reader = await self._request(stream, request)
+        return await self._reply(reader, reply_type)
+
+    async def _fetch_io(self, stream: Libp2pStream, request: FetchRequest) -> bytes:
+        reader = await self._request(stream, request)
+        reply = await self._reply(reader, DataReply)
+        length, offset = request.length, request.offset
+        if reply.length > reply.size or (length and reply.length != length) or (
+            not length and reply.length != reply.size - offset
+        ):
+            raise PeerError(f"holder announced {reply.length} bytes for a request of {length}")
+        return await reader.exactly(reply.length)
+
+    async def _request(self, stream: Libp2pStream, request: Any) -> Reader:
+        await send_frame(stream, request)
+        await send_eof(stream)
+        return Reader(stream)
+
+    async def _reply(self, reader: Reader, reply_type: type) -> Any:
+        body = await reader.frame(CONTROL_FRAME)
+        if body is None:
+            raise ProtocolError("holder closed the stream without replying")
+        reply = wire.decode(body, wire.ErrorReply, reply_type)
+        if isinstance(reply, wire.ErrorReply):
+            raise ShareRefused.from_remote(reply.code, reply.message)
+        return reply
+
+    async def _store_io(self, stream: Libp2pStream, header: PutRequest, data: bytes) -> None:
+        """Write header and body while reading the reply, which may be an early refusal."""
+        failed: list[BaseException] = []
+        sent = trio.Event()
+
+        async def send() -> None:
+            try:
+                await send_frame(stream, header)
+                await send_raw(stream, data)
+                await send_eof(stream)
+                sent.set()
+            except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failed.append(exc)  # the holder reset us; its reply (if any) says why
+
+        reply: Any = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            try:
+                reply = await self._reply(Reader(stream), StoredReply)
+            except (ShareRefused, MeshError) as exc:
+                failed.insert(0, exc)
+            nursery.cancel_scope.cancel()  # writes are shielded: this only stops between chunks
+        if failed:
+            if isinstance(failed[0], ShareRefused):
+                raise failed[0]
+            raise PeerError(f"store failed: {failed[0]}")
+        if not sent.is_set():
+            raise PeerError("holder acknowledged a share before receiving all of it")
+        assert isinstance(reply, StoredReply)
+
+
+class _Abandonable:
+    """A stream whose next read or write fails once its caller has gone (no cancellation)."""
+
+    def __init__(self, stream: Libp2pStream, abandoned: trio.Event) -> None:
+        self._stream = stream
+        self._abandoned = abandoned
+
+    def _check(self) -> None:
+        if self._abandoned.is_set():
+            raise trio.ClosedResourceError("the caller no longer waits for this exchange")
+
+    async def send_all(self, data: bytes) -> None:
+        self._check()
+        await self._stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check()
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        self._check()
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def reset(self) -> None:
+        await self._stream.reset()

@@ -1,0 +1,61 @@
+"""Credits services on real libp2p hosts in this process, without the rest of a node.
+
+``credit_mesh(tmp_path, n)`` yields n running :class:`CreditsService` objects whose hosts
+are all connected to each other; the services see a node with no other services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from poolai.mesh.host import MeshHost, open_host
+from poolai.node.credits_service import CreditsService
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    redundancy_fraction: float = 0.0
+    credits_sync_interval: float = 3600.0  # tests sync explicitly
+    payout_address: str = ""
+
+
+class FakeNode:
+    """What CreditsService reads from its node: host, config, data_dir and service lookup."""
+
+    def __init__(self, host: MeshHost, data_dir: Path, config: FakeConfig) -> None:
+        self.host = host
+        self.data_dir = data_dir
+        self.config = config
+
+    def service(self, name: str) -> Any:
+        raise KeyError(name)
+
+
+@asynccontextmanager
+async def credit_mesh(tmp_path: Path, n: int, config: FakeConfig = FakeConfig()
+                      ) -> AsyncIterator[list[CreditsService]]:
+    async with AsyncExitStack() as stack:
+        hosts = [await stack.enter_async_context(open_host(create_new_key_pair(), LOOPBACK))
+                 for _ in range(n)]
+        with trio.fail_after(20):
+            for i, a in enumerate(hosts):
+                for b in hosts[i + 1:]:
+                    await a.connect(b.peer_id, b.transport_addrs())
+        async with trio.open_nursery() as nursery:
+            services = [CreditsService(FakeNode(h, tmp_path / f"n{i}", config), durable=False)  # type: ignore[arg-type]
+                        for i, h in enumerate(hosts)]
+            for service in services:
+                await nursery.start(service.run)
+            try:
+                yield services
+            finally:
+                nursery.cancel_scope.cancel()

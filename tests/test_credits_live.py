@@ -1,0 +1,221 @@
+"""Credits on a mesh of full nodes (in this process, real libp2p on 127.0.0.1).
+
+Jobs and storage are represented by the calls their services make into the credits
+service when a job's result has been checked or an upkeep pass has audited a holder
+(``job_checked``/``claim_job``, ``storage_audited``); the receipts, their signing over
+``/poolai/ledger/1.0.0``, the sync and the balances are all real.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from poolai.mesh import wire
+from poolai.mesh.errors import RemoteError
+from poolai.node import config as config_mod
+from poolai.node import ledger as lg
+from poolai.node.balances import Account, compute_balances
+from poolai.node.credit_policy import Outcome
+from poolai.node.credits import (
+    EPOCH_S,
+    GIB,
+    PAYER_DOMAIN,
+    AuditEvidence,
+    JobClaim,
+    Receipt,
+    start_receipt,
+)
+from poolai.node.node import Node, open_node
+from poolai.node.payout import b58encode
+from poolai.storage.integrity import audit_digest
+
+pytestmark = pytest.mark.timeout(120)
+H100 = "NVIDIA H100 80GB HBM3"
+GOOD, WRONG = b"\x11" * 32, b"\x99" * 32
+
+
+def payout_address() -> str:
+    key = Ed25519PrivateKey.from_private_bytes(b"\x05" * 32).public_key()
+    return b58encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+@asynccontextmanager
+async def mesh(tmp_path: Path, n: int, env: dict[int, dict[str, str]] | None = None
+               ) -> AsyncIterator[list[Node]]:
+    async with AsyncExitStack() as stack:
+        nodes: list[Node] = []
+        for i in range(n):
+            flags = {"listen": ["/ip4/127.0.0.1/tcp/0"], "api_port": 0,
+                     "bootstrap": [nodes[0].host.addrs()[0]] if nodes else None}
+            environ = {"POOLAI_CREDITS_SYNC_INTERVAL": "3600", "POOLAI_CAPACITY_HEARTBEAT": "0.5",
+                       **(env or {}).get(i, {})}
+            cfg = config_mod.load(tmp_path / f"n{i}", flags, environ=environ)
+            nodes.append(await stack.enter_async_context(open_node(cfg)))
+        await wait_for(lambda: all(len(x.host.connected_peers()) == n - 1 for x in nodes), "a full mesh")
+        yield nodes
+
+
+async def wait_for(condition, what: str) -> None:
+    """Wait until ``condition()`` holds, under a 30 s deadline.
+
+    It polls: the state (connections, capacity adverts) belongs to other services,
+    which signal no event for it.
+    """
+    with trio.fail_after(30):
+        while not condition():  # noqa: ASYNC110 - no event to wait on, see above
+            await trio.sleep(0.05)
+
+
+def inject(ledger: lg.Ledger, raw: bytes) -> None:
+    """What a forging node does: put anything in its ledger, bypassing every check."""
+    env = ledger._env
+    with env.begin(write=True) as txn:
+        seq = lg._U64.unpack(txn.get(b"seq", db=ledger._info))[0]
+        rid = random.Random(seq).randbytes(32)
+        txn.put(rid, raw, db=ledger._receipts)
+        txn.put(lg._U64.pack(seq), rid, db=ledger._log)
+        txn.put(b"seq", lg._U64.pack(seq + 1), db=ledger._info)
+
+
+async def test_every_node_agrees_and_cheats_gain_nothing(tmp_path):
+    inventory = tmp_path / "h100.json"
+    inventory.write_text(json.dumps({"gpus": [{"name": H100, "memory_total": "80GiB",
+                                               "compute_capability": "9.0"}]}))
+    async with mesh(tmp_path, 5, {1: {"POOLAI_INVENTORY_FILE": str(inventory)}}) as nodes:
+        credits = [n.service("credits") for n in nodes]
+        a, b, c, d, e = credits  # e forges
+        ids = [x.peer_id for x in credits]
+        await wait_for(lambda: nodes[0].service("capacity").table.get(b.peer_id) is not None,
+                       "A to see B's capacity advert")
+
+        # ---- honest jobs: the submitter checks the output, then the worker claims
+        jobs = [(a, b, "gpu", f"cuda:0 ({H100})", 100.0), (b, c, "cpu", "cpu (2 threads)", 50.0),
+                (c, d, "cpu", "cpu (2 threads)", 20.0), (d, a, "cpu", "cpu (4 threads)", 10.0),
+                (a, c, "cpu", "cpu (1 threads)", 5.0)]
+        keys = []
+        for i, (submitter, worker, kind, device, seconds) in enumerate(jobs):
+            submitter.job_checked(job_id=f"job{i}", worker=worker.peer_id, result_hash=GOOD,
+                                  device=kind, max_seconds=seconds)
+            keys.append((worker, await worker.claim_job(job_id=f"job{i}", submitter=submitter.peer_id,
+                                                        device=device, seconds=seconds,
+                                                        result_hash=GOOD)))
+
+        # ---- storage: owners pay holders for an hour of shares that passed audits
+        epoch = int(time.time()) // EPOCH_S
+        share = random.Random(1).randbytes(4096)
+        for owner, holder, size in ((a, d, 5 * GIB), (c, b, 2 * GIB)):
+            nonces = [random.Random(i).randbytes(32) for i in range(2)]
+            audits = [AuditEvidence(share_id=b"\x01" * 32, offset=0, length=1024, nonce=nonce,
+                                    digest=audit_digest(nonce, share[:1024]), at=float(epoch * EPOCH_S + i))
+                      for i, nonce in enumerate(nonces)]
+            keys.append((owner, await owner.storage_audited(holder=holder.peer_id, epoch=epoch,
+                                                            bytes_held=size, shares=3, audits=audits)))
+
+        # ---- a replicated job: E returns a wrong output, B breaks the tie
+        assert d.job_checked(job_id="rj", worker=a.peer_id, result_hash=GOOD, device="cpu",
+                             max_seconds=10.0, replicated=True).outcome is Outcome.PENDING
+        verdict = d.job_checked(job_id="rj", worker=e.peer_id, result_hash=WRONG, device="cpu",
+                                max_seconds=10.0, replicated=True)
+        assert verdict.outcome is Outcome.RUN_AGAIN and verdict.exclude == {a.peer_id, e.peer_id}
+        verdict = d.job_checked(job_id="rj", worker=b.peer_id, result_hash=GOOD, device="cpu",
+                                max_seconds=10.0, replicated=True)
+        assert verdict.outcome is Outcome.AGREED and verdict.faulty == {e.peer_id}
+        for worker, digest in ((a, GOOD), (b, GOOD), (e, WRONG)):
+            keys.append((worker, await worker.claim_job(job_id="rj", submitter=d.peer_id, device="cpu",
+                                                        seconds=8.0, result_hash=digest)))
+
+        with trio.fail_after(30):
+            for service, key in keys[:-1]:
+                await service.wait_signed(key)
+            with pytest.raises(LookupError):  # D refused the wrong output's claim
+                await e.wait_signed(keys[-1][1])
+        assert d.reputation_of(e.peer_id) < 0.5 < d.reputation_of(a.peer_id)
+
+        # ---- the forger: self-signed, fake countersignature, half-signed, replays
+        own = JobClaim(1, "mine", e.peer_id, e.peer_id, "gpu", H100, 86400.0, GOOD, time.time())
+        body = wire.encode(own)
+        inject(e.ledger, wire.encode(Receipt(body, e.key.public_key, e.key.sign(b"earner" + body),
+                                             e.key.public_key, e.key.sign(PAYER_DOMAIN + body))))
+        fake = JobClaim(1, "fake", e.peer_id, a.peer_id, "gpu", H100, 86400.0, GOOD, time.time())
+        half = start_receipt(fake, e.key)
+        forged_body = wire.decode(half, Receipt).body
+        receipt = wire.decode(half, Receipt)
+        inject(e.ledger, wire.encode(Receipt(forged_body, receipt.earner_key, receipt.earner_sig,
+                                             e.key.public_key, e.key.sign(PAYER_DOMAIN + forged_body))))
+        inject(e.ledger, half)
+        honest = b.tally.counted(keys[0][1]).raw
+        for _ in range(3):
+            inject(e.ledger, honest)
+        a.sign_wait_s = 0.2
+        with trio.fail_after(10), pytest.raises(RemoteError) as refused:
+            await e.host.request(a.peer_id, lg.PROTOCOL, lg.SignRequest(half), (lg.Signed,), timeout=5,
+                                 max_frame=lg.MAX_FRAME)
+        assert refused.value.code == "not_found"
+
+        # ---- every node pulls from every other, then all hold the same evidence
+        with trio.fail_after(30):
+            for service in credits:
+                await service.sync_now()
+        accounts = [x.tally.accounts() for x in credits]
+        assert all(acc == accounts[0] for acc in accounts)
+        for x in credits:  # recomputed from the raw ledger, checking every signature again
+            assert compute_balances(x.ledger.receipts()).accounts == accounts[0]
+        got = accounts[0]
+        assert got.get(e.peer_id, Account()) == Account()  # the forger gained nothing
+        assert got[b.peer_id].earned == 317_000 + 80 + 8 * 15  # H100 job, 2 GiB-hours, replica
+        assert got[a.peer_id].earned == 150 + 8 * 15 and got[a.peer_id].spent == 317_000 + 75 + 200
+        assert got[d.peer_id].earned == 300 + 200 and got[d.peer_id].spent == 150 + 2 * 120
+        assert sum(acc.balance for acc in got.values()) == 0
+        assert sum(len(x.tally) for x in credits) == 5 * 9
+        rejected = a.status()["ledger"]["rejected"]
+        assert rejected == {"self_signed": 1, "key_mismatch": 1, "unsigned": 1}
+        assert set(got) == set(ids) - {e.peer_id}
+
+
+async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
+    address = payout_address()
+    async with mesh(tmp_path, 2, {0: {"POOLAI_PAYOUT_ADDRESS": address}}) as nodes:
+        me, peer = (n.service("credits") for n in nodes)
+        for i in range(3):
+            peer.job_checked(job_id=f"j{i}", worker=me.peer_id, result_hash=GOOD, device="cpu",
+                             max_seconds=60.0)
+            key = await me.claim_job(job_id=f"j{i}", submitter=peer.peer_id, device="cpu",
+                                     seconds=10.0 * (i + 1), result_hash=GOOD)
+            with trio.fail_after(15):
+                await me.wait_signed(key)
+        await wait_for(lambda: getattr(nodes[1].service("capacity").table.get(me.peer_id), "advert", None)
+                       is not None, "the payout address to be advertised")
+        assert nodes[1].service("capacity").table.get(me.peer_id).advert.payout_address == address
+
+        data_dir = str(nodes[0].data_dir)
+        cli = [sys.executable, "-m", "poolai.node.cli", "--data-dir", data_dir, "credits"]
+        shown = json.loads((await trio.run_process([*cli, "--json"], capture_stdout=True)).stdout)
+        status = nodes[0].status()["credits"]
+        keys = ("earned", "spent", "balance", "earned_milli", "balance_milli", "receipts", "payout_address")
+        assert {k: shown[k] for k in keys} == {k: status[k] for k in keys}
+        assert (shown["earned_milli"], shown["payout_address"]) == (900, address)
+        assert [r["credits"] for r in shown["statement"]] == [0.15, 0.3, 0.45]
+
+        out = Path(data_dir) / "statement.csv"
+        await trio.run_process([*cli, "--export", "csv", "-o", str(out)], capture_stderr=True)
+        lines = out.read_text().splitlines()
+        assert lines[0].startswith("time,receipt_id,kind,direction,counterparty")
+        assert len(lines) == 4 and all(",earned," in line for line in lines[1:])
+        csv_reply = await trio.to_thread.run_sync(
+            lambda: httpx.get(nodes[0].api_url + "/api/credits?format=csv", timeout=10))
+        assert csv_reply.headers["content-type"].startswith("text/csv")
+        assert csv_reply.text.splitlines() == lines
+        text = (await trio.run_process(cli, capture_stdout=True)).stdout.decode()
+        assert "earned:   0.900 credits" in text and address in text
