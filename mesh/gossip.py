@@ -145,9 +145,10 @@ class GossipStats:
 class Gossip:
     """A running pubsub router. Create it with :func:`open_gossip`."""
 
-    def __init__(self, host: MeshHost, pubsub: Pubsub, config: GossipConfig,
+    def __init__(self, host: MeshHost, pubsub: Pubsub, router: GossipSub, config: GossipConfig,
                  bans: trio.MemorySendChannel[str]) -> None:
         self.host = host
+        self._router = router
         self.peer_id = host.peer_id
         self.config = config
         self._pubsub = pubsub
@@ -181,6 +182,14 @@ class Gossip:
     def topic_peers(self, topic: str) -> set[str]:
         """Peers we hold a pubsub stream with that are subscribed to ``topic``."""
         return {str(p) for p in self._pubsub.peer_topics.get(topic, ())}
+
+    def mesh_peers(self, topic: str) -> set[str]:
+        """Peers in our gossipsub mesh for ``topic``: the ones our publishes go to at once.
+
+        A message published while this is empty reaches nobody (py-libp2p does
+        not fall back to fanout for a topic we are subscribed to).
+        """
+        return {str(p) for p in self._router.mesh.get(topic, ())}
 
     def statistics(self) -> GossipStats:
         """Counters since start (a frozen snapshot, for the status page and metrics)."""
@@ -286,7 +295,7 @@ async def open_gossip(host: MeshHost, config: GossipConfig = GossipConfig()) -> 
     )
     pubsub = Pubsub(host._host, router, strict_signing=True, max_inbound_rpc_size=config.max_rpc)
     send_bans, receive_bans = trio.open_memory_channel[str](64)
-    gossip = Gossip(host, pubsub, config, send_bans)
+    gossip = Gossip(host, pubsub, router, config, send_bans)
     gossip._count_writes()
     async with background_trio_service(pubsub), background_trio_service(router):
         await pubsub.wait_until_ready()

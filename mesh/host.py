@@ -42,6 +42,7 @@ from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, Reques
 log = logging.getLogger(__name__)
 
 _LIBP2P_ERRORS = (HostException, SwarmException, StreamError, MultiselectClientError, MultiselectError)
+WRITE_TIMEOUT = 10.0
 ADDR_TTL = 0  # 0 = permanent in py-libp2p's peerstore; PoolAI's PeerBook ages addresses itself
 
 
@@ -53,10 +54,18 @@ class Libp2pStream:
         self.peer_id = str(stream.muxed_conn.peer_id)
 
     async def send_all(self, data: bytes) -> None:
-        try:
-            await self._stream.write(data)
-        except StreamError as exc:
-            raise trio.BrokenResourceError(str(exc)) from None
+        # Noise spends its nonce before the bytes go out: a write cancelled half-way leaves the
+        # peer unable to decrypt anything more, and the whole connection dies. So a write is
+        # never cancelled from outside; it has its own bound instead.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(WRITE_TIMEOUT) as scope:
+                try:
+                    await self._stream.write(data)
+                except StreamError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from None
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError(f"write did not complete within {WRITE_TIMEOUT:g} s")
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
@@ -210,7 +219,7 @@ class MeshHost:
         start = time.perf_counter()
         try:
             await self._ping.ping(self._id(peer_id), ping_amt=1)
-        except _LIBP2P_ERRORS as exc:
+        except (*_LIBP2P_ERRORS, TypeError) as exc:  # py-libp2p 0.8 raises TypeError for a leaving peer
             raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
         return (time.perf_counter() - start) * 1000.0
 

@@ -104,6 +104,30 @@ class CapacityTable:
         return rank(self.entries(now), requirements, rtt=rtt, rng=rng, limit=limit)
 
 
+class OriginRate:
+    """A token bucket per peer: ``burst`` adverts at once, ``rate`` per second sustained.
+
+    Honest nodes publish at most every 0.5 s; adverts delayed on the way can
+    still arrive bunched, which the burst absorbs. A peer beyond it is flooding.
+    """
+
+    def __init__(self, *, rate: float = 2.0, burst: float = 5.0, max_peers: int = MAX_ENTRIES) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_peers = max_peers
+        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, as of)
+
+    def allow(self, peer_id: str, now: float) -> bool:
+        """Take a token for one advert of ``peer_id``; False when it has none left."""
+        tokens, when = self._buckets.get(peer_id, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - when) * self.rate)
+        if peer_id not in self._buckets and len(self._buckets) >= self.max_peers:
+            del self._buckets[min(self._buckets, key=lambda p: self._buckets[p][1])]
+        allowed = tokens >= 1.0
+        self._buckets[peer_id] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+
 # --------------------------------------------------------------------------- requirements
 
 

@@ -35,6 +35,7 @@ from poolai.node.capacity import (
     CapacityTable,
     Entry,
     LocalState,
+    OriginRate,
     Requirements,
     make_advert,
     significant_change,
@@ -46,8 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_PUBLISH_GAP = 0.5  # seconds between two adverts of ours (changes coalesce); 5x MIN_ADVERT_GAP
-MIN_ADVERT_GAP = 0.1  # adverts of one peer closer together than this are ignored (a flood guard)
+MIN_PUBLISH_GAP = 0.5  # seconds between two adverts of ours (changes coalesce); see OriginRate
 JITTER = 0.1  # heartbeats are spread by +-10% so nodes do not publish in lockstep
 SETTLED_ERROR = 0.8  # a Vivaldi error estimate below this is trusted for ranking
 PING_EVERY = 5.0
@@ -80,6 +80,7 @@ class CapacityService:
         self._wake = trio.Event()
         self._gossip: Gossip | None = None
         self._rtts: dict[str, float] = {}
+        self._rate = OriginRate(rate=1.0 / MIN_PUBLISH_GAP)
         self._rejected: dict[str, int] = {}
         public_key = self.host.key_pair.public_key.to_bytes()
         self._signer = (self.host.key_pair.private_key.sign, public_key)
@@ -101,6 +102,7 @@ class CapacityService:
                 nursery.start_soon(self._poll_inventory)
                 nursery.start_soon(self._publish_loop)
                 nursery.start_soon(self._measure_rtts)
+                nursery.start_soon(self._watch_mesh)
                 task_status.started()
         finally:
             self._gossip = None
@@ -177,9 +179,7 @@ class CapacityService:
             self._rejected[exc.reason] = self._rejected.get(exc.reason, 0) + 1
             log.debug("advert from %s (via %s) rejected: %s", inbound.origin, inbound.forwarder, exc)
             return Verdict(False, exc.reason, 1.0 if exc.penalise else 0.0)
-        held = self.table.get(advert.peer_id)
-        if (held is not None and advert.peer_id != self.peer_id
-                and inbound.received_at - held.received_at < MIN_ADVERT_GAP):
+        if advert.peer_id != self.peer_id and not self._rate.allow(advert.peer_id, inbound.received_at):
             self._rejected["too_frequent"] = self._rejected.get("too_frequent", 0) + 1
             return Verdict(False, "too_frequent", 0.0)
         self.table.apply(advert, inbound.received_at)
@@ -234,6 +234,22 @@ class CapacityService:
                                 now=time.time(), ttl=self.ttl)
         if significant_change(self._published, candidate):
             self._wake.set()
+
+    async def _watch_mesh(self) -> None:
+        """Publish again as soon as the topic's mesh goes from empty to not.
+
+        An advert published into an empty mesh reaches nobody; without this, a
+        node that just started (or lost all its mesh peers) would stay unknown
+        until its next heartbeat.
+        """
+        assert self._gossip is not None
+        had_mesh = False
+        while True:
+            await trio.sleep(0.5)
+            has_mesh = bool(self._gossip.mesh_peers(adverts.TOPIC))
+            if has_mesh and not had_mesh:
+                self._wake.set()
+            had_mesh = has_mesh
 
     async def _poll_inventory(self) -> None:
         assert self._provider is not None

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from poolai.node import config as config_mod
+from poolai.node.capacity import Requirements
 from poolai.node.inventory import format_size
 
 
@@ -49,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.data_dir, {})
     if args.capable:
-        data = fetch_local(cfg.data_dir, "/api/capacity/capable?" + urlencode(query_of(args)),
-                           args.timeout)
+        query = query_of(args)
+        try:  # the node checks too; checking here gives the user the reason in one line
+            Requirements.from_query({k: v for k, v in query.items() if k != "limit"})
+        except ValueError as exc:
+            raise CliError(f"invalid requirement: {exc}") from None
+        data = fetch_local(cfg.data_dir, "/api/capacity/capable?" + urlencode(query), args.timeout)
     else:
         if any(v is not None for v in (args.gpu, args.gpu_mem, args.cc, args.cpu, args.ram, args.slots)):
             raise CliError("requirement flags (--gpu, --gpu-mem, ...) need --capable")

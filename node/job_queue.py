@@ -1,4 +1,4 @@
-"""The worker's queue, pure: admission, run order and slots (see docs/network-jobs.md "Worker").
+"""The worker's queue, pure: admission, run order and slots (see NETWORK.md, section 7 "Worker").
 
 Admission is bounded by the queue length and refused outright for requirements this node
 can never meet. Waiting jobs run by priority plus waiting time over ``aging_s``, so none

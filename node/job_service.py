@@ -11,7 +11,7 @@ from peers go to it; progress and results from workers go to the dispatch machin
 A message to this node itself (the nearest capable peer may be us) skips the network
 but takes the same code path.
 
-Local API (see docs/network-jobs.md): ``GET /api/jobs``, ``GET /api/jobs/{id}``,
+Local API (see NETWORK.md, section 7): ``GET /api/jobs``, ``GET /api/jobs/{id}``,
 ``GET /api/jobs/{id}/wait``; under ``/api/admin/jobs``: upload a file, submit, cancel,
 download an output.
 """

@@ -241,6 +241,7 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
     getter = nodes[1].proc.pid
     rss_before = vm_kib(getter, "VmRSS")
     reset_peak(getter)
+    sampler = PeakSampler(getter)
     got = hashlib.sha256()
     received = 0
     start = time.perf_counter()
@@ -249,6 +250,7 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
             got.update(chunk)
             received += len(chunk)
     get_s = time.perf_counter() - start
+    sampler.stop()
     if received != size or got.digest() != digest.digest():
         raise SystemExit(f"get returned {received} bytes that do not match")
     get_op = last_op(nodes[1], "get")
@@ -260,7 +262,31 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
         "get_node_MBps": get_op["MBps"],
         "get_node_rss_before_MiB": round(rss_before / 1024, 1),
         "get_node_peak_rss_MiB": round(vm_kib(getter, "VmHWM") / 1024, 1),
+        # RssFile is LMDB's memory map (its own shares, read locally) and counts in VmHWM;
+        # RssAnon is what the process allocated: the part that must not grow with the file
+        "get_node_peak_anon_MiB": round(sampler.peak["RssAnon"] / 1024, 1),
+        "get_node_peak_file_mapped_MiB": round(sampler.peak["RssFile"] / 1024, 1),
     }
+
+
+class PeakSampler:
+    """Polls a process's RssAnon and RssFile every 20 ms on a thread; keeps the maxima."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.02):
+            for field in self.peak:
+                self.peak[field] = max(self.peak[field], vm_kib(self.pid, field))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def last_op(node: Proc, op: str) -> dict:

@@ -65,6 +65,16 @@ def test_a_full_table_displaces_the_entry_closest_to_expiry():
     assert sorted(e.peer_id for e in table.entries(2.0)) == ["a", "c"]
 
 
+def test_origin_rate_absorbs_bunched_adverts_but_not_a_flood():
+    guard = capacity.OriginRate(rate=2.0, burst=5.0)
+    assert all(guard.allow("p", 10.0) for _ in range(5))  # five delayed adverts arrive together
+    assert not guard.allow("p", 10.0)
+    assert guard.allow("p", 10.5) and not guard.allow("p", 10.5)  # then 2 per second
+    assert guard.allow("other", 10.5)
+    flood = sum(guard.allow("f", 20.0 + i * 0.01) for i in range(100))  # 100/s for 1 s
+    assert flood <= 8
+
+
 # --------------------------------------------------------------------------- requirements
 
 

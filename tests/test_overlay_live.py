@@ -34,8 +34,11 @@ def ring_is_correct(nodes: list[NodeProcess]) -> bool:
         overlay = node.get("/api/overlay")
         if not overlay["successors"]:
             return False
-        expected = true_successor(ring, int(overlay["position"], 16), strictly_after=True)
-        if overlay["successors"][0]["peer_id"] != expected:
+        position = int(overlay["position"], 16)
+        if overlay["successors"][0]["peer_id"] != true_successor(ring, position, strictly_after=True):
+            return False
+        predecessor = ring[(ring.index((position, node.peer_id)) - 1) % len(ring)][1]
+        if not overlay["predecessors"] or overlay["predecessors"][0]["peer_id"] != predecessor:
             return False
     return True
 
