@@ -28,7 +28,14 @@ from poolai.mesh import overlay_wire as ow
 from poolai.mesh import rpc
 from poolai.mesh.errors import MeshError, PeerUnreachable, RemoteError, RequestTimeout
 from poolai.mesh.host import MeshHost, peer_id_bytes, peer_id_text
-from poolai.mesh.links import DEFAULT_CONFIG, AskNeighbours, FindLong, OverlayConfig, Probe
+from poolai.mesh.links import (
+    DEFAULT_CONFIG,
+    AskNear,
+    AskNeighbours,
+    FindLong,
+    OverlayConfig,
+    Probe,
+)
 from poolai.mesh.lookup import DEFAULT_LOOKUP, IterativeLookup, LookupConfig
 from poolai.mesh.overlay import OverlayTable
 from poolai.mesh.peers import PeerBook
@@ -127,6 +134,9 @@ class OverlayNode:
         elif isinstance(action, AskNeighbours):
             key = ("links", action.peer)
             job = self._ask_links(action.peer)
+        elif isinstance(action, AskNear):
+            key = ("near", action.peer)
+            job = self._ask_near(action.peer)
         elif isinstance(action, FindLong):
             key = ("long", action.target.to_bytes(8, "big"))
             job = self._find_long(action.slot, action.target)
@@ -208,6 +218,17 @@ class OverlayNode:
             return
         self._learn([links.node, *links.successors, *links.predecessors, *links.long, *links.proximity])
         self.table.merge_neighbours(peer, ow.links_from_wire(links, self.dims), self.clock())
+
+    async def _ask_near(self, peer: bytes) -> None:
+        coord = ow.coord_to_wire(self.table.coord)
+        assert coord is not None
+        try:
+            reply = await self._request(peer, ow.NearQuery(sender=self._me(), coord=coord), ow.NearAnswer)
+        except (MeshError, ValueError):
+            return
+        self._learn(reply.peers)
+        peers = [ow.peer_from_wire(p, self.dims) for p in reply.peers]
+        self.table.merge_near(peer, peers, self.clock())
 
     async def _find_long(self, slot: int, target: int) -> None:
         owner = await self.lookup(target)
@@ -297,6 +318,10 @@ class OverlayNode:
                 size_estimate=max(1.0, links.size_estimate),
                 version=links.version,
             )
+        if isinstance(request, ow.NearQuery):
+            coord = ow.coord_from_wire(request.coord, self.dims)
+            near = self.table.near(coord) if coord is not None else ()
+            return ow.NearAnswer(peers=tuple(self._wire_peer(p) for p in near[: ow.MAX_NEAR]))
         step = self.table.answer(ow.step_request_from_wire(request, self.dims))
         return ow.StepAnswer(
             responder=self._me(),

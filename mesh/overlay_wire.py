@@ -21,6 +21,7 @@ MAX_ADDRS = 4
 MAX_EXCLUDE = 32
 MAX_OWNERS = 8
 MAX_HOPS = 16
+MAX_NEAR = 8
 
 
 @wire.message("overlay.coord")
@@ -79,7 +80,18 @@ class StepAnswer:
     next_hops: tuple[WirePeer, ...] = wire.field(max_len=MAX_HOPS)
 
 
-REQUESTS = (ProbeRequest, LinksRequest, StepQuery)
+@wire.message("overlay.near_request")
+class NearQuery:
+    sender: WirePeer
+    coord: WireCoord
+
+
+@wire.message("overlay.near")
+class NearAnswer:
+    peers: tuple[WirePeer, ...] = wire.field(max_len=MAX_NEAR)
+
+
+REQUESTS = (ProbeRequest, LinksRequest, StepQuery, NearQuery)
 
 
 def coord_to_wire(coord: Coord | None) -> WireCoord | None:

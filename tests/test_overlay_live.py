@@ -14,7 +14,7 @@ from poolai.mesh.host import peer_id_bytes
 from poolai.mesh.ring import node_position
 
 pytestmark = pytest.mark.timeout(240)
-FAST = {"POOLAI_OVERLAY_SCALE": "0.05"}  # probe every 1.5 s, stabilise every 3 s
+FAST = {"POOLAI_OVERLAY_SCALE": "0.05"}  # probe and stabilise every 3 s
 
 
 def true_successor(ring: list[tuple[int, str]], position: int, *, strictly_after: bool) -> str:

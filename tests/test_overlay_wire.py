@@ -63,3 +63,13 @@ def test_links_reply_is_bounded():
     raw["successors"] = [wire.to_wire(peer())] * 17
     with pytest.raises(SchemaError):
         wire.decode(msgpack.packb(raw, use_bin_type=True), ow.WireLinks)
+
+
+def test_near_query_round_trip_and_bounds():
+    coord = ow.WireCoord(vec=(0.0,) * 8, height=1.0, error=0.5)
+    query = ow.NearQuery(sender=peer(coord), coord=coord)
+    assert wire.decode(wire.encode(query), *ow.REQUESTS) == query
+    raw = wire.to_wire(ow.NearAnswer(peers=()))
+    raw["peers"] = [wire.to_wire(peer())] * 9
+    with pytest.raises(SchemaError):
+        wire.decode(msgpack.packb(raw, use_bin_type=True), ow.NearAnswer)
