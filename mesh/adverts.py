@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from poolai.mesh import wire
+from poolai.mesh import base58, wire
 from poolai.mesh.errors import ProtocolError
 
 TOPIC = "poolai/capacity/1"
@@ -148,28 +148,17 @@ class SignedAdvert:
 
 # --------------------------------------------------------------------------- identity
 
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 # libp2p's protobuf PublicKey{Type: Ed25519, Data: <32 bytes>} header, and the
 # identity-multihash header (code 0x00, length 36) a peer id wraps it in.
 _ED25519_PROTO_PREFIX = b"\x08\x01\x12\x20"
 _IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
 
 
-def _b58encode(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    out = []
-    while number:
-        number, rem = divmod(number, 58)
-        out.append(_B58[rem])
-    pad = len(data) - len(data.lstrip(b"\x00"))
-    return "1" * pad + "".join(reversed(out))
-
-
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer id (base58) of a raw 32-byte Ed25519 public key."""
     if len(public_key) != ED25519_KEY_LEN:
         raise ValueError("an Ed25519 public key is 32 bytes")
-    return _b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + public_key)
+    return base58.encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + public_key)
 
 
 # --------------------------------------------------------------------------- sign and verify

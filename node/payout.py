@@ -18,8 +18,8 @@ them. Pure code: no I/O.
 
 from __future__ import annotations
 
-ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_INDEX = {c: i for i, c in enumerate(ALPHABET)}
+from poolai.mesh import base58
+
 KEY_LEN = 32
 MAX_TEXT = 64  # 32 bytes are at most 44 base58 characters; anything longer is refused early
 
@@ -35,27 +35,13 @@ class PayoutAddressError(ValueError):
 
 def b58decode(text: str) -> bytes:
     """Bytes of base58 ``text`` (Bitcoin alphabet); PayoutAddressError names a bad character."""
-    number = 0
-    for position, char in enumerate(text, 1):
-        digit = _INDEX.get(char)
-        if digit is None:
-            hint = " (base58 leaves out 0, O, I and l)" if char in "0OIl" else ""
-            raise PayoutAddressError(f"character {char!r} at position {position} is not base58{hint}")
-        number = number * 58 + digit
-    zeros = len(text) - len(text.lstrip("1"))
-    body = number.to_bytes((number.bit_length() + 7) // 8, "big") if number else b""
-    return b"\x00" * zeros + body
+    try:
+        return base58.decode(text)
+    except ValueError as exc:
+        raise PayoutAddressError(str(exc)) from None
 
 
-def b58encode(data: bytes) -> str:
-    """Base58 text of ``data`` (Bitcoin alphabet)."""
-    number = int.from_bytes(data, "big")
-    out = []
-    while number:
-        number, rem = divmod(number, 58)
-        out.append(ALPHABET[rem])
-    zeros = len(data) - len(data.lstrip(b"\x00"))
-    return "1" * zeros + "".join(reversed(out))
+b58encode = base58.encode
 
 
 def is_on_curve(key: bytes) -> bool:
