@@ -136,6 +136,16 @@ class OverlayTable:
         typical = statistics.median(rtts) if rtts else self.config.default_rtt_ms
         return typical / self.config.bits_per_hop
 
+    def members(self) -> tuple[PeerInfo, ...]:
+        """Every live peer this node knows on the ring (read-only): its own successor,
+        predecessor, long, proximity and incoming links and its neighbours' lists, without
+        peers that recently failed. Storage places shares on these."""
+        seen = {p.peer_id: p for p in (*self._ring.succ, *self._ring.pred)}
+        for p in self._known_peers():
+            seen.setdefault(p.peer_id, p)
+        seen.pop(self.peer_id, None)
+        return tuple(p for pid, p in seen.items() if pid not in self._failed)
+
     def measured_rtt(self, peer_id: bytes) -> float | None:
         """The smoothed RTT we measured to ``peer_id``, if any."""
         entry = self._meas.rtt.get(peer_id)

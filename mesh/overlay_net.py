@@ -271,6 +271,17 @@ class OverlayNode:
             self.stats.lookups_failed += 1
         return lk.owner
 
+    async def neighbours_of(self, peer: bytes) -> tuple[PeerInfo, ...]:
+        """The successors ``peer`` reports (nearest first), learning their addresses; ``()``
+        when it does not answer. Lets a node walk the ring beyond its own view."""
+        try:
+            links = await self._request(peer, ow.LinksRequest(sender=self._me()), ow.WireLinks)
+            successors = ow.links_from_wire(links, self.dims).successors
+        except (MeshError, ValueError):
+            return ()
+        self._learn([links.node, *links.successors])
+        return successors
+
     async def _ask_step(self, peer: bytes, request: Any, send: trio.MemorySendChannel) -> None:
         async with send:
             answer = None

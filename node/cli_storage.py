@@ -193,44 +193,61 @@ def _get(args: argparse.Namespace) -> int:
     api, headers = _node(args)
     file_id = _check_id(args.file_id)
     out: Path = args.output
-    tmp = out.with_name(out.name + ".part")
+    # The partial download keeps the file id in its name: only bytes of this file, which the
+    # node verified before sending, are ever in it, so a later run resumes after them.
+    tmp = out.with_name(f"{out.name}.{file_id[:16]}.part")
     bar = Bar("get")
     start = time.monotonic()
-    received = size = 0
+    have = tmp.stat().st_size if tmp.exists() else 0
+    progress = [have, 0]  # bytes in the part file, file size (once known)
+    again = "re-run the same command to resume"
     try:
-        with httpx.Client(timeout=_timeout()) as client, client.stream(
-            "GET", f"{api}/api/files/{file_id}", headers=headers
-        ) as response:
-            if response.status_code != 200:
-                raise _fail(response)
-            size = int(response.headers.get("content-length", "0"))
-            with tmp.open("wb") as handle:
-                for chunk in response.iter_raw(CHUNK):
-                    handle.write(chunk)
-                    received += len(chunk)
-                    bar.show("get", received, size)
-                handle.flush()
-                os.fsync(handle.fileno())
+        _download(f"{api}/api/files/{file_id}", headers, tmp, have, progress, bar)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
     except httpx.HTTPError:
-        tmp.unlink(missing_ok=True)
-        if received or size:
+        if progress[1]:
             reason = _last_error(api, headers, file_id)
-            raise CliError(f"download stopped at {received} of {size} bytes: {reason}") from None
+            raise CliError(f"download stopped at {progress[0]} of {progress[1]} bytes: {reason}; "
+                           f"{again}") from None
         raise CliError(f"the node at {api} did not answer") from None
-    except CliError:
-        tmp.unlink(missing_ok=True)
-        raise
+    received, size = progress
     if received != size:
-        tmp.unlink(missing_ok=True)
         reason = _last_error(api, headers, file_id)
-        raise CliError(f"download stopped at {received} of {size} bytes: {reason}")
+        raise CliError(f"download stopped at {received} of {size} bytes: {reason}; {again}")
     tmp.replace(out)
     took = time.monotonic() - start
     bar.finish(f"got {size / MiB:.1f} MiB in {took:.1f} s ({size / max(took, 1e-6) / 1e6:.1f} MB/s) -> {out}")
     return 0
+
+
+def _download(url: str, headers: dict[str, str], tmp: Path, have: int, progress: list[int],
+              bar: Bar) -> None:
+    """Append the file's bytes after the ``have`` already in ``tmp``; ``progress`` follows."""
+    if have:
+        headers = {**headers, "Range": f"bytes={have}-"}
+    with httpx.Client(timeout=_timeout()) as client, client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 416:  # the part is as long as the file, or longer
+            total = response.headers.get("content-range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) == have:  # complete, only not renamed yet
+                progress[:] = [have, have]
+                return
+            tmp.unlink(missing_ok=True)
+            raise CliError(f"{tmp.name} was longer than the file and is removed; run again")
+        if response.status_code not in (200, 206):
+            raise _fail(response)
+        if response.status_code == 200:
+            have = 0  # the node sent the whole file
+        progress[:] = [have, have + int(response.headers.get("content-length", "0"))]
+        with tmp.open("r+b" if have else "wb") as handle:
+            handle.truncate(have)
+            handle.seek(have)
+            for chunk in response.iter_raw(CHUNK):
+                handle.write(chunk)
+                progress[0] += len(chunk)
+                bar.show("get", progress[0], progress[1])
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _last_error(api: str, headers: dict[str, str], file_id: str) -> str:

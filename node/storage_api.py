@@ -7,7 +7,10 @@ JSON unless said otherwise; every error is ``{"error": {"code": ..., "message": 
   ``{"event": "progress", "phase", "done", "total"}`` ending with ``{"event": "done", ...}``
   or ``{"event": "error", "status", "error": {...}}``.
 * ``GET /api/files/{id}``: the bytes (``Content-Length``, ``X-Poolai-File-Id``), streamed as
-  segments are verified; a body shorter than its length means the download failed.
+  segments are verified; a body shorter than its length means the download failed. A
+  ``Range: bytes=N-`` header resumes: 206 with ``Content-Range: bytes N-(size-1)/size`` and
+  only the segments from the one holding byte N are fetched (416 if N >= size; other range
+  forms are ignored and the whole file is sent).
 * ``GET /api/files/{id}/stat?verify=1``: each segment's holders and health; ``verify`` also
   fetches k shares per segment and audits the other holders.
 * ``POST /api/files/{id}/pin`` and ``.../unpin``: keep the file (renew its leases) / let its
@@ -207,12 +210,21 @@ def storage_routes(service: StorageService) -> list[Route]:
             return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
         except _EXPECTED as exc:
             return error_response(exc)
+        offset = _range_start(request.headers.get("range", ""))
+        if offset and offset >= m.size:
+            return JSONResponse({"error": {"code": "bad_range", "message": f"the file has {m.size} bytes"}},
+                                416, headers={"Content-Range": f"bytes */{m.size}"})
         path = service.scratch_path("downloads")
         job = Job()
-        service.spawn(job.run, lambda progress: service.get(file_id, path, manifest=m, progress=progress))
-        headers = {"Content-Length": str(m.size), "X-Poolai-File-Id": integrity.to_hex(file_id)}
-        return StreamingResponse(_follow(service, job, path, m.size), headers=headers,
-                                 media_type="application/octet-stream")
+        service.spawn(job.run, lambda progress: service.get(file_id, path, manifest=m, progress=progress,
+                                                            from_offset=offset))
+        headers = {"Content-Length": str(m.size - offset), "X-Poolai-File-Id": integrity.to_hex(file_id)}
+        status = 200
+        if offset:
+            headers["Content-Range"] = f"bytes {offset}-{m.size - 1}/{m.size}"
+            status = 206
+        return StreamingResponse(_follow(service, job, path, m.size, offset), status_code=status,
+                                 headers=headers, media_type="application/octet-stream")
 
     async def stat(request: Request) -> Response:
         """Each segment's holders and health (query: verify=1 makes every holder prove it)."""
@@ -292,9 +304,20 @@ async def _put_events(job: Job, path: Path) -> AsyncIterator[bytes]:
         _unlink(path)
 
 
-async def _follow(service: StorageService, job: Job, path: Path, size: int) -> AsyncIterator[bytes]:
-    """The file's bytes as the get job writes and verifies them, in order."""
-    sent = 0
+def _range_start(header: str) -> int:
+    """N of ``bytes=N-`` (the one form a resuming client sends); 0 for anything else."""
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or last.strip() or not first.strip().isdigit():
+        return 0
+    return int(first)
+
+
+async def _follow(
+    service: StorageService, job: Job, path: Path, size: int, start: int = 0
+) -> AsyncIterator[bytes]:
+    """The file's bytes from ``start`` as the get job writes and verifies them, in order."""
+    sent = start
     fd: int | None = None
     try:
         while sent < size:

@@ -8,6 +8,11 @@ One directory, two files per file id (hex)::
 Each file is written to a temporary name, fsynced and renamed, so a crash
 leaves either the old or the new version. Entries whose manifest does not
 hash to their name are skipped with a warning when loading.
+
+The quota set at run time (:func:`save_quota`) lives beside the directory in
+``quota.json``: ``{"v": 1, "quota": bytes, "configured": bytes}``, where
+``configured`` is the ``storage_quota`` it overrode; :func:`load_quota`
+honours it only while that configured value is unchanged.
 """
 
 from __future__ import annotations
@@ -101,3 +106,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+QUOTA_FILE = "quota.json"
+
+
+def save_quota(path: Path, quota: int, configured: int) -> None:
+    """Record a quota set at run time over the ``configured`` one (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as handle:
+        json.dump({"v": 1, "quota": quota, "configured": configured}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_quota(path: Path, configured: int, ceiling: int) -> int:
+    """The saved quota while ``configured`` is what it overrode (at most ``ceiling``), else
+    ``configured``. A missing or unreadable record means ``configured``."""
+    try:
+        saved = json.loads(path.read_text())
+        quota, base = saved["quota"], saved["configured"]
+    except FileNotFoundError:
+        return configured
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return configured
+    if base != configured or not isinstance(quota, int) or isinstance(quota, bool) or quota < 1 << 20:
+        return configured
+    return min(quota, ceiling)

@@ -5,26 +5,41 @@ The node keeps other peers' shares in an LMDB :class:`ShareStore` under
 ``/poolai/store/1.0.0``. For its owner it puts files into the mesh, gets
 them back, and looks after the files it put or pinned (``<data_dir>/storage/files``).
 
-**Ring view.** Placement needs the same ring on every node. Until the overlay
-can enumerate it, the ring is this node plus every peer it is connected to
-(:meth:`StorageService.ring_view`, the one place to change); peers are named
-by their raw peer id bytes (the multihash), which placement hashes.
+**Ring view.** Placement needs the same ring on every node: it comes from
+the overlay's membership, completed by a walk along successor lists, with the
+connected peers filling in while the overlay converges
+(:mod:`poolai.node.storage_ring`). Holders that are not connected are dialled
+at the addresses the peer book and the overlay learned. Peers are named by
+their raw peer id bytes (the multihash), which placement hashes.
 
 **Leases.** A put stores shares under a short *pending* lease and, once it
 has succeeded, renews them to ``storage_lease``: the shares of a put that
 failed half-way expire within a day (sooner if the lease is shorter). A
 pinned file's lease is renewed by every upkeep pass; an unpinned one expires.
 
-**Upkeep** (every ``storage_interval`` seconds, or ``POST /api/storage/repair``):
-collect expired shares, hash-check a slice of the held shares (a rotted one
-is deleted, so repair replaces it), then for each looked-after file repair
-missing shares, audit one random segment (fetch k, rebuild, challenge the
-other holders) and re-store shares whose holder failed.
+**Upkeep** (every ``storage_interval`` seconds, or ``POST /api/storage/repair``;
+:mod:`poolai.node.storage_upkeep`): collect expired shares, hash-check a
+slice of the held shares, repair and spot-audit every looked-after file, and
+report the holders that passed all their audits in an epoch (unix hour) now
+over to the credits service (``storage_audited``), once per holder and epoch
+(:mod:`poolai.node.storage_credits`).
+
+**Resume.** A put that failed is resumed by putting the same file again
+(holders are asked what they already have). :meth:`StorageService.get`
+keeps the verified prefix of an existing output (``resume``) or starts at a
+byte offset (``from_offset``, what an HTTP ``Range`` request asks for).
+
+**Memory.** Share-sized buffers are returned to the system when freed and
+the store's map pages are dropped after each read (:mod:`poolai.storage.memory`),
+so a get's resident memory stays flat whatever the file size.
+
+**Quota.** :meth:`StorageService.set_quota` is saved in ``storage/quota.json``
+with the configured quota it overrode; it holds across restarts until the
+configured ``storage_quota`` itself changes.
 """
 
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
 import logging
@@ -39,14 +54,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from poolai.mesh.host import peer_id_bytes
-from poolai.node.storage_files import FileEntry, FileRegistry
-from poolai.storage import integrity, raid, upkeep
+from poolai.node import storage_upkeep
+from poolai.node.storage_credits import AuditLedger
+from poolai.node.storage_files import QUOTA_FILE, FileEntry, FileRegistry, load_quota, save_quota
+from poolai.node.storage_ring import RingSource
+from poolai.node.storage_upkeep import FileHealth, UpkeepReport
+from poolai.storage import integrity, memory, raid, upkeep
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.errors import (
     NotEnoughShares,
     PutFailed,
-    ShareCorrupted,
     ShareNotFound,
     StorageError,
 )
@@ -65,11 +82,12 @@ log = logging.getLogger(__name__)
 
 PENDING_LEASE = 86400  # seconds a put's shares live until the put has succeeded
 MAP_CEILING = 1 << 40  # quota the share store's LMDB map leaves room for without a restart
-SCRUB_PER_PASS = 256  # held shares hash-checked per upkeep pass
-# Manifests are tiny: keep many copies. One extra fetch per segment, not two: an extra share
-# arrives alongside the k it races (the transfers run in parallel), so each costs 1/k more
-# bytes received; slow holders are still hedged after hedge_delay.
-RAID = RaidConfig(manifest_copies=10, manifest_happy=2, extra_fetches=1)
+# Manifests are tiny: keep many copies. No extra fetch per segment: an extra share arrives
+# alongside the k it races (the transfers run in parallel), so it costs 1/k more bytes
+# received and decrypted, and the abandoned stream's unread bytes stay buffered in yamux for
+# a minute (docs/storage.md, "Memory"). A failed fetch starts the next holder at once and
+# a holder silent for hedge_delay is hedged.
+RAID = RaidConfig(manifest_copies=10, manifest_happy=2, extra_fetches=0, hedge_delay=1.0)
 PhaseProgress = Callable[[str, int, int], None]
 
 
@@ -88,40 +106,6 @@ class PutOutcome:
     renewed: int
     pinned: bool
     lease_expiry: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FileHealth:
-    """Where every share of a file is and, when verified, which holders proved it."""
-
-    file_id: bytes
-    manifest: Manifest
-    segments: tuple[upkeep.SegmentCheck, ...]
-    verified: bool
-    checked_at: float
-
-    def counts(self) -> dict[str, int]:
-        out = {"healthy": 0, "degraded": 0, "lost": 0}
-        for seg in self.segments:
-            out[seg.health(self.manifest.k)] += 1
-        return out
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class UpkeepReport:
-    at: float
-    gc_shares: int
-    gc_bytes: int
-    scrubbed: int
-    scrub_failures: int
-    files: int
-    expired_files: int
-    shares_missing: int
-    shares_rebuilt: int
-    segments_lost: int
-    audited: int
-    audit_failures: int
-    healed: int
 
 
 class _CountingTransport:
@@ -174,17 +158,28 @@ class StorageService:
         self._cpu_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._io_limiter = trio.CapacityLimiter(8)
         self._upkeep_lock = trio.Lock()
-        self._scrub_cursor = b""
-        self._rng = random.Random()
-        self._names: dict[str, bytes] = {}
+        self.scrub_cursor = b""
+        self.rng = random.Random()
         self._nursery: trio.Nursery | None = None
+        self.clock: Callable[[], float] = time.time  # stamps audits for credits
+        self.rings = RingSource(self.host, None, getattr(node, "book", None))  # overlay: see run
+        self.ledger = AuditLedger(self.rings.me)
+        self.raid_config = RAID
+        self.credit_claims = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        memory.tune_allocator()  # share-sized buffers go back to the system when freed
         for scratch in ("uploads", "downloads"):  # leftovers of a crash
             await self.offload_io(shutil.rmtree, self.root / scratch, True)
             await self.offload_io(lambda p: p.mkdir(parents=True, exist_ok=True), self.root / scratch)
+        try:  # services are built in order; the overlay (if any) exists by the time we run
+            self.rings.overlay = self.node.service("overlay").overlay
+        except KeyError:  # a node without the overlay places on its connections
+            self.rings.overlay = None
         loaded = await self.offload_io(self.files.load)
+        self.quota = await self.offload_io(load_quota, self.root / QUOTA_FILE, self.quota,
+                                           max(self.quota, MAP_CEILING))
         # The LMDB map is sized for MAP_CEILING (address space, not disk) so that set_quota
         # can raise the quota later without reopening; the quota itself is the attribute.
         self.store = await self.offload_io(
@@ -193,7 +188,9 @@ class StorageService:
         self.store.quota_bytes = self.quota
         try:
             self.server = ShareServer(self.store, offload=self.offload_io)
-            self.transport = Libp2pShareTransport(self.host, local=self.server)
+            self.transport = Libp2pShareTransport(self.host, local=self.server,
+                                                  addresses=self.rings.addresses,
+                                                  dial_failed=self.rings.mark_unreachable)
             server = self.server
             self.host.set_handler(PROTOCOL, lambda stream: server.handle(stream, stream.peer_id))
             await self.refresh_statistics()
@@ -227,15 +224,14 @@ class StorageService:
 
     # ------------------------------------------------------------------ the ring
     def ring_view(self) -> Ring:
-        """The ring placement uses: this node and every connected peer (see the module doc)."""
-        peers = [self.host.peer_id, *self.host.connected_peers()]
-        ids = []
-        for name in peers:
-            raw = self._names.get(name)
-            if raw is None:
-                raw = self._names.setdefault(name, peer_id_bytes(name))
-            ids.append(raw)
-        return Ring.from_peers(ids)
+        """The ring as known now, without asking anybody (see the module doc)."""
+        return self.rings.view()
+
+    async def ring(self, *, fresh: bool = False) -> Ring:
+        """The ring placement uses: overlay members completed by a ring walk (cached for a
+        few seconds unless ``fresh``, which also dials members not connected and leaves out
+        those that do not answer)."""
+        return await self.rings.refresh(force=fresh, verify=fresh)
 
     # ------------------------------------------------------------------ operations
     async def put(
@@ -252,7 +248,7 @@ class StorageService:
         clock.append(time.perf_counter())
         file_id = m.file_id()
         counting = _CountingTransport(self.transport)
-        ring = self.ring_view()
+        ring = await self.ring()
         try:
             result = await raid.put_file(
                 path, counting, ring, lease_expiry=now + min(self.lease_s, PENDING_LEASE),
@@ -260,6 +256,7 @@ class StorageService:
             )
         except PutFailed as exc:
             self._record("put", file_id, exc)
+            await self.offload_io(memory.trim)
             full = counting.refusals["quota"]
             if full:
                 raise QuotaRefused(
@@ -278,6 +275,7 @@ class StorageService:
         if pin:
             await self.offload_io(self._pin_local, m, True)
         clock.append(time.perf_counter())
+        await self.offload_io(memory.trim)
         self._timed("put", file_id, m.size, hash=clock[1] - clock[0], store=clock[2] - clock[1],
                     renew=clock[3] - clock[2])
         await self.refresh_statistics()
@@ -293,24 +291,33 @@ class StorageService:
         entry = self.files.get(file_id)
         if entry is not None:
             return entry.manifest
-        return await raid.fetch_manifest(file_id, self.transport, self.ring_view(), config=RAID,
+        return await raid.fetch_manifest(file_id, self.transport, await self.ring(), config=RAID,
                                          offload=self.offload_cpu)
 
     async def get(
         self, file_id: bytes, out_path: Path, *, manifest: Manifest | None = None,
-        progress: PhaseProgress | None = None,
+        progress: PhaseProgress | None = None, resume: bool = False, from_offset: int = 0,
     ) -> Manifest:
-        """Fetch a file into ``out_path`` (verified); raises NotEnoughShares, ManifestError, OSError."""
+        """Fetch a file into ``out_path`` (verified); raises NotEnoughShares, ManifestError, OSError.
+
+        ``resume``: keep the verified prefix of an existing ``out_path`` and fetch the rest.
+        ``from_offset``: fetch only the segments from the one holding that byte on (the
+        bytes before it in ``out_path`` are left unwritten: a reader resumes there).
+        """
         assert self.transport is not None
         m = manifest or await self.open_manifest(file_id)
         start = time.perf_counter()
+        first = min(from_offset // m.segment_size, m.segment_count) if m.segment_count else 0
         try:
-            await raid.get_file(file_id, out_path, self.transport, self.ring_view(), config=RAID,
-                                manifest=m, resume=False, progress=_phase(progress, "get"),
-                                offload=self.offload_cpu)
+            await raid.get_file(file_id, out_path, self.transport, await self.ring(), config=RAID,
+                                manifest=m, resume=resume, progress=_phase(progress, "get"),
+                                offload=self.offload_cpu, first_segment=first)
         except NotEnoughShares as exc:
             self._record("get", file_id, exc)
             raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.offload_io(memory.trim)
         self._timed("get", file_id, m.size, get=time.perf_counter() - start)
         return m
 
@@ -318,7 +325,7 @@ class StorageService:
         """Each segment's holders (and with ``verify``, proofs from every holder)."""
         assert self.transport is not None
         m = await self.open_manifest(file_id)
-        ring = self.ring_view()
+        ring = await self.ring()
         limiter = trio.CapacityLimiter(RAID.max_transfers)
         found = await upkeep.locate(self.transport, ring, m, limiter=limiter)
         checks = [
@@ -331,7 +338,7 @@ class StorageService:
             async def check(seg: int) -> None:
                 async with window:
                     checks[seg] = await upkeep.verify_segment(
-                        self.transport, m, seg, checks[seg].holders, rng=self._rng,
+                        self.transport, m, seg, checks[seg].holders, rng=self.rng,
                         offload=self.offload_cpu, limiter=limiter,
                     )
 
@@ -352,7 +359,7 @@ class StorageService:
         lease = max(entry.lease_expiry if entry else 0, now + self.lease_s)
         entry = FileEntry(file_id, m, True, lease, entry.added if entry else now)
         await self.offload_io(self.files.put, entry)
-        await upkeep.renew_file(self.transport, self.ring_view(), m, lease,
+        await upkeep.renew_file(self.transport, await self.ring(), m, lease,
                                 manifest_copies=RAID.manifest_copies)
         await self.offload_io(self._pin_local, m, True)
         return entry
@@ -368,15 +375,18 @@ class StorageService:
         return entry
 
     async def set_quota(self, quota_bytes: int) -> None:
-        """Change the share quota now (until restart; ``storage_quota`` sets it for good).
+        """Change the share quota now and across restarts (see the module doc).
 
         Lowering it deletes nothing: new shares are refused until use falls below it.
-        Raises ValueError outside 1 MiB .. the store's map ceiling.
+        Raises ValueError outside 1 MiB .. the store's map ceiling, OSError if it cannot
+        be saved (the quota is then unchanged).
         """
         assert self.store is not None
         ceiling = max(self.node.config.storage_quota, MAP_CEILING)
         if not 1 << 20 <= quota_bytes <= ceiling:
             raise ValueError(f"quota must be between 1 MiB and {ceiling} bytes without a restart")
+        await self.offload_io(save_quota, self.root / QUOTA_FILE, quota_bytes,
+                              self.node.config.storage_quota)
         self.quota = self.store.quota_bytes = quota_bytes
         log.info("storage quota set to %d bytes", quota_bytes)
         await self.refresh_statistics()
@@ -392,75 +402,13 @@ class StorageService:
 
     # ------------------------------------------------------------------ upkeep
     async def upkeep(self) -> UpkeepReport:
-        """One pass: gc, scrub a slice, repair and spot-audit every looked-after file."""
-        assert self.store is not None and self.transport is not None
+        """One pass: gc, scrub a slice, repair and spot-audit every looked-after file, and
+        report finished epochs' audits for credits (see :mod:`poolai.node.storage_upkeep`)."""
         async with self._upkeep_lock:
-            now = int(time.time())
-            gc = await self.offload_io(self.store.gc, now)
-            scrubbed, bad = await self.offload_io(self._scrub_slice)
-            n = collections.Counter()
-            for entry in self.files.entries():
-                if not entry.pinned and entry.lease_expiry <= now:
-                    await self.offload_io(self.files.remove, entry.file_id)
-                    self.health.pop(entry.file_id, None)
-                    n["expired"] += 1
-                    continue
-                if entry.pinned and entry.lease_expiry - now < self.lease_s // 2:
-                    entry = dataclasses.replace(entry, lease_expiry=now + self.lease_s)
-                    await self.offload_io(self.files.put, entry)
-                    await upkeep.renew_file(self.transport, self.ring_view(), entry.manifest,
-                                            entry.lease_expiry, manifest_copies=RAID.manifest_copies)
-                await self._look_after(entry, n)
-            report = UpkeepReport(time.time(), gc.shares, gc.bytes, scrubbed, bad, len(self.files),
-                                  n["expired"], n["missing"], n["rebuilt"], n["lost"], n["audited"],
-                                  n["audit_failed"], n["healed"])
+            report = await storage_upkeep.upkeep_pass(self)
         self.last_upkeep = report
         await self.refresh_statistics()
         return report
-
-    async def _look_after(self, entry: FileEntry, n: collections.Counter[str]) -> None:
-        assert self.transport is not None
-        m, ring = entry.manifest, self.ring_view()
-        repaired = await raid.repair_file(m, self.transport, ring, lease_expiry=entry.lease_expiry,
-                                          config=RAID, offload=self.offload_cpu)
-        n["missing"] += repaired.shares_missing
-        n["rebuilt"] += repaired.shares_rebuilt
-        n["lost"] += repaired.segments_lost
-        if repaired.shares_rebuilt or repaired.segments_lost:
-            log.info("repaired %s: %d missing, %d rebuilt, %d segments lost",
-                     entry.file_id.hex()[:12], repaired.shares_missing, repaired.shares_rebuilt,
-                     repaired.segments_lost)
-        found = await upkeep.locate(self.transport, ring, m)
-        checks = [
-            upkeep.SegmentCheck(seg, tuple(found.get((seg, i)) for i in range(m.n)), (None,) * m.n)
-            for seg in range(m.segment_count)
-        ]
-        if checks:  # prove one random segment's holders; re-store what a holder failed to prove
-            seg = self._rng.randrange(m.segment_count)
-            checks[seg] = check = await upkeep.verify_segment(
-                self.transport, m, seg, checks[seg].holders, rng=self._rng,
-                offload=self.offload_cpu, heal_lease=entry.lease_expiry,
-            )
-            n["audited"] += sum(v is not None for v in check.verified)
-            n["audit_failed"] += sum(v is False for v in check.verified)
-            n["healed"] += len(check.healed)
-        self.health[entry.file_id] = FileHealth(entry.file_id, m, tuple(checks), False, time.time())
-
-    def _scrub_slice(self) -> tuple[int, int]:
-        assert self.store is not None
-        ids = sorted(self.store.share_ids())
-        start = bisect.bisect_right(ids, self._scrub_cursor)
-        batch = ids[start : start + SCRUB_PER_PASS] or ids[:SCRUB_PER_PASS]
-        bad = 0
-        for share_id in batch:
-            try:
-                self.store.get(share_id, 0, 0)  # hashes the whole share
-            except ShareCorrupted:
-                bad += 1
-            except ShareNotFound:
-                pass
-        self._scrub_cursor = batch[-1] if batch else b""
-        return len(batch), bad
 
     async def _upkeep_loop(self) -> None:
         while True:
@@ -501,6 +449,8 @@ class StorageService:
             "shares": stats.shares if stats else 0,
             "hash_failures": stats.hash_failures if stats else 0,
             "files": len(self.files),
+            "ring_peers": len(self.ring_view()),
+            "credit_claims": self.credit_claims,
             "pinned": sum(e.pinned for e in self.files.entries()),
             "upkeep": dataclasses.asdict(self.last_upkeep) if self.last_upkeep else None,
             "recent_errors": list(self.recent_errors),

@@ -6,10 +6,14 @@ In one run:
 * zfec alone: encode and decode (from parity shares only, the worst case) of
   the same parameters, MB/s of file data;
 * one libp2p stream (Noise + yamux) between two local processes, and k
-  streams from k processes into one: what a receiving process can take;
+  streams from k processes into one: what a receiving process can take.
+  Measured while the node processes below are up (their background work
+  loads the machine as it does during the get), once before the put and
+  once after the get; the reference is the mean of the two;
 * 10 ``poolai node run`` processes: put a random file through node 0's local
   API and get it back through node 1's (timed end to end, bytes checked),
-  with node 1's peak resident memory during the get (VmHWM, reset first).
+  with node 1's peak resident memory during the get (VmHWM, reset first),
+  and the CPU the idle mesh burns (percent of one core, all nodes together).
 
     python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10]
 
@@ -196,6 +200,38 @@ def start_nodes(base: Path, count: int, env: dict[str, str], nodes: list[Proc]) 
     raise SystemExit("the nodes did not connect to each other")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def idle_cpu_percent(nodes: list[Proc], seconds: float = 5.0) -> float:
+    pids = [p.proc.pid for p in nodes]
+    before = cpu_seconds(pids)
+    time.sleep(seconds)
+    return round(100 * (cpu_seconds(pids) - before) / seconds, 1)
+
+
+def bench_baseline(k: int, stream: int) -> dict[str, float]:
+    sources = [Proc([sys.executable, __file__, "--stream-source", str(stream)], ("addr",))
+               for _ in range(k)]
+    try:
+        addrs = [p.wait_ready().info["addr"] for p in sources]
+        return {"stream_1_MBps": bench_streams(addrs[:1], stream),
+                f"streams_{k}_into_1_MBps": bench_streams(addrs, stream // k)}
+    finally:
+        for p in sources:
+            p.stop()
+
+
 def vm_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -244,12 +280,15 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
     sampler = PeakSampler(getter)
     got = hashlib.sha256()
     received = 0
+    cpu_before = cpu_seconds([getter]), cpu_seconds([p.proc.pid for p in nodes])
     start = time.perf_counter()
     with httpx.stream("GET", f"{nodes[1].info['api']}/api/files/{file_id}", timeout=timeout) as reply:
         for chunk in reply.iter_raw(MiB):
             got.update(chunk)
             received += len(chunk)
     get_s = time.perf_counter() - start
+    cpu_getter = cpu_seconds([getter]) - cpu_before[0]
+    cpu_mesh = cpu_seconds([p.proc.pid for p in nodes]) - cpu_before[1]
     sampler.stop()
     if received != size or got.digest() != digest.digest():
         raise SystemExit(f"get returned {received} bytes that do not match")
@@ -260,6 +299,9 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
         "put_store_phase_MBps": mbps(size, put_op["phases_s"]["store"]),
         "get_api_MBps": mbps(size, get_s),
         "get_node_MBps": get_op["MBps"],
+        # CPU during the get, in percent of one core: the getting node, and all ten nodes
+        "get_getter_cpu_percent": round(100 * cpu_getter / get_s, 1),
+        "get_mesh_cpu_percent": round(100 * cpu_mesh / get_s, 1),
         "get_node_rss_before_MiB": round(rss_before / 1024, 1),
         "get_node_peak_rss_MiB": round(vm_kib(getter, "VmHWM") / 1024, 1),
         # RssFile is LMDB's memory map (its own shares, read locally) and counts in VmHWM;
@@ -320,30 +362,27 @@ def main() -> None:
     out.update(bench_zfec(args.k, args.n, segment, min(size, 256 * MiB)))
 
     stream = args.stream_mib * MiB
-    sources = [Proc([sys.executable, __file__, "--stream-source", str(stream)], ("addr",))
-               for _ in range(args.k)]
-    try:
-        addrs = [p.wait_ready().info["addr"] for p in sources]
-        out["stream_1_MBps"] = bench_streams(addrs[:1], stream)
-        out[f"streams_{args.k}_into_1_MBps"] = bench_streams(addrs, stream // args.k)
-    finally:
-        for p in sources:
-            p.stop()
-
+    kstreams = f"streams_{args.k}_into_1_MBps"
     base = Path(tempfile.mkdtemp(prefix="poolai-bench-"))
     env = {"POOLAI_STORAGE_QUOTA": f"{max(1, 4 * size * args.n // args.k // args.nodes // MiB + 64)}MiB",
            "POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_LOG_LEVEL": "warning"}
     nodes: list[Proc] = []
     try:
         start_nodes(base, args.nodes, env, nodes)
+        out["mesh_idle_cpu_percent"] = idle_cpu_percent(nodes)
         out["load_before"] = round(os.getloadavg()[0], 2)
+        before = bench_baseline(args.k, stream)
         out.update(bench_mesh(base, nodes, size, args.k, args.n, segment))
+        after = bench_baseline(args.k, stream)
+        out["baseline_before_get"], out["baseline_after_get"] = before, after
+        for key in before:
+            out[key] = round((before[key] + after[key]) / 2, 1)
     finally:
         for p in nodes:
             p.stop()
         shutil.rmtree(base, ignore_errors=True)
     single = out["stream_1_MBps"]
-    reference = min(out["zfec_decode_MBps"], out[f"streams_{args.k}_into_1_MBps"])
+    reference = min(out["zfec_decode_MBps"], out[kstreams])
     for where in ("api", "node"):
         out[f"get_{where}_speedup_over_1_stream"] = round(out[f"get_{where}_MBps"] / single, 2)
         out[f"get_{where}_vs_min_decode_kstreams"] = round(out[f"get_{where}_MBps"] / reference, 2)

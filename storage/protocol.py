@@ -30,8 +30,8 @@ from poolai.mesh.errors import FrameTooLarge, MeshError, PeerUnreachable, Protoc
 from poolai.mesh.rpc import ByteStream
 from poolai.storage import integrity
 from poolai.storage.errors import PeerError
-from poolai.storage.raid import MAX_HAS_IDS
 from poolai.storage.store import MAX_LEASE, MAX_VALUE_SIZE
+from poolai.storage.transfers import MAX_HAS_IDS
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,11 @@ class Reader:
                 if self._buf:
                     raise TruncatedFrame("stream ended inside a frame")
                 return None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received and not yet handed out."""
+        return len(self._buf)
 
     async def exactly(self, length: int) -> bytes:
         """Exactly ``length`` raw bytes; TruncatedFrame if the stream ends first."""

@@ -30,105 +30,44 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
 
 import trio
 
-from poolai.storage import erasure, integrity, placement
+from poolai.storage import erasure, placement, segment_io
 from poolai.storage import manifest as manifest_mod
 from poolai.storage.errors import (
     FileChanged,
     ManifestError,
     NotEnoughShares,
-    PeerError,
     PutFailed,
     StorageError,
 )
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
+from poolai.storage.transfers import (  # re-exported: the contract callers implement and pass
+    DEFAULT_CONFIG,
+    MAX_HAS_IDS,
+    Offload,
+    RaidConfig,
+    ShareMeta,
+    ShareTransport,
+    Transfers,
+    short,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG", "MAX_HAS_IDS", "Offload", "Progress", "PutResult", "RaidConfig", "RepairResult",
+    "Ring", "ShareMeta", "ShareTransport", "build_manifest", "fetch_manifest", "get_file", "put_file",
+    "repair_file",
+]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """``(bytes_done, bytes_total)`` of the file, called on the trio thread (for a progress bar)."""
-
-Offload = Callable[..., Awaitable[Any]]
-"""Runs blocking ``fn(*args)`` off the event loop: ``trio.to_thread.run_sync`` or a wrapper
-bound to a node-wide CPU limiter."""
-
-MAX_HAS_IDS = 1024  # ids per ``has`` request
-
-
-@dataclass(frozen=True, slots=True)
-class ShareMeta:
-    """What a holder is told about a share it stores: its file, and how long to keep it."""
-
-    file_id: bytes
-    lease_expiry: int  # unix seconds; after this an unpinned share may be collected
-
-
-class ShareTransport(Protocol):
-    """Share exchanges with one remote peer; every peer fault is raised as ``PeerError``.
-
-    Callers put their own deadline around each call; implementations add none.
-    """
-
-    async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
-        """Ask ``peer`` to keep ``data`` under ``share_id`` until ``meta.lease_expiry``."""
-        ...
-
-    async def fetch(self, peer: PeerId, share_id: bytes) -> bytes:
-        """The bytes ``peer`` holds under ``share_id``; unverified (callers check the hash)."""
-        ...
-
-    async def has(self, peer: PeerId, share_ids: Sequence[bytes]) -> Sequence[bool]:
-        """For each of at most ``MAX_HAS_IDS`` ids, whether ``peer`` holds it."""
-        ...
-
-    async def audit(
-        self, peer: PeerId, share_id: bytes, offset: int, length: int, nonce: bytes
-    ) -> bytes:
-        """``peer``'s ``integrity.audit_digest(nonce, share[offset:offset+length])``."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class RaidConfig:
-    """Concurrency, deadlines and redundancy goals of put/get/repair.
-
-    Memory held is about ``segments_in_flight`` x segment size x n/k.
-    ``happy``: shares of every segment a put must place (default k + (n-k)//2).
-    Raises ValueError on nonsensical values.
-    """
-
-    max_transfers: int = 16  # share exchanges in flight, all peers together
-    segments_in_flight: int = 4
-    peer_timeout: float = 30.0  # one exchange with one peer
-    hedge_delay: float = 2.0  # silence after which a get asks one more holder
-    extra_fetches: int = 2  # holders asked beyond k at the start of a segment
-    max_attempts: int = 3  # holders tried per share: the holder, then fallbacks
-    happy: int | None = None
-    manifest_copies: int = 5
-    manifest_happy: int = 2
-
-    def __post_init__(self) -> None:
-        if min(self.max_transfers, self.segments_in_flight, self.max_attempts) < 1:
-            raise ValueError("max_transfers, segments_in_flight, max_attempts must be >= 1")
-        if self.peer_timeout <= 0 or self.hedge_delay <= 0 or self.extra_fetches < 0:
-            raise ValueError("timeouts must be positive and extra_fetches >= 0")
-        if not 1 <= self.manifest_happy <= self.manifest_copies:
-            raise ValueError("need 1 <= manifest_happy <= manifest_copies")
-
-    def happy_for(self, k: int, n: int) -> int:
-        """Shares per segment a put must place for these parameters."""
-        goal = self.happy if self.happy is not None else k + (n - k) // 2
-        return max(k, min(n, goal))
-
-
-DEFAULT_CONFIG = RaidConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,222 +105,6 @@ class _Tally:
     failure: list[StorageError] = field(default_factory=list)
 
 
-class _Session:
-    """One operation's transfer limiter, deadlines and fault containment."""
-
-    def __init__(self, transport: ShareTransport, config: RaidConfig, offload: Offload) -> None:
-        self.transport = transport
-        self.config = config
-        self.offload = offload
-        self.limiter = trio.CapacityLimiter(config.max_transfers)
-
-    async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> bool:
-        try:
-            async with self.limiter:
-                with trio.fail_after(self.config.peer_timeout):
-                    await self.transport.store(peer, share_id, data, meta)
-        except (PeerError, trio.TooSlowError) as exc:
-            log.info("store %s on %s failed: %r", _short(share_id), _short(peer), exc)
-            return False
-        return True
-
-    async def place(
-        self, candidates: Iterator[PeerId], taken: set[PeerId], share_id: bytes, data: bytes,
-        meta: ShareMeta,
-    ) -> bool:
-        """Store on the first candidate that accepts; True if one did.
-
-        The first candidate (the holder) is always tried; later ones are
-        skipped when ``taken`` by another share of the segment.
-        """
-        tried = 0
-        for peer in candidates:
-            if tried >= self.config.max_attempts:
-                break
-            if tried and peer in taken:
-                continue
-            taken.add(peer)  # claim before awaiting so concurrent fallbacks pick other peers
-            tried += 1
-            if await self.store(peer, share_id, data, meta):
-                return True
-        return False
-
-    async def probe(self, asks: dict[PeerId, list[tuple[object, bytes]]]) -> set[object]:
-        """Ask each peer which of its (key, share id) pairs it holds; return the held keys."""
-        held: set[object] = set()
-
-        async def ask(peer: PeerId, batch: list[tuple[object, bytes]]) -> None:
-            try:
-                async with self.limiter:
-                    with trio.fail_after(self.config.peer_timeout):
-                        answer = await self.transport.has(peer, [sid for _, sid in batch])
-            except (PeerError, trio.TooSlowError) as exc:
-                log.info("has on %s failed: %r", _short(peer), exc)
-                return
-            if len(answer) != len(batch):
-                log.warning("has on %s answered %d of %d", _short(peer), len(answer), len(batch))
-                return
-            held.update(key for (key, _), yes in zip(batch, answer, strict=True) if yes is True)
-
-        async with trio.open_nursery() as nursery:
-            for peer, items in asks.items():
-                for at in range(0, len(items), MAX_HAS_IDS):
-                    nursery.start_soon(ask, peer, items[at : at + MAX_HAS_IDS])
-        return held
-
-    async def gather(
-        self, attempts: list[tuple[int, PeerId, bytes]], need: int, initial: int
-    ) -> dict[int, bytes] | None:
-        """Fetch until ``need`` distinct keys have a verified answer; None if attempts run out.
-
-        ``attempts`` are (key, peer, expected share id), best first; ``initial``
-        start at once, each failure starts the next, and so does each
-        ``hedge_delay`` without an answer. Those still running are cancelled.
-        """
-        valid: dict[int, bytes] = {}
-        running: dict[int, int] = {}
-        pending = list(attempts)
-        send, recv = trio.open_memory_channel[tuple[int, bytes | None]](max(1, len(attempts)))
-
-        async def fetch(key: int, peer: PeerId, share_id: bytes) -> None:
-            data: bytes | None = None
-            try:
-                async with self.limiter:
-                    with trio.fail_after(self.config.peer_timeout):
-                        data = await self.transport.fetch(peer, share_id)
-            except (PeerError, trio.TooSlowError) as exc:
-                log.info("fetch %s from %s failed: %r", _short(share_id), _short(peer), exc)
-            if data is not None and not await self.offload(integrity.matches, share_id, data):
-                log.warning("peer %s sent a corrupt %s", _short(peer), _short(share_id))
-                data = None
-            send.send_nowait((key, data))
-
-        def launch(nursery: trio.Nursery) -> bool:
-            useful = [a for a in pending if a[0] not in valid]
-            if not useful:
-                return False
-            choice = next((a for a in useful if not running.get(a[0])), useful[0])
-            pending.remove(choice)
-            running[choice[0]] = running.get(choice[0], 0) + 1
-            nursery.start_soon(fetch, *choice)
-            return True
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(initial):
-                launch(nursery)
-            while len(valid) < need:
-                if not any(running.values()) and not launch(nursery):
-                    break
-                with trio.move_on_after(self.config.hedge_delay) as hedge:
-                    key, data = await recv.receive()
-                if hedge.cancelled_caught:
-                    launch(nursery)  # the holders asked are slow: ask one more
-                    continue
-                running[key] -= 1
-                if data is None:
-                    launch(nursery)
-                else:
-                    valid.setdefault(key, data)
-            nursery.cancel_scope.cancel()
-        return valid if len(valid) >= need else None
-
-    async def fetch_segment(
-        self, ring: Ring, file_id: bytes, m: Manifest, seg: int,
-        prefer: frozenset[int] = frozenset(),
-    ) -> dict[int, bytes] | None:
-        """k verified shares of a segment by index, or None; ``prefer`` indices are asked first."""
-        if not ring.peers:
-            return None
-        holders = placement.segment_holders(ring, file_id, seg, m.n)
-        depth = m.n + 2  # see placement: covers the successor rule's skips, a fallback, a join
-        walks = [
-            list(islice(placement.share_lookup(ring, file_id, seg, i, holders), depth))
-            for i in range(m.n)
-        ]
-        order = sorted(range(m.n), key=lambda i: (i not in prefer, i))  # primaries decode fastest
-        attempts = [
-            (i, walks[i][rank], m.share_id(seg, i))
-            for rank in range(depth)
-            for i in order
-            if rank < len(walks[i])
-        ]
-        return await self.gather(attempts, m.k, m.k + self.config.extra_fetches)
-
-
-# ---------------------------------------------------------------------------- blocking helpers
-
-
-def _read_exact(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    while length:
-        chunk = os.pread(fd, length, offset)
-        if not chunk:
-            raise FileChanged("file is shorter than when it was measured")
-        parts.append(chunk)
-        length, offset = length - len(chunk), offset + len(chunk)
-    return b"".join(parts)
-
-
-def _encode_at(fd: int, size: int, params: erasure.ErasureParams, seg: int) -> list[bytes]:
-    offset, length = erasure.segment_span(size, params.segment_size, seg)
-    return erasure.encode_segment(_read_exact(fd, length, offset), params.k, params.n)
-
-
-def _segment_hashes(fd: int, size: int, params: erasure.ErasureParams, seg: int) -> bytes:
-    return b"".join(integrity.share_id(s) for s in _encode_at(fd, size, params, seg))
-
-
-def _encode_checked(fd: int, m: Manifest, seg: int) -> list[bytes] | None:
-    try:
-        shares = _encode_at(fd, m.size, m.params, seg)
-    except FileChanged:
-        return None
-    ok = all(integrity.share_id(s) == m.share_id(seg, i) for i, s in enumerate(shares))
-    return shares if ok else None
-
-
-def _rebuild(m: Manifest, seg: int, shares: dict[int, bytes]) -> list[bytes]:
-    segment = erasure.decode_segment(shares, m.segment_span(seg)[1], m.k, m.n)
-    rebuilt = erasure.encode_segment(segment, m.k, m.n)
-    # Verified inputs always re-encode to the manifest's shares: a mismatch is our bug.
-    if any(integrity.share_id(s) != m.share_id(seg, i) for i, s in enumerate(rebuilt)):
-        raise RuntimeError(f"segment {seg} rebuilt to shares that differ from the manifest")
-    return rebuilt
-
-
-def _open_output(path: str | os.PathLike[str], m: Manifest, resume: bool) -> tuple[int, int]:
-    """Open the output; return (fd, first segment to fetch) after checking partial content."""
-    fd = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o644)
-    start = 0
-    if resume:
-        existing = os.fstat(fd).st_size
-        for seg in range(m.segment_count):
-            offset, length = m.segment_span(seg)
-            if offset + length > existing:
-                break
-            # Shares 0..k-1 are the segment's own blocks: hashing them checks the segment.
-            blocks = erasure.split_blocks(os.pread(fd, length, offset), m.k)
-            if any(integrity.share_id(b) != m.share_id(seg, i) for i, b in enumerate(blocks)):
-                break
-            start = seg + 1
-    os.ftruncate(fd, m.size if start == m.segment_count else start * m.segment_size)
-    return fd, start
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _finish(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _shares_by_holder(ring: Ring, file_id: bytes, m: Manifest) -> dict[PeerId, list]:
     asks: dict[PeerId, list[tuple[object, bytes]]] = {}
     for seg in range(m.segment_count):
@@ -412,7 +135,7 @@ async def build_manifest(
             raise ManifestError(f"{size} bytes need a larger segment size")
         hashes = bytearray()
         for seg in range(count):
-            hashes += await offload(_segment_hashes, fd, size, params, seg)
+            hashes += await offload(segment_io.segment_hashes, fd, size, params, seg)
             if progress:
                 progress(min(size, (seg + 1) * params.segment_size), size)
     finally:
@@ -421,7 +144,7 @@ async def build_manifest(
 
 
 async def _replicate_manifest(
-    session: _Session, ring: Ring, file_id: bytes, blob: bytes, meta: ShareMeta
+    session: Transfers, ring: Ring, file_id: bytes, blob: bytes, meta: ShareMeta
 ) -> tuple[int, int]:
     """Make sure the manifest copies exist; return (already there, added)."""
     holders = placement.manifest_holders(ring, file_id, session.config.manifest_copies)
@@ -470,7 +193,7 @@ async def put_file(
         raise PutFailed("no peers to store on")
     m = manifest or await build_manifest(path, params, offload=offload)
     file_id = m.file_id()
-    session = _Session(transport, config, offload)
+    session = Transfers(transport, config, offload)
     meta = ShareMeta(file_id, lease_expiry)
     happy = config.happy_for(m.k, m.n)
     held = await session.probe(_shares_by_holder(ring, file_id, m))
@@ -517,7 +240,7 @@ async def put_file(
                     segment_done(seg, m.n)
                     continue
                 await window.acquire()
-                shares = await offload(_encode_checked, fd, m, seg)
+                shares = await offload(segment_io.encode_checked, fd, m, seg)
                 if shares is None:
                     window.release()
                     tally.failure.append(FileChanged(f"segment {seg} differs from the manifest"))
@@ -550,7 +273,7 @@ async def fetch_manifest(
     Raises NotEnoughShares if no holder returns bytes hashing to ``file_id``,
     ManifestError if those bytes are not a valid manifest.
     """
-    session = _Session(transport, config, offload)
+    session = Transfers(transport, config, offload)
     attempts: list[tuple[int, PeerId, bytes]] = []
     if ring.peers:
         holders = placement.manifest_holders(ring, file_id, config.manifest_copies)
@@ -567,7 +290,7 @@ async def fetch_manifest(
                     attempts.append((j, walk[rank], file_id))
     got = await session.gather(attempts, 1, 1 + config.extra_fetches)
     if not got:
-        raise NotEnoughShares(f"no holder returned manifest {_short(file_id)}")
+        raise NotEnoughShares(f"no holder returned manifest {short(file_id)}")
     return manifest_mod.decode(next(iter(got.values())))
 
 
@@ -582,11 +305,13 @@ async def get_file(
     resume: bool = True,
     progress: Progress | None = None,
     offload: Offload = trio.to_thread.run_sync,
+    first_segment: int = 0,
 ) -> Manifest:
     """Download a file into ``out_path``; return its manifest.
 
     With ``resume`` an existing ``out_path`` is verified segment by segment
-    and only the rest is fetched. Every share is hash-checked before use, so
+    and only the rest is fetched. ``first_segment`` > 0 skips the segments
+    before it (the caller has them, e.g. an HTTP client resuming). Every share is hash-checked before use, so
     the output never holds unverified bytes. Raises NotEnoughShares when a
     segment has fewer than k valid shares reachable (the verified prefix
     stays for a later resume), ValueError if ``manifest`` is not
@@ -595,8 +320,10 @@ async def get_file(
     m = manifest or await fetch_manifest(file_id, transport, ring, config=config, offload=offload)
     if m.file_id() != file_id:
         raise ValueError("manifest does not belong to file_id")
-    session = _Session(transport, config, offload)
-    fd, start = await offload(_open_output, out_path, m, resume)
+    session = Transfers(transport, config, offload)
+    if not 0 <= first_segment <= m.segment_count:
+        raise ValueError(f"first_segment {first_segment} is outside 0..{m.segment_count}")
+    fd, start = await offload(segment_io.open_output, out_path, m, resume, first_segment)
     tally = _Tally(done_bytes=min(m.size, start * m.segment_size))
     window = trio.Semaphore(config.segments_in_flight)
     ready = [trio.Event() for _ in range(start, m.segment_count)]
@@ -625,7 +352,7 @@ async def get_file(
             for seg in range(start, m.segment_count):
                 await ready[seg - start].wait()
                 data = decoded.pop(seg)
-                await offload(_write_at, fd, data, seg * m.segment_size)
+                await offload(segment_io.write_at, fd, data, seg * m.segment_size)
                 window.release()
                 tally.done_bytes += len(data)
                 if progress:
@@ -636,7 +363,7 @@ async def get_file(
     if tally.failure:
         os.close(fd)
         raise tally.failure[0]
-    await offload(_finish, fd)
+    await offload(segment_io.finish, fd)
     return m
 
 
@@ -662,7 +389,7 @@ async def repair_file(
     if not ring.peers:
         raise PutFailed("no peers to repair onto")
     file_id = m.file_id()
-    session = _Session(transport, config, offload)
+    session = Transfers(transport, config, offload)
     meta = ShareMeta(file_id, lease_expiry)
     held = await session.probe(_shares_by_holder(ring, file_id, m))
     tally = _Tally()
@@ -679,11 +406,11 @@ async def repair_file(
             present = frozenset(range(m.n)) - set(missing)
             shares = await session.fetch_segment(ring, file_id, m, seg, prefer=present)
             if shares is None:
-                log.warning("segment %d of %s is below k shares", seg, _short(file_id))
+                log.warning("segment %d of %s is below k shares", seg, short(file_id))
                 tally.lost += 1
                 tally.failed += len(missing)
                 return
-            rebuilt = await offload(_rebuild, m, seg, shares)
+            rebuilt = await offload(segment_io.rebuild, m, seg, shares)
             holders = placement.segment_holders(ring, file_id, seg, m.n)
             taken = set(holders)
 
@@ -713,5 +440,3 @@ async def repair_file(
     return RepairResult(file_id, tally.missing, tally.stored, tally.failed, tally.lost, added)
 
 
-def _short(ident: bytes) -> str:
-    return ident.hex()[:12]

@@ -1,7 +1,10 @@
 """The share server: serves one node's :class:`ShareStore` on ``/poolai/store/1.0.0``.
 
 It knows no transport: it serves any trio half-closeable stream, so tests
-drive it over memory streams too. It checks a ``store.put`` header (size,
+drive it over memory streams too. A stream carries one exchange or several
+in a row (a client keeps streams open to a holder it fetches from often);
+it ends when the client half-closes, after ``idle_timeout`` without a next
+request, or at the first refusal or fault. It checks a ``store.put`` header (size,
 ids, quota) before reading the body, bounds concurrent transfers and their
 announced bytes (answering ``busy`` when full), reads and writes under
 deadlines, and runs every LMDB call off the event loop. The same checks
@@ -61,6 +64,7 @@ class ServerConfig:
     max_transfers: int = 32  # store/fetch bodies in flight
     max_transfer_bytes: int = 128 << 20  # their announced sizes together (memory bound)
     header_timeout: float = 10.0
+    idle_timeout: float = 20.0  # a kept-open stream with no next request is closed after this
     body_timeout: float = 60.0  # to receive one share body
     reply_timeout: float = 60.0  # to send one reply (with its bytes)
     max_lease_s: int = 400 * 86400  # longest lease granted to a peer, from now
@@ -87,6 +91,7 @@ class ServerStatistics:
     corrupt: int
     bytes_in: int
     bytes_out: int
+    idle_closed: int  # kept-open streams closed after idle_timeout without a next request
     transfers: int  # store/fetch bodies in flight now
 
 
@@ -198,27 +203,43 @@ class ShareServer:
 
     # ------------------------------------------------------------------ network side
     async def handle(self, stream: ByteStream, peer: str = "?") -> None:
-        """Serve one inbound stream. Never raises for anything the peer does."""
-        self._n["requests"] += 1
-        try:
-            self._requests.acquire_on_behalf_of_nowait(stream)
-        except trio.WouldBlock:
-            self._n["busy"] += 1
-            await self._refuse(stream, ShareRefused("busy", "busy", "too many concurrent requests"))
-            return
-        try:
-            await self._serve(stream)
-        except ShareRefused as fault:
-            await self._refuse(stream, fault)
-            return
-        except (MeshError, trio.TooSlowError) as exc:
-            if isinstance(exc, trio.TooSlowError):
-                self._n["timeouts"] += 1
-            log.info("store: dropped stream from %s: %r", peer[-8:], exc)
-            await abort(stream)
-            return
-        finally:
-            self._requests.release_on_behalf_of(stream)
+        """Serve one inbound stream: one exchange or several in a row, until the client
+        half-closes or stays idle for ``idle_timeout``. Never raises for anything the peer
+        does; a refusal or fault ends the stream.
+
+        The first request takes a request slot before its header is read (a flood of
+        streams is refused at once); later ones wait for their header without one, so an
+        idle kept-open stream holds no slot.
+        """
+        reader = Reader(stream)
+        request: Any = None
+        while True:
+            try:
+                if request is not None:  # a later request: it is here, now it needs a slot
+                    request = await self._next_request(reader, first=False)
+                    if request is None:
+                        break
+                self._n["requests"] += 1
+                try:
+                    self._requests.acquire_on_behalf_of_nowait(stream)
+                except trio.WouldBlock:
+                    self._n["busy"] += 1
+                    raise ShareRefused("busy", "busy", "too many concurrent requests") from None
+                try:
+                    if request is None:
+                        request = await self._next_request(reader, first=True)
+                    await self._dispatch(stream, reader, request)
+                finally:
+                    self._requests.release_on_behalf_of(stream)
+            except ShareRefused as fault:
+                await self._refuse(stream, fault)
+                return
+            except (MeshError, trio.TooSlowError) as exc:
+                if isinstance(exc, trio.TooSlowError):
+                    self._n["timeouts"] += 1
+                log.info("store: dropped stream from %s: %r", peer[-8:], exc)
+                await abort(stream)
+                return
         await close(stream)
 
     async def _refuse(self, stream: ByteStream, fault: ShareRefused) -> None:
@@ -231,18 +252,27 @@ class ShareServer:
                 pass
         await close(stream)
 
-    async def _serve(self, stream: ByteStream) -> None:
-        reader = Reader(stream)
+    async def _next_request(self, reader: Reader, *, first: bool) -> Any:
+        """The next request on the stream; None when the client is done with it."""
         try:
-            with trio.fail_after(self.config.header_timeout):
-                body = await reader.frame(CONTROL_FRAME)
-            if body is None:
-                raise PeerUnreachable("stream closed before a request arrived")
-            request = wire.decode(body, *REQUESTS)
-        except (ProtocolError, trio.TooSlowError) as exc:
-            if isinstance(exc, trio.TooSlowError):
-                raise
+            if first:
+                with trio.fail_after(self.config.header_timeout):
+                    body = await reader.frame(CONTROL_FRAME)
+                if body is None:
+                    raise PeerUnreachable("stream closed before a request arrived")
+            else:  # between requests: a clean end, or a quiet client, closes the stream
+                body = None
+                with trio.move_on_after(self.config.idle_timeout) as idle:
+                    body = await reader.frame(CONTROL_FRAME)
+                if idle.cancelled_caught:
+                    self._n["idle_closed"] += 1
+                if body is None:
+                    return None
+            return wire.decode(body, *REQUESTS)
+        except ProtocolError as exc:
             raise ShareRefused("bad_request", "malformed", str(exc)) from None
+
+    async def _dispatch(self, stream: ByteStream, reader: Reader, request: Any) -> None:
         if isinstance(request, FetchRequest):
             await self._serve_fetch(stream, request)
             return

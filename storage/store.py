@@ -35,7 +35,7 @@ from types import TracebackType
 
 import lmdb
 
-from poolai.storage import erasure, integrity, manifest
+from poolai.storage import erasure, integrity, manifest, memory
 from poolai.storage.errors import (
     QuotaExceeded,
     ShareCorrupted,
@@ -264,6 +264,7 @@ class ShareStore:
             ok = integrity.matches(share_id, view)
             if ok:
                 out = bytes(view[_range(len(view), offset, length)])
+            memory.release_view(view)  # the pages stay cached, not resident here (memory.py)
         if not ok:
             self._quarantine(share_id)
             raise ShareCorrupted(f"share {share_id.hex()[:16]} failed its hash check; deleted")

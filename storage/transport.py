@@ -12,6 +12,11 @@ contract requires. The caller owns the deadline; ``fallback_timeout`` only
 stops an exchange nobody bounded from hanging forever. A stream whose
 exchange failed is reset so the holder stops sending at once. Exchanges are
 carried by tasks the caller's cancellation cannot reach (see ``_remote``).
+
+Fetch, has, audit and renew keep their stream open after a clean exchange
+and the next exchange with that holder reuses it (see ``_exchange``);
+holders not connected are dialled first at the addresses ``addresses``
+gives (one dial per peer at a time).
 """
 
 from __future__ import annotations
@@ -52,8 +57,8 @@ from poolai.storage.protocol import (
     send_raw,
     unpack_bits,
 )
-from poolai.storage.raid import MAX_HAS_IDS, ShareMeta
 from poolai.storage.server import ShareServer
+from poolai.storage.transfers import MAX_HAS_IDS, ShareMeta
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,8 @@ class TransportStatistics:
     failures: int
     bytes_sent: int
     bytes_received: int
+    reused_streams: int  # exchanges carried by a stream kept open from an earlier one
+    stale_streams: int  # kept streams found closed by their holder (the exchange was retried)
     refusals: dict[str, int]
 
 
@@ -78,17 +85,26 @@ class Libp2pShareTransport:
 
     def __init__(
         self, host: MeshHost, *, local: ShareServer | None = None, fallback_timeout: float = 120.0,
-        max_exchanges: int = 128,
+        max_exchanges: int = 128, addresses: Callable[[str], list[str]] | None = None,
+        max_idle_per_peer: int = 4, idle_keep: float = 10.0,
+        dial_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._host = host
         self._local = local
         self._me = peer_id_bytes(host.peer_id)
         self._timeout = fallback_timeout
         self._names: dict[bytes, str] = {}
-        self._n = {"requests": 0, "failures": 0, "bytes_sent": 0, "bytes_received": 0}
+        self._n = {"requests": 0, "failures": 0, "bytes_sent": 0, "bytes_received": 0,
+                   "reused_streams": 0, "stale_streams": 0}
         self._refusals: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._slots = trio.Semaphore(max_exchanges)
+        self._addresses = addresses
+        self._dial_failed = dial_failed
+        self._idle: dict[str, list[tuple[Libp2pStream, float]]] = {}
+        self._max_idle = max_idle_per_peer
+        self._idle_keep = idle_keep
+        self._dialling: dict[str, trio.Lock] = {}
 
     @property
     def me(self) -> PeerId:
@@ -130,7 +146,7 @@ class Libp2pShareTransport:
             local = self._require_local()
             return (await self._counted(local.fetch_local(share_id, offset, length)))[1]
         request = FetchRequest(id=share_id, offset=offset, length=length)
-        data = await self._remote(peer, self._fetch_io, request)
+        data = await self._remote(peer, self._fetch_io, request, keep=True)
         self._n["bytes_received"] += len(data)
         return data
 
@@ -142,7 +158,8 @@ class Libp2pShareTransport:
             return []
         if self._is_local(peer):
             return await self._counted(self._require_local().has_local(share_ids))
-        reply = await self._remote(peer, self._small_io, HasRequest(ids=list(share_ids)), HeldReply)
+        reply = await self._remote(peer, self._small_io, HasRequest(ids=list(share_ids)), HeldReply,
+                                   keep=True)
         return unpack_bits(reply.held, len(share_ids))
 
     async def audit(
@@ -153,7 +170,7 @@ class Libp2pShareTransport:
             local = self._require_local()
             return await self._counted(local.audit_local(share_id, offset, length, nonce))
         request = AuditRequest(id=share_id, offset=offset, length=length, nonce=nonce)
-        reply = await self._remote(peer, self._small_io, request, ProofReply)
+        reply = await self._remote(peer, self._small_io, request, ProofReply, keep=True)
         if len(reply.digest) != integrity.HASH_SIZE:
             raise PeerError("audit digest has the wrong size")
         return reply.digest
@@ -167,7 +184,7 @@ class Libp2pShareTransport:
         if self._is_local(peer):
             return await self._counted(self._require_local().renew_local(share_ids, lease_expiry))
         request = RenewRequest(ids=list(share_ids), lease=lease_expiry)
-        reply = await self._remote(peer, self._small_io, request, RenewedReply)
+        reply = await self._remote(peer, self._small_io, request, RenewedReply, keep=True)
         return unpack_bits(reply.renewed, len(share_ids))
 
     # ------------------------------------------------------------------ internals
@@ -207,7 +224,9 @@ class Libp2pShareTransport:
             self._names[peer] = name
         return name
 
-    async def _remote(self, peer: PeerId, io: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def _remote(
+        self, peer: PeerId, io: Callable[..., Awaitable[Any]], *args: Any, keep: bool = False
+    ) -> Any:
         """Run one exchange with ``peer`` where the caller's cancellation cannot reach it.
 
         py-libp2p 0.8 is not cancel-safe: a task cancelled while it writes, or
@@ -221,14 +240,14 @@ class Libp2pShareTransport:
         name = self._name(peer)
         self._n["requests"] += 1
         if self._nursery is None:
-            return await self._exchange(name, io, *args)
+            return await self._exchange(name, io, *args, keep=keep)
         await self._slots.acquire()
         done, abandoned = trio.Event(), trio.Event()
         outcome: dict[str, Any] = {}
 
         async def carry() -> None:
             try:
-                outcome["value"] = await self._exchange(name, io, *args, abandoned=abandoned)
+                outcome["value"] = await self._exchange(name, io, *args, abandoned=abandoned, keep=keep)
             except Exception as exc:  # handed to the caller, who re-raises it
                 outcome["error"] = exc
             finally:
@@ -247,17 +266,36 @@ class Libp2pShareTransport:
 
     async def _exchange(
         self, name: str, io: Callable[..., Awaitable[Any]], *args: Any,
-        abandoned: trio.Event | None = None,
+        abandoned: trio.Event | None = None, keep: bool = False,
     ) -> Any:
-        """Open a stream, run ``io(stream, *args)``; faults become PeerError, failed streams reset."""
+        """Run ``io(stream, *args, eof=...)`` on a stream to ``name``; faults become PeerError,
+        failed streams are reset.
+
+        With ``keep`` the exchange may use a stream kept open from an earlier one and, when
+        it ends cleanly, keeps its stream for the next (no half-close after the request).
+        A kept stream the holder has meanwhile closed fails before any reply: the exchange
+        is then tried once more on a fresh stream (only idempotent requests keep streams).
+        """
         stream: Libp2pStream | None = None
+        reused = False
         try:
             with trio.fail_after(self._timeout):
-                stream = await self._host.open_stream(name, PROTOCOL)
-                result = await io(stream if abandoned is None else _Abandonable(stream, abandoned), *args)
+                await self._dial(name)
+                if keep:
+                    stream = await self._take_idle(name)
+                    reused = stream is not None
+                if stream is None:
+                    stream = await self._host.open_stream(name, PROTOCOL)
+                wrapped = stream if abandoned is None else _Abandonable(stream, abandoned)
+                result = await io(wrapped, *args, eof=not keep)
         except BaseException as exc:
             if stream is not None:
                 await abort(stream)  # the holder stops sending at once
+            if reused and isinstance(exc, MeshError | trio.BrokenResourceError) and not (
+                isinstance(exc, ShareRefused) or (abandoned is not None and abandoned.is_set())
+            ):
+                self._n["stale_streams"] += 1
+                return await self._exchange(name, io, *args, abandoned=abandoned, keep=False)
             if isinstance(exc, ShareRefused):
                 self._refused(exc)
                 raise
@@ -268,26 +306,71 @@ class Libp2pShareTransport:
                 self._n["failures"] += 1
                 raise PeerError(f"{PROTOCOL} with {name[-8:]} took over {self._timeout:g} s") from None
             raise
-        await close(stream)
+        if keep:
+            await self._keep_idle(name, stream)
+        else:
+            await close(stream)
         return result
 
-    async def _small_io(self, stream: Libp2pStream, request: Any, reply_type: type) -> Any:
-        reader = await self._request(stream, request)
-        return await self._reply(reader, reply_type)
+    async def _take_idle(self, name: str) -> Libp2pStream | None:
+        """A stream kept open to ``name`` that is fresh enough to reuse, if any."""
+        kept = self._idle.get(name)
+        now = trio.current_time()
+        while kept:
+            stream, since = kept.pop()
+            if now - since < self._idle_keep:
+                self._n["reused_streams"] += 1
+                return stream
+            await close(stream)  # older ones are likely closed by the holder by now
+        return None
 
-    async def _fetch_io(self, stream: Libp2pStream, request: FetchRequest) -> bytes:
-        reader = await self._request(stream, request)
+    async def _keep_idle(self, name: str, stream: Libp2pStream) -> None:
+        kept = self._idle.setdefault(name, [])
+        if len(kept) >= self._max_idle or (len(self._idle) > 10_000 and len(kept) == 1):
+            await close(stream)
+            return
+        kept.append((stream, trio.current_time()))
+
+    async def _dial(self, name: str) -> None:
+        """Connect to a holder we are not connected to, once however many exchanges wait."""
+        if self._addresses is None or self._host.is_connected(name):
+            return
+        if len(self._dialling) > 10_000 and name not in self._dialling:
+            self._dialling = {k: v for k, v in self._dialling.items() if v.locked()}
+        async with self._dialling.setdefault(name, trio.Lock()):
+            if self._host.is_connected(name):
+                return
+            addrs = self._addresses(name)
+            if addrs:  # without any, open_stream tries what libp2p knows
+                try:
+                    await self._host.connect(name, addrs)
+                except MeshError:
+                    if self._dial_failed is not None:
+                        self._dial_failed(name)
+                    raise
+
+    async def _small_io(self, stream: Libp2pStream, request: Any, reply_type: type, *, eof: bool) -> Any:
+        reader = await self._request(stream, request, eof)
+        reply = await self._reply(reader, reply_type)
+        _check_drained(reader)
+        return reply
+
+    async def _fetch_io(self, stream: Libp2pStream, request: FetchRequest, *, eof: bool) -> bytes:
+        reader = await self._request(stream, request, eof)
         reply = await self._reply(reader, DataReply)
         length, offset = request.length, request.offset
         if reply.length > reply.size or (length and reply.length != length) or (
             not length and reply.length != reply.size - offset
         ):
             raise PeerError(f"holder announced {reply.length} bytes for a request of {length}")
-        return await reader.exactly(reply.length)
+        data = await reader.exactly(reply.length)
+        _check_drained(reader)
+        return data
 
-    async def _request(self, stream: Libp2pStream, request: Any) -> Reader:
+    async def _request(self, stream: Libp2pStream, request: Any, eof: bool = True) -> Reader:
         await send_frame(stream, request)
-        await send_eof(stream)
+        if eof:
+            await send_eof(stream)
         return Reader(stream)
 
     async def _reply(self, reader: Reader, reply_type: type) -> Any:
@@ -299,7 +382,9 @@ class Libp2pShareTransport:
             raise ShareRefused.from_remote(reply.code, reply.message)
         return reply
 
-    async def _store_io(self, stream: Libp2pStream, header: PutRequest, data: bytes) -> None:
+    async def _store_io(
+        self, stream: Libp2pStream, header: PutRequest, data: bytes, *, eof: bool = True
+    ) -> None:
         """Write header and body while reading the reply, which may be an early refusal."""
         failed: list[BaseException] = []
         sent = trio.Event()
@@ -328,6 +413,11 @@ class Libp2pShareTransport:
         if not sent.is_set():
             raise PeerError("holder acknowledged a share before receiving all of it")
         assert isinstance(reply, StoredReply)
+
+
+def _check_drained(reader: Reader) -> None:
+    if reader.pending:  # a kept stream must start the next exchange clean
+        raise ProtocolError(f"holder sent {reader.pending} bytes more than its reply")
 
 
 class _Abandonable:

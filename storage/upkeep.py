@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from itertools import islice
 from typing import Any
@@ -31,7 +32,7 @@ from poolai.storage import erasure, integrity, placement
 from poolai.storage.errors import PeerError
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
-from poolai.storage.raid import MAX_HAS_IDS, ShareMeta
+from poolai.storage.transfers import MAX_HAS_IDS, ShareMeta
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,27 @@ class UpkeepConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AuditProof:
+    """One audit challenge and its outcome: what a verifier can show a third party.
+
+    ``digest`` is the holder's answer (``b""`` if none); ``passed`` means it equals
+    ``integrity.audit_digest(nonce, share[offset:offset+length])`` of the verified share.
+    ``at`` is when the answer came (the ``clock`` passed to :func:`verify_segment`).
+    """
+
+    index: int
+    holder: PeerId
+    share_id: bytes
+    share_size: int
+    offset: int
+    length: int
+    nonce: bytes
+    digest: bytes
+    passed: bool
+    at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class SegmentCheck:
     """One segment's shares: who holds each (None = nobody found) and what was proven.
 
@@ -60,6 +82,7 @@ class SegmentCheck:
     holders: tuple[PeerId | None, ...]
     verified: tuple[bool | None, ...]
     healed: tuple[int, ...] = ()
+    proofs: tuple[AuditProof, ...] = ()
 
     @property
     def live(self) -> int:
@@ -128,13 +151,16 @@ async def verify_segment(
     transport: Any, m: Manifest, seg: int, holders: tuple[PeerId | None, ...], *,
     rng: random.Random, offload: Offload = trio.to_thread.run_sync,
     heal_lease: int | None = None, config: UpkeepConfig = UpkeepConfig(),
-    limiter: trio.CapacityLimiter | None = None,
+    limiter: trio.CapacityLimiter | None = None, clock: Callable[[], float] = time.time,
 ) -> SegmentCheck:
     """Prove every located share of one segment (see the module doc).
 
-    With fewer than k shares fetchable nothing can be audited: the fetched
-    ones are verified, the rest stay unchecked. With ``heal_lease`` a share
-    whose holder fails its audit is stored there again with that lease.
+    Every holder is challenged, also those whose share was just fetched (an
+    audit is what a holder can be credited for; a fetch proves nothing to a
+    third party). With fewer than k shares fetchable nothing can be audited:
+    the fetched ones are verified, the rest stay unchecked. With
+    ``heal_lease`` a share whose holder fails its audit is stored there again
+    with that lease. ``proofs`` lists every challenge and answer.
     """
     limiter = limiter or trio.CapacityLimiter(config.max_requests)
     verified: list[bool | None] = [None] * m.n
@@ -166,6 +192,7 @@ async def verify_segment(
     data = await offload(erasure.decode_segment, shares, length, m.k, m.n)
     rebuilt = await offload(erasure.encode_segment, data, m.k, m.n)
     healed: list[int] = []
+    proofs: list[AuditProof] = []
 
     async def audit(i: int, peer: PeerId) -> None:
         size = len(rebuilt[i])
@@ -180,8 +207,11 @@ async def verify_segment(
         except (PeerError, trio.TooSlowError) as exc:
             proof = b""
             log.info("audit of %s failed: %r", peer.hex()[:12], exc)
-        verified[i] = proof == expected
-        if not verified[i] and heal_lease is not None:
+        passed = proof == expected
+        proofs.append(AuditProof(i, peer, m.share_id(seg, i), size, offset, span, nonce,
+                                 bytes(proof), passed, clock()))
+        verified[i] = passed and verified[i] is not False
+        if not passed and heal_lease is not None:
             log.warning("holder %s failed the audit of share (%d, %d); storing it again",
                         peer.hex()[:12], seg, i)
             try:
@@ -195,9 +225,10 @@ async def verify_segment(
 
     async with trio.open_nursery() as nursery:
         for i in order:
-            if verified[i] is None:
+            if verified[i] is not False:
                 nursery.start_soon(audit, i, holders[i])
-    return SegmentCheck(seg, holders, tuple(verified), tuple(sorted(healed)))
+    proofs.sort(key=lambda p: p.index)
+    return SegmentCheck(seg, holders, tuple(verified), tuple(sorted(healed)), tuple(proofs))
 
 
 async def renew_file(

@@ -280,11 +280,66 @@ async def test_raid_round_trip_over_libp2p(tmp_path):
             transport = Libp2pShareTransport(h0, local=servers[0])
             ring = raid.Ring.from_peers(peer_id_bytes(h.peer_id) for h in hosts)
             config = raid.RaidConfig(manifest_copies=3)
-            put = await raid.put_file(src, transport, ring, lease_expiry=LEASE, params=params,
-                                      config=config)
-            out = tmp_path / "out"
-            await raid.get_file(put.file_id, out, transport, ring, config=config)
+            # The transport must own its exchanges (as the node runs it): a get cancels the
+            # fetches it no longer needs, and a cancelled py-libp2p write can break the whole
+            # connection, after which every later exchange with that holder fails.
+            async with trio.open_nursery() as nursery:
+                await nursery.start(transport.run)
+                put = await raid.put_file(src, transport, ring, lease_expiry=LEASE, params=params,
+                                          config=config)
+                out = tmp_path / "out"
+                await raid.get_file(put.file_id, out, transport, ring, config=config)
+                nursery.cancel_scope.cancel()
     assert out.read_bytes() == src.read_bytes()
     assert all(s.statistics().shares > 0 for s in stores)
     for s in stores:
         s.close()
+
+
+async def test_a_holder_that_is_not_connected_is_dialled(tmp_path):
+    store = ShareStore(tmp_path / "s", quota_bytes=1 << 24, durable=False)
+    server = ShareServer(store)
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+        b.set_handler(PROTOCOL, lambda s: server.handle(s, s.peer_id))
+        asked: list[str] = []
+
+        def addresses(name: str) -> list[str]:
+            asked.append(name)
+            return b.transport_addrs()
+
+        transport = Libp2pShareTransport(a, addresses=addresses)
+        sid, data = share(3)
+        with trio.fail_after(30):
+            assert not a.is_connected(b.peer_id)
+            await transport.store(peer_id_bytes(b.peer_id), sid, data, ShareMeta(FILE, LEASE))
+            assert a.is_connected(b.peer_id) and asked == [b.peer_id]
+            assert await transport.has(peer_id_bytes(b.peer_id), [sid]) == [True]
+        assert asked == [b.peer_id]  # connected now: no second dial
+    store.close()
+
+
+async def test_one_stream_carries_many_exchanges_until_the_holder_closes_it_idle(tmp_path):
+    store = ShareStore(tmp_path / "s", quota_bytes=1 << 24, durable=False)
+    server = ShareServer(store, config=ServerConfig(idle_timeout=0.3))
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+        a.set_handler(PROTOCOL, lambda s: server.handle(s, s.peer_id))
+        t, peer = Libp2pShareTransport(b), peer_id_bytes(a.peer_id)
+        sid, data = share(4)
+        with trio.fail_after(30):
+            await b.connect(a.peer_id, a.transport_addrs())
+            await t.store(peer, sid, data, ShareMeta(FILE, LEASE))  # one stream, half-closed
+            for _ in range(3):
+                assert await t.fetch(peer, sid) == data
+            assert await t.has(peer, [sid]) == [True]
+            assert t.statistics().reused_streams == 3  # the first fetch opened the stream
+            assert server.statistics().requests == 5
+            await wait_for(lambda: server.statistics().idle_closed == 1)
+            # the kept stream is closed by now: the exchange notices and runs on a fresh one
+            assert await t.fetch(peer, sid) == data
+        stats = t.statistics()
+        assert (stats.stale_streams, stats.failures) == (1, 0)
+    store.close()

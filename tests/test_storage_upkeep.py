@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from poolai.node.storage_files import FileEntry, FileRegistry
-from poolai.storage import raid, upkeep
+from poolai.storage import integrity, raid, upkeep
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.placement import Ring
 from poolai.storage.raid import RaidConfig, ShareMeta
@@ -101,13 +101,20 @@ async def test_verify_proves_every_holder_and_heals_one_that_forgot(stored):
     net, m = stored
     found = await upkeep.locate(net, net.ring, m)
     holders = tuple(found[(0, i)] for i in range(m.n))
-    check = await upkeep.verify_segment(net, m, 0, holders, rng=random.Random(1), offload=inline)
+    check = await upkeep.verify_segment(net, m, 0, holders, rng=random.Random(1), offload=inline,
+                                        clock=lambda: 7200.5)
     assert check.verified == (True,) * m.n and check.health(m.k) == "healthy"
+    assert [(p.index, p.holder) for p in check.proofs] == list(enumerate(holders))
+    for p in check.proofs:  # every holder was challenged, and each proof checks out
+        held = net.stores[p.holder].get(p.share_id)
+        assert p.passed and p.at == 7200.5 and p.share_size == len(held)
+        assert p.digest == integrity.audit_digest(p.nonce, held[p.offset : p.offset + p.length])
 
     net.forget(holders[3], m.share_id(0, 3))  # still claims it in `has`
     check = await upkeep.verify_segment(net, m, 0, holders, rng=random.Random(2), offload=inline,
                                         heal_lease=LEASE)
     assert check.verified[3] is False and check.healed == (3,)
+    assert [p.passed for p in check.proofs] == [True, True, True, False]
     assert check.health(m.k) == "degraded"
     assert net.stores[holders[3]].has([m.share_id(0, 3)]) == [True]
     again = await upkeep.verify_segment(net, m, 0, holders, rng=random.Random(3), offload=inline)

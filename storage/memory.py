@@ -1,0 +1,100 @@
+"""Keep a storage process's resident memory flat however much data passes through it.
+
+Measured on a getter moving 512 MiB (see docs/storage.md, "Memory"), two
+things made resident memory grow with the file, not with what is in flight:
+
+* **glibc's dynamic mmap threshold.** Buffers above 128 KiB start out as
+  their own mappings, but each one freed raises the threshold (up to 32 MiB),
+  so later 1 MiB shares and 4 MiB segments come from the heap arenas, where
+  mixed sizes fragment and freed memory stays resident. :func:`tune_allocator`
+  fixes the threshold at 256 KiB: every share-sized buffer is mapped on
+  allocation and unmapped on free.
+* **The store's LMDB map.** Reading a share through the map leaves its pages
+  mapped into the process (counted as resident file pages) until the kernel
+  needs them. :func:`release_view` drops the pages of a value that was just
+  copied out (``madvise(MADV_DONTNEED)``; the page cache keeps them, so a
+  second read costs a page fault, not disk I/O).
+
+Both are Linux/glibc specific and silently do nothing elsewhere.
+:func:`trim` hands free heap memory back after a large operation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import sys
+
+log = logging.getLogger(__name__)
+
+MMAP_THRESHOLD = 256 << 10
+RELEASE_MIN = 64 << 10  # values smaller than this are left alone (few whole pages)
+_M_MMAP_THRESHOLD = -3
+_MADV_DONTNEED = 4
+_PAGE = mmap.PAGESIZE
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mallopt  # noqa: B018 - glibc only
+        libc.malloc_trim  # noqa: B018
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+
+
+def tune_allocator() -> bool:
+    """Fix glibc's mmap threshold (see the module doc); True if it was set."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def trim() -> None:
+    """Return free heap memory to the system (after a large put or get)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def release_view(view: memoryview) -> None:
+    """Drop the whole pages under a memory-mapped ``view`` from this process's resident set.
+
+    Only for views into a read-only shared file mapping (LMDB values read with
+    ``buffers=True``), after their bytes were copied out.
+    """
+    if _LIBC is None or len(view) < RELEASE_MIN:
+        return
+    info = _PyBuffer()
+    try:
+        _get_buffer(view, ctypes.byref(info), 0)
+    except (BufferError, TypeError, ValueError):
+        return
+    try:
+        start = -(-info.buf // _PAGE) * _PAGE
+        end = (info.buf + info.len) // _PAGE * _PAGE
+        if end > start:
+            _LIBC.madvise(start, end - start, _MADV_DONTNEED)
+    finally:
+        _release_buffer(ctypes.byref(info))
