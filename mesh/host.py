@@ -7,14 +7,25 @@ auto-connector (PoolAI's own connection manager decides whom to dial).
 libp2p exceptions are translated here into :mod:`poolai.mesh.errors`, and
 libp2p streams are wrapped as trio ``HalfCloseableStream``-shaped objects so
 that :mod:`poolai.mesh.rpc` never sees a libp2p type.
+
+Latency emulation (a test facility, inert unless ``POOLAI_EMULATED_LATENCY`` names a
+table, see :class:`EmulatedLatency`): data this node receives from a listed peer is held
+back by that peer's one-way delay, on PoolAI's own streams and on ping replies, so every
+round trip the node measures (overlay probes, pings, job offers) includes it. Nothing
+that decides routes knows about it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
@@ -24,6 +35,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.exceptions import HostException
+from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.host.ping import PingService
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.exceptions import SwarmException
@@ -44,14 +56,74 @@ log = logging.getLogger(__name__)
 _LIBP2P_ERRORS = (HostException, SwarmException, StreamError, MultiselectClientError, MultiselectError)
 WRITE_TIMEOUT = 10.0
 ADDR_TTL = 0  # 0 = permanent in py-libp2p's peerstore; PoolAI's PeerBook ages addresses itself
+LATENCY_ENV = "POOLAI_EMULATED_LATENCY"
+MAX_LATENCY_FILE = 1 << 20
+MAX_ONE_WAY_MS = 10_000.0
+PING_BYTES = 32  # the ping protocol's payload
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatedLatency:
+    """One-way delays, in seconds, added to what this node receives from each listed peer.
+
+    For tests only: there is no netem on the machines PoolAI is tested on, so a live
+    test gives each node a table and every node then *measures* the emulated distances
+    the way it measures real ones. A stream's first read after it opens, and its first
+    read after each write, returns ``delay`` later (the data's arrival, one way);
+    reads within one turn are not delayed, so bulk transfers keep their throughput.
+    A ping reply is held back by the replying node's delay for the pinger, and the
+    pinger adds its own for the replier. Round trip A–B = A's delay for B + B's for A.
+    """
+
+    one_way_s: Mapping[str, float]
+
+    def delay(self, peer_id: str) -> float:
+        return self.one_way_s.get(peer_id, 0.0)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EmulatedLatency:
+        """Read ``{"version": 1, "one_way_ms": {peer id: ms}}``; ValueError naming the fault."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_LATENCY_FILE + 1)
+            if len(data) > MAX_LATENCY_FILE:
+                raise ValueError(f"over {MAX_LATENCY_FILE} bytes")
+            doc = json.loads(data)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"latency table {path}: {exc}") from None
+        if (not isinstance(doc, dict) or set(doc) != {"version", "one_way_ms"}
+                or type(doc["version"]) is not int or doc["version"] != 1):
+            raise ValueError(f"latency table {path}: expected {{'version': 1, 'one_way_ms': {{...}}}}")
+        table = doc["one_way_ms"]
+        if not isinstance(table, dict):
+            raise ValueError(f"latency table {path}: one_way_ms must map peer ids to milliseconds")
+        out = {}
+        for peer, ms in table.items():
+            if (not isinstance(ms, int | float) or isinstance(ms, bool) or not math.isfinite(ms)
+                    or not 0 <= ms <= MAX_ONE_WAY_MS):
+                raise ValueError(f"latency table {path}: {peer}: {ms!r} is not in [0, {MAX_ONE_WAY_MS:g}] ms")
+            peer_id_text(peer_id_bytes(peer))  # ValueError for a malformed peer id
+            out[peer] = ms / 1000.0
+        return cls(out)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> EmulatedLatency | None:
+        """The table named by ``POOLAI_EMULATED_LATENCY``; None when it is unset or empty."""
+        path = environ.get(LATENCY_ENV, "")
+        return cls.load(path) if path else None
 
 
 class Libp2pStream:
-    """A libp2p stream with trio's HalfCloseableStream method names and error types."""
+    """A libp2p stream with trio's HalfCloseableStream method names and error types.
 
-    def __init__(self, stream: Any) -> None:
+    ``delay`` (emulated latency, normally 0) holds back the first read of each turn.
+    """
+
+    def __init__(self, stream: Any, delay: float = 0.0) -> None:
         self._stream = stream
         self.peer_id = str(stream.muxed_conn.peer_id)
+        self._delay = delay
+        self._turn = delay > 0  # the next read starts a turn: delay it
 
     async def send_all(self, data: bytes) -> None:
         # Noise spends its nonce before the bytes go out: a write cancelled half-way leaves the
@@ -65,15 +137,20 @@ class Libp2pStream:
                     raise trio.BrokenResourceError(str(exc)) from None
         if scope.cancelled_caught:
             raise trio.BrokenResourceError(f"write did not complete within {WRITE_TIMEOUT:g} s")
+        self._turn = self._delay > 0
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
-            return await self._stream.read(max_bytes or rpc.READ_CHUNK)
+            data = await self._stream.read(max_bytes or rpc.READ_CHUNK)
         except StreamEOF:
-            return b""
+            data = b""
         except StreamError as exc:
             raise trio.BrokenResourceError(str(exc)) from None
+        if self._turn:
+            self._turn = False
+            await trio.sleep(self._delay)
+        return data
 
     async def send_eof(self) -> None:
         try:
@@ -93,6 +170,29 @@ class Libp2pStream:
             await self._stream.reset()
         except StreamError:
             pass
+
+
+class _DelayedPingStream:
+    """A raw libp2p stream for py-libp2p's ping handler: each ping is read ``delay`` late."""
+
+    def __init__(self, raw: Any, delay: float) -> None:
+        self._raw = raw
+        self._delay = delay
+        self._turn = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self._raw.read(n)
+        if self._turn:
+            self._turn = False
+            await trio.sleep(self._delay)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self._raw.write(data)
+        self._turn = True
 
 
 StreamHandler = Callable[[Libp2pStream], Awaitable[None]]
@@ -126,12 +226,26 @@ def peer_id_text(raw: bytes) -> str:
 class MeshHost:
     """A running libp2p host. Create it with :func:`open_host`."""
 
-    def __init__(self, host: Any, key_pair: KeyPair) -> None:
+    def __init__(self, host: Any, key_pair: KeyPair, latency: EmulatedLatency | None = None) -> None:
         self._host = host
         self.key_pair = key_pair
         self.peer_id = str(host.get_id())
         self._ping = PingService(host)
         self._id_cache: dict[str, ID] = {}
+        self.latency = latency
+        if latency is not None:
+            host.set_stream_handler(PING_PROTOCOL_ID, self._delayed_ping)
+
+    def _delay(self, peer_id: str) -> float:
+        return 0.0 if self.latency is None else self.latency.delay(peer_id)
+
+    async def _delayed_ping(self, raw: Any) -> None:
+        try:
+            delay = self._delay(str(raw.muxed_conn.peer_id))
+            stream: Any = _DelayedPingStream(raw, delay) if delay else raw  # duck-typed INetStream
+            await self._ping.handle_ping(stream)
+        except Exception:
+            log.debug("ping handler failed", exc_info=True)
 
     # ------------------------------------------------------------------ identity and addresses
     def addrs(self) -> list[str]:
@@ -215,13 +329,39 @@ class MeshHost:
             pass
 
     async def ping(self, peer_id: str) -> float:
-        """One round trip in milliseconds over an existing or new connection."""
-        start = time.perf_counter()
+        """One round trip in milliseconds, over an existing or new connection.
+
+        A 32-byte echo on ``/ipfs/ping/1.0.0``, timed from our write to the echo's arrival:
+        opening the stream (two more round trips of protocol negotiation) is not counted,
+        so a starved machine inflates the figure once, not three times. Raises
+        :class:`PeerUnreachable` (also for a wrong echo). The caller sets the deadline.
+        """
         try:
-            await self._ping.ping(self._id(peer_id), ping_amt=1)
+            raw = await self._host.new_stream(self._id(peer_id), [PING_PROTOCOL_ID])
         except (*_LIBP2P_ERRORS, TypeError) as exc:  # py-libp2p 0.8 raises TypeError for a leaving peer
             raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
-        return (time.perf_counter() - start) * 1000.0
+        stream = Libp2pStream(raw, self._delay(peer_id))
+        payload = secrets.token_bytes(PING_BYTES)
+        echo = b""
+        try:
+            start = time.perf_counter()
+            await stream.send_all(payload)
+            while len(echo) < PING_BYTES and (chunk := await stream.receive_some(PING_BYTES - len(echo))):
+                echo += chunk
+            rtt = (time.perf_counter() - start) * 1000.0
+        except trio.BrokenResourceError as exc:
+            await stream.reset()
+            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.reset()  # the peer's handler stops waiting for the next ping
+            raise
+        if echo != payload:
+            await stream.reset()
+            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: a wrong or short echo")
+        with trio.move_on_after(1):
+            await stream.aclose()
+        return rtt
 
     # ------------------------------------------------------------------ streams
     async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:
@@ -229,14 +369,14 @@ class MeshHost:
             raw = await self._host.new_stream(self._id(peer_id), [TProtocol(protocol)])
         except _LIBP2P_ERRORS as exc:
             raise PeerUnreachable(f"stream {protocol} to {peer_id[-8:]} failed: {exc}") from None
-        return Libp2pStream(raw)
+        return Libp2pStream(raw, self._delay(peer_id))
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol``. The handler must not raise; it gets a wrapped stream."""
 
         async def on_stream(raw: Any) -> None:
             try:
-                stream = Libp2pStream(raw)
+                stream = Libp2pStream(raw, self._delay(str(raw.muxed_conn.peer_id)))
                 await handler(stream)
             except Exception:
                 # An exception escaping a libp2p handler ends the whole connection.
@@ -290,12 +430,22 @@ class MeshHost:
 
 
 @asynccontextmanager
-async def open_host(key_pair: KeyPair, listen_addrs: list[str]) -> AsyncIterator[MeshHost]:
-    """Start a listening host; leaving the block closes every connection and listener."""
+async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
+                    latency: EmulatedLatency | None = None) -> AsyncIterator[MeshHost]:
+    """Start a listening host; leaving the block closes every connection and listener.
+
+    ``latency`` defaults to :meth:`EmulatedLatency.from_env` (normally None: no delays).
+    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen.
+    """
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
     except Exception as exc:
         raise ValueError(f"invalid listen address: {exc}") from None
+    if latency is None:
+        latency = EmulatedLatency.from_env()
+    if latency is not None:
+        log.warning("emulated latency is on for %d peer(s) (%s; a test facility)",
+                    len(latency.one_way_s), LATENCY_ENV)
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, create_x25519_key_pair().private_key)},
@@ -307,7 +457,7 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str]) -> AsyncIterator
         async with host.run(listen_addrs=maddrs):
             await _stop_auto_connector(host)
             try:
-                yield MeshHost(host, key_pair)
+                yield MeshHost(host, key_pair, latency)
             finally:
                 await _close_listeners(host)
     except OSError as exc:
@@ -334,4 +484,5 @@ async def _stop_auto_connector(host: Any) -> None:
             log.debug("auto-connector did not stop cleanly", exc_info=True)
 
 
-__all__ = ["Libp2pStream", "MeshHost", "open_host", "split_p2p_addr", "RequestTimeout"]
+__all__ = ["EmulatedLatency", "Libp2pStream", "MeshHost", "open_host", "split_p2p_addr",
+           "RequestTimeout"]

@@ -90,7 +90,8 @@ class JobStatus(StrEnum):
 
     OK = "ok"
     REFUSED = "refused"  # invalid spec, unsafe program, bad file: never retry
-    FAILED = "failed"  # the program raised (bad shapes, out of memory): never retry
+    FAILED = "failed"  # the program raised (bad shapes, strict weights): never retry
+    OUT_OF_MEMORY = "out_of_memory"  # stopped at its memory limit: never retry (same cap anywhere)
     TIMED_OUT = "timed_out"  # killed at its wall-clock limit
     CRASHED = "crashed"  # the worker died without writing a result
 

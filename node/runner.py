@@ -17,6 +17,10 @@ Isolation applied to every worker (in ``preexec_fn``, between fork and exec):
 * a minimal environment with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set;
 * stdout and stderr captured up to a cap (the rest is drained and dropped).
 
+A job that hits its memory limit is reported OUT_OF_MEMORY: by the worker itself when
+the allocation raised, or composed here when the worker died of it without a record
+(its stderr shows a MemoryError or a failed allocation).
+
 RLIMIT_AS is not applied to GPU jobs: the CUDA driver reserves far more address
 space than any sane cap at initialisation, so a GPU worker is bounded by the
 GPU's memory, the wall timeout and the node's own cgroup instead.
@@ -56,6 +60,8 @@ PR_SET_PDEATHSIG = 1
 WORKER_NICENESS = 10
 MAX_RESULT_BYTES = 1 << 20
 _READ_CHUNK = 65536
+# What a worker that died of its memory limit leaves on stderr (Python, C++ and libc).
+_OOM_STDERR = (b"MemoryError", b"std::bad_alloc", b"Cannot allocate memory", b"out of memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +319,9 @@ async def run_job(job: JobSpec, files_dir: Path, out_dir: Path,
 
     ``files_dir`` holds the files named by ``job.files()``; ``out_dir`` must exist and
     receives ``output.safetensors`` and ``result.json``. The result is composed here
-    when the worker timed out (TIMED_OUT) or died without a valid record (CRASHED),
-    and the output file's sha256 is checked against the record. Cancellation kills the
+    when the worker timed out (TIMED_OUT), died of its memory limit without a record
+    (OUT_OF_MEMORY) or otherwise died without a valid record (CRASHED), and the output
+    file's sha256 is checked against the record. Cancellation kills the
     worker and propagates.
     """
     from poolai.node.worker import OUTPUT_FILE, sha256_file
@@ -333,6 +340,13 @@ async def run_job(job: JobSpec, files_dir: Path, out_dir: Path,
     result = _read_result(out_dir)
     tail = proc.stderr[-2000:].decode(errors="replace")
     if result is None or result.job_id not in (job.job_id, ""):
+        if limits.memory_bytes is not None and any(m in proc.stderr for m in _OOM_STDERR):
+            result = JobResult(job.job_id, JobStatus.OUT_OF_MEMORY,
+                               timings=Timings(wall_s=proc.wall_s),
+                               error=f"out of memory: the job exceeded its memory limit of "
+                                     f"{limits.memory_bytes >> 20} MiB (the worker died, exit "
+                                     f"{proc.returncode}); stderr tail: {tail[-500:]}")
+            return JobOutcome(result, proc)
         result = JobResult(job.job_id, JobStatus.CRASHED,
                            error=f"worker exited with {proc.returncode} and no valid result; "
                                  f"stderr tail: {tail}")

@@ -3,7 +3,7 @@
 Started by :mod:`poolai.node.runner` as ``python -m poolai.node.worker --files DIR --out DIR``
 with the job spec (JSON, :func:`poolai.node.jobspec.encode_job`) on stdin. It writes
 ``<out>/output.safetensors`` and ``<out>/result.json`` (:func:`~poolai.node.jobspec.result_to_dict`)
-and exits 0 (ok), 2 (refused) or 1 (failed).
+and exits 0 (ok), 2 (refused), 3 (out of memory) or 1 (failed).
 
 Everything that can be checked without torch is checked first, in this order:
 the spec, every file's size and sha256, safetensors headers against the family's
@@ -58,10 +58,17 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FILE = "output.safetensors"
 RESULT_FILE = "result.json"
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_OUT_OF_MEMORY = 0, 1, 2, 3
+# How an allocation that hit the address-space cap (or a full GPU) shows up when it is not a
+# MemoryError: torch's CPU allocator, torch.OutOfMemoryError (CUDA), and the loader failing
+# to map a shared library (import torch under too small a cap).
+_OOM_MARKS = ("can't allocate memory", "out of memory", "cannot allocate memory",
+              "failed to map segment from shared object")
 
 
 class WorkerUnavailable(Exception):
+
+
     """This worker cannot offer what the job requires (no GPU, too small a GPU)."""
 
 
@@ -103,6 +110,23 @@ def _cpu_seconds() -> float:
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (the memory limit, or the GPU is full)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError | OSError) and any(
+        mark in str(exc).lower() for mark in _OOM_MARKS)
+
+
+def memory_error_text(exc: BaseException) -> str:
+    """The error of an OUT_OF_MEMORY record: the limit, and the first line of what raised."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    what = (f"the job exceeded its memory limit of {limit >> 20} MiB"
+            if limit != resource.RLIM_INFINITY else "an allocation failed")
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"out of memory: {what} ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
 class _Prepared:
@@ -229,9 +253,9 @@ def execute(job: JobSpec, files_dir: Path, out_dir: Path) -> JobResult:
         return finish(JobStatus.OK, output=ref, losses=tuple(losses))
     except InvalidJob as exc:
         return finish(JobStatus.REFUSED, str(exc))
-    except MemoryError:
-        return finish(JobStatus.FAILED, "MemoryError: the job exceeded its memory cap")
     except Exception as exc:  # the submitted program's failure, reported in the record
+        if out_of_memory(exc):
+            return finish(JobStatus.OUT_OF_MEMORY, memory_error_text(exc))
         log.info("job %s failed", job.job_id, exc_info=True)
         return finish(JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
 
@@ -259,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     result = execute(job, args.files, args.out)
     write_result(args.out, result)
     log.info("job %s: %s %s", job.job_id, result.status.value, result.error[:200])
-    if result.status is JobStatus.OK:
-        return EXIT_OK
-    return EXIT_REFUSED if result.status is JobStatus.REFUSED else EXIT_FAILED
+    return {JobStatus.OK: EXIT_OK, JobStatus.REFUSED: EXIT_REFUSED,
+            JobStatus.OUT_OF_MEMORY: EXIT_OUT_OF_MEMORY}.get(result.status, EXIT_FAILED)
 
 
 if __name__ == "__main__":

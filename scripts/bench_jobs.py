@@ -7,8 +7,14 @@ Starts ``n`` node processes on 127.0.0.1 (node 0 submits, every node runs jobs),
 
 * **idle dispatch**: ``--sequential`` jobs one after another into an idle mesh; latency is
   submit → the worker's first "running" report, both timestamps taken by the submitting
-  node (so one clock). "running" means the worker fetched the files and launched its
-  sandboxed process;
+  node (so one clock): from the moment the submit request is validated (``submitted_at``)
+  to the moment the submitter processes the worker's progress message saying "running"
+  (``running_at``). In between: ranking, the offer exchange (a new stream, the worker
+  writing the job to disk before it accepts), the worker staging the files from its cache,
+  forking the sandboxed process, and the progress exchange back. It does not include the
+  worker process's own start (interpreter, ``import torch``: seconds), which the result
+  latency shows. ``submit_to_accepted`` and ``accepted_to_running`` split it at the accept's
+  arrival. With 30 jobs, p99 is the slowest one;
 * **burst**: ``--jobs`` jobs submitted back to back; latency submit → accepted and
   submit → running (which includes waiting for a slot), and jobs per second from the
   first submit to the last result;
@@ -167,6 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     from poolai.node.auth import auth_headers
 
+    load_at_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
     env = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_JOB_SLOTS": str(args.slots),
            "POOLAI_LOG_LEVEL": "warning"}
@@ -233,6 +240,7 @@ def main() -> None:
             "burst_offers_per_job": round(statistics.fmean(len(d["attempts"]) for d in burst), 2),
         }
         report.update(in_process(job, files, tmp, n=50, subprocesses=5))
+        report["load_average_1m_start_end"] = [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)]
         print(json.dumps(report, indent=2))
     finally:
         for node in nodes:

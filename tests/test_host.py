@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import multiaddr
 import pytest
 import trio
@@ -14,9 +16,10 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 
 from poolai.mesh import rpc, wire
 from poolai.mesh.errors import PeerUnreachable, RemoteError
-from poolai.mesh.host import open_host
+from poolai.mesh.host import LATENCY_ENV, EmulatedLatency, open_host
 
 ECHO = "/poolai/test-echo/1.0.0"
+SINK = "/poolai/test-sink/1.0.0"
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,3 +125,81 @@ async def test_unknown_protocol_and_dead_peer_are_clean_errors():
             dead_id, dead_addrs = gone.peer_id, gone.transport_addrs()
         with pytest.raises((PeerUnreachable, trio.TooSlowError)), trio.fail_after(10):
             await a.connect(dead_id, dead_addrs)
+
+
+# ----------------------------------------------------------------------------- emulated latency
+
+
+def pid_of(keys) -> str:  # type: ignore[no-untyped-def]
+    return ID.from_pubkey(keys.public_key).to_base58()
+
+
+async def test_emulated_latency_delays_requests_and_pings_but_not_bulk_reads():
+    ka, kb, kc = create_new_key_pair(), create_new_key_pair(), create_new_key_pair()
+    # a holds back what b sends by 0.3 s, b what a sends by 0.2 s; c is not listed anywhere
+    a_table = EmulatedLatency({pid_of(kb): 0.3})
+    b_table = EmulatedLatency({pid_of(ka): 0.2})
+    async with open_host(ka, LOOPBACK, latency=a_table) as a, open_host(
+        kb, LOOPBACK, latency=b_table
+    ) as b, open_host(kc, LOOPBACK) as c:
+        a.serve(ECHO, echo_service())
+        received = trio.Event()
+        got = []
+
+        async def sink(stream) -> None:  # type: ignore[no-untyped-def]
+            while chunk := await stream.receive_some(65536):
+                got.append(len(chunk))
+            await stream.send_all(str(sum(got)).encode())
+            await stream.aclose()
+            received.set()
+
+        a.set_handler(SINK, sink)
+        with trio.fail_after(10):
+            await b.connect(a.peer_id, a.transport_addrs())
+            await c.connect(a.peer_id, a.transport_addrs())
+        with trio.fail_after(20):
+            start = trio.current_time()
+            assert await b.request(a.peer_id, ECHO, Echo(text="x"), (Echo,), timeout=5) == Echo(text="X")
+            slow = trio.current_time() - start
+            start = trio.current_time()
+            assert await c.request(a.peer_id, ECHO, Echo(text="y"), (Echo,), timeout=5) == Echo(text="Y")
+            fast = trio.current_time() - start
+            pinged = await b.ping(a.peer_id)
+            unlisted = await c.ping(a.peer_id)
+
+            # 40 writes in one turn: a delays the first read only, not every chunk
+            stream = await b.open_stream(a.peer_id, SINK)
+            start = trio.current_time()
+            for _ in range(40):
+                await stream.send_all(b"z" * 16384)
+            await stream.send_eof()
+            reply = b""
+            while chunk := await stream.receive_some():
+                reply += chunk
+            bulk = trio.current_time() - start
+            await received.wait()
+        assert slow >= 0.5, slow  # both one-way delays, once each
+        assert fast < 0.3, fast  # c is not in a's table: no delay at all
+        assert pinged >= 500, pinged
+        assert unlisted < 300, unlisted
+        assert reply == str(40 * 16384).encode() and len(got) > 1
+        assert 0.5 <= bulk < 0.5 + 0.3 * (len(got) - 1), (bulk, len(got))
+
+
+def test_emulated_latency_table_is_read_from_the_environment(tmp_path):
+    peer = pid_of(create_new_key_pair())
+    assert EmulatedLatency.from_env({}) is None
+    assert EmulatedLatency.from_env({LATENCY_ENV: ""}) is None
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps({"version": 1, "one_way_ms": {peer: 25}}))
+    table = EmulatedLatency.from_env({LATENCY_ENV: str(path)})
+    assert table is not None and table.delay(peer) == 0.025 and table.delay("other") == 0.0
+    for bad, message in [({"version": 2, "one_way_ms": {}}, "expected"),
+                         ({"version": 1, "one_way_ms": {peer: -1}}, "is not in"),
+                         ({"version": 1, "one_way_ms": {peer: True}}, "is not in"),
+                         ({"version": 1, "one_way_ms": {"nope": 5}}, "peer id")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            EmulatedLatency.load(path)
+    with pytest.raises(ValueError, match="latency table"):
+        EmulatedLatency.load(tmp_path / "missing.json")

@@ -1,7 +1,7 @@
 """The worker (in-process via ``execute``) and the runner (real, sandboxed processes).
 
-Only three tests start a worker that imports torch (~3-5 s each); the rest run the
-worker's core in this process or sandbox tiny ``python -c`` programs.
+Only a few tests start a worker that imports torch (~2-5 s each); the rest run the
+worker's core in this process or sandbox tiny programs.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from poolai.node.jobspec import (
     MLPConfig,
     Mode,
     Pt2Program,
+    Requirements,
     TrainSpec,
     TransformerConfig,
     job_to_dict,
@@ -216,6 +217,44 @@ async def test_job_over_its_timeout_is_killed_and_reported(dirs) -> None:
     assert outcome.result.error == "killed after its timeout of 1 s"
     assert outcome.process.returncode is None and outcome.process.timed_out
     assert not (out / OUTPUT_FILE).exists()
+
+
+async def test_job_over_its_memory_limit_is_stopped_and_reported_as_such(dirs) -> None:
+    files, out = dirs
+    wide = MLPConfig(1, (16384,), 1)  # batch 65536 x 16384 activations: 4 GiB, over a 1 GiB cap
+    job, _ = builtin_job(files, wide, {"x": torch.randn(65536, 1)},
+                         requirements=Requirements(memory_mib=1024))
+    with trio.fail_after(120):
+        outcome = await run_job(job, files, out)
+    result = outcome.result
+    assert result.status is JobStatus.OUT_OF_MEMORY, (result, outcome.process.stderr[-2000:])
+    assert result.error.startswith("out of memory: the job exceeded its memory limit of 1024 MiB ("), \
+        result.error
+    assert outcome.process.returncode == 3 and not outcome.process.timed_out
+    assert not (out / OUTPUT_FILE).exists()
+
+
+@pytest.mark.parametrize(("stderr", "status"), [
+    ("Traceback (most recent call last):\nMemoryError", JobStatus.OUT_OF_MEMORY),
+    ("terminate called after throwing an instance of 'std::bad_alloc'", JobStatus.OUT_OF_MEMORY),
+    ("Segmentation fault", JobStatus.CRASHED),
+])
+async def test_a_worker_that_dies_without_a_record_is_classified_by_its_stderr(
+        dirs, tmp_path: Path, stderr: str, status: JobStatus) -> None:
+    files, out = dirs
+    job, _ = builtin_job(files, MLP, {"x": torch.randn(2, 16)})
+    fake = tmp_path / "python"  # stands in for the interpreter: dies before writing a result
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' {json.dumps(stderr)} >&2\nexit 134\n")
+    fake.chmod(0o755)
+    with trio.fail_after(60):
+        outcome = await run_job(job, files, out, WorkerPolicy(python=str(fake)))
+    assert outcome.result.status is status, outcome.result
+    assert outcome.process.returncode == 134
+    if status is JobStatus.OUT_OF_MEMORY:
+        assert outcome.result.error.startswith("out of memory: the job exceeded its memory limit "
+                                               "of 2048 MiB (the worker died, exit 134)")
+    else:
+        assert outcome.result.error.startswith("worker exited with 134 and no valid result")
 
 
 async def test_worker_refuses_a_bad_config_before_importing_torch(dirs) -> None:
