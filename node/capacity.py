@@ -7,7 +7,10 @@ the overlay has them, measured pings otherwise) and a ``random.Random``.
 Ranking (:func:`rank`): a peer's cost is its round-trip time plus
 :data:`LOAD_PENALTY_MS` per unit of load (busy slots plus queued jobs, over
 its slots), so a fully busy neighbour counts as far away as a peer
-``LOAD_PENALTY_MS`` further off. Peers whose costs are within a small band of
+``LOAD_PENALTY_MS`` further off, plus what this node's distrust of it costs
+(``credit_policy.reputation_cost_ms`` of the ``reputation(peer_id)`` score the
+service passes in, as it passes ``rtt``; a peer the policy excludes is never a
+candidate). Peers whose costs are within a small band of
 the best are treated as equal, and their order is drawn by the power of two
 choices (two at random, the less loaded first): clients that read the same
 table at the same moment then spread over the near peers instead of all
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from poolai.mesh.adverts import ADVERT_VERSION, MAX_MODELS, Advert, CoordAdvert, GpuAdvert
+from poolai.node.credit_policy import NEUTRAL, excluded, reputation_cost_ms
 from poolai.node.inventory import Inventory, parse_size
 
 DEFAULT_RTT_MS = 150.0  # assumed for a peer we have no estimate for
@@ -32,6 +36,13 @@ TIE_RATIO = 0.10  # ... or within this fraction of the best count as equal
 MAX_ENTRIES = 10_000
 
 RttFn = Callable[[str], float | None]
+ReputationFn = Callable[[str], float]
+"""A peer's reputation score in (0, 1) as this node has seen it (0.5: a stranger)."""
+
+
+def distrust_ms(score: float) -> float | None:
+    """Routing cost of a reputation score; None for a peer no job should be routed to."""
+    return None if excluded(score) else reputation_cost_ms(score)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,9 +110,10 @@ class CapacityTable:
                       key=lambda e: e.peer_id)
 
     def capable(self, requirements: Requirements, *, now: float, rtt: RttFn, rng: random.Random,
-                limit: int | None = None) -> list[Candidate]:
+                limit: int | None = None, reputation: ReputationFn | None = None) -> list[Candidate]:
         """Live peers that can run a job needing ``requirements``, best first (see :func:`rank`)."""
-        return rank(self.entries(now), requirements, rtt=rtt, rng=rng, limit=limit)
+        return rank(self.entries(now), requirements, rtt=rtt, rng=rng, limit=limit,
+                    reputation=reputation)
 
 
 class OriginRate:
@@ -208,12 +220,14 @@ class Candidate:
     load: float
     gpus: tuple[int, ...]  # indices of the GPUs that meet the job
     advert: Advert
+    reputation: float = NEUTRAL  # this node's score for the peer; below neutral it costs
 
     def to_json(self) -> dict[str, Any]:
         return {"peer_id": self.peer_id, "cost_ms": round(self.cost_ms, 3),
                 "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
                 "load": round(self.load, 3), "free_slots": self.advert.free_slots,
-                "gpus": list(self.gpus), "simulated": self.advert.simulated}
+                "gpus": list(self.gpus), "simulated": self.advert.simulated,
+                "reputation": round(self.reputation, 4)}
 
 
 def matching_gpus(advert: Advert, req: Requirements) -> tuple[int, ...] | None:
@@ -239,8 +253,11 @@ def load_of(advert: Advert) -> float:
 
 
 def rank(entries: Iterable[Entry], req: Requirements, *, rtt: RttFn, rng: random.Random,
-         limit: int | None = None) -> list[Candidate]:
-    """Peers in ``entries`` that meet ``req``, cheapest first; near-equal costs by two choices."""
+         limit: int | None = None, reputation: ReputationFn | None = None) -> list[Candidate]:
+    """Peers in ``entries`` that meet ``req``, cheapest first; near-equal costs by two choices.
+
+    ``reputation`` (None: everyone neutral) adds the cost of distrust and drops excluded peers.
+    """
     found = []
     for entry in entries:
         advert = entry.advert
@@ -249,12 +266,16 @@ def rank(entries: Iterable[Entry], req: Requirements, *, rtt: RttFn, rng: random
         gpus = matching_gpus(advert, req)
         if gpus is None:
             continue
+        score = NEUTRAL if reputation is None else reputation(advert.peer_id)
+        distrust = distrust_ms(score)
+        if distrust is None:
+            continue
         measured = rtt(advert.peer_id)
         load = load_of(advert)
-        cost = (DEFAULT_RTT_MS if measured is None else measured) + LOAD_PENALTY_MS * load
+        cost = (DEFAULT_RTT_MS if measured is None else measured) + LOAD_PENALTY_MS * load + distrust
         if req.gpus == 0 and advert.gpus:
             cost += GPU_FOR_CPU_JOB_MS
-        found.append(Candidate(advert.peer_id, cost, measured, load, gpus, advert))
+        found.append(Candidate(advert.peer_id, cost, measured, load, gpus, advert, score))
     found.sort(key=lambda c: (c.cost_ms, c.peer_id))
     if not found:
         return []

@@ -8,7 +8,9 @@ so a bad one is neither stored nor forwarded), and keeps the
 
 Round-trip estimates for ranking come from the overlay's Vivaldi coordinates
 when both ends' coordinates have settled, and from pings of connected peers
-otherwise (:meth:`CapacityService.rtt_ms` is the one seam).
+otherwise (:meth:`CapacityService.rtt_ms` is the one seam). Reputation scores
+come from the credits service when the node runs one
+(:meth:`CapacityService.reputation_of`, :meth:`CapacityService.distrust_ms`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from poolai.mesh.coords import Coord, predicted_rtt
 from poolai.mesh.errors import MeshError
 from poolai.mesh.gossip import ACCEPT, Gossip, GossipConfig, Inbound, Verdict, open_gossip
 from poolai.node import __version__
+from poolai.node import capacity as cap
 from poolai.node.capacity import (
     Candidate,
     CapacityTable,
@@ -40,6 +43,7 @@ from poolai.node.capacity import (
     make_advert,
     significant_change,
 )
+from poolai.node.credit_policy import NEUTRAL
 from poolai.node.inventory import Inventory, InventoryProvider, open_provider
 
 if TYPE_CHECKING:
@@ -140,7 +144,19 @@ class CapacityService:
     def capable(self, requirements: Requirements, limit: int | None = None) -> list[Candidate]:
         """Peers (this node included) that can run a job needing ``requirements``, best first."""
         return self.table.capable(requirements, now=time.time(), rtt=self.rtt_ms, rng=self._rng,
-                                  limit=limit)
+                                  limit=limit, reputation=self.reputation_of)
+
+    def reputation_of(self, peer_id: str) -> float:
+        """This node's reputation score for ``peer_id`` (neutral without a credits service)."""
+        try:
+            credits = self.node.service("credits")
+        except KeyError:
+            return NEUTRAL
+        return float(credits.reputation_of(peer_id))
+
+    def distrust_ms(self, peer_id: str) -> float | None:
+        """What distrust of ``peer_id`` adds to its routing cost; None: route nothing to it."""
+        return cap.distrust_ms(self.reputation_of(peer_id))
 
     def set_load(self, *, busy_slots: int | None = None, queue_length: int | None = None,
                  models: tuple[str, ...] | None = None) -> None:

@@ -186,6 +186,11 @@ class PayerBook:
                     events.append((peer, Event.MISMATCHED))
         return verdict, events
 
+    def failed(self, job_id: str, worker: str) -> None:
+        """``worker``'s output for ``job_id`` failed the check: its claim is never signed."""
+        self._expected.pop((job_id, worker), None)
+        self._put(self._faulty, (job_id, worker), None)
+
     def expectation(self, job_id: str, worker: str) -> Expectation | None:
         return self._expected.get((job_id, worker))
 

@@ -224,9 +224,18 @@ class CreditsService:
                 arrived.set()
         return verdict
 
-    def job_failed(self, worker: str) -> None:
-        """Submitter side: ``worker``'s result failed its check (output missing or hash wrong)."""
+    def job_failed(self, worker: str, job_id: str | None = None) -> None:
+        """Submitter side: ``worker``'s result failed its check (output missing or hash wrong).
+
+        With ``job_id``, the worker's claim for that job is refused at once (not left to
+        retry until it gives up).
+        """
         self._record(worker, Event.FAILED)
+        if job_id is not None:
+            self.payer.failed(job_id, worker)
+            arrived = self._arrived.get((job_id, worker))
+            if arrived is not None:
+                arrived.set()
 
     async def storage_audited(self, *, holder: str, epoch: int, bytes_held: int, shares: int,
                               audits: Sequence[AuditEvidence]) -> bytes:
@@ -386,7 +395,8 @@ class CreditsService:
                 await arrived.wait()
             self._arrived.pop(job, None)
         if self.payer.faulty(*job):
-            raise rpc.RemoteFault("refused", "your output disagreed with the other runs of this job")
+            raise rpc.RemoteFault("refused", "your output failed this node's check, or disagreed "
+                                             "with the other runs of this job")
         expectation = self.payer.expectation(*job)
         if expectation is None:
             raise rpc.RemoteFault("not_found", f"no checked result of job {claim.job_id} from you")

@@ -102,7 +102,7 @@ def routes(service: JobService) -> list[Route]:
         sub = find(request)
         if sub is None:
             return _error("no such job", 404)
-        result = sub.dispatch.result
+        result = sub.result  # the job's one reported result (of the run the check agreed on)
         if result is None or result.status is not JobStatus.OK or result.output is None:
             return _error("the job has no output (yet)", 409)
         path = jobs_dir / "outputs" / f"{sub.spec.job_id}.safetensors"

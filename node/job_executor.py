@@ -10,7 +10,8 @@
   simulated GPU runs on the CPU and says so in its result), store the output, report;
 * every held job is reported to its submitter at least every ``heartbeat_s`` and at once
   when its state changes; a submitter that answers "do not keep" stops the job;
-* a result is re-sent until its submitter acknowledges it (accepted or duplicate).
+* a result is re-sent until its submitter acknowledges it (accepted or duplicate); one
+  accepted as the job's result goes to ``on_accepted`` (the jobs service claims credit).
 
 Persistence is one JSON document, rewritten atomically (write, fsync, rename) on
 every change, off the event loop. It holds at most ``slots + max_queued`` jobs of at
@@ -105,8 +106,11 @@ class Executor:
                  limits: Callable[[], WorkerLimits], *, config: ExecutorConfig | None = None,
                  on_load: Callable[[int, int], None] | None = None,
                  priority_of: Callable[[str], int] | None = None,
+                 on_accepted: Callable[[str, jp.Result], Awaitable[None]] | None = None,
                  runner: Runner = run_job) -> None:
         self.peer_id = peer_id
+        # Told of each result its submitter accepted as the job's (the credits claim).
+        self.on_accepted = on_accepted
         # Queue order comes from the submitter's earned credit, never from what the
         # submitter asks for: a self-declared priority would let anyone jump the queue.
         self.priority_of = priority_of or (lambda submitter: 0)
@@ -254,7 +258,9 @@ class Executor:
         except OSError as exc:
             return self._message(held, JobResult(job.job_id, JobStatus.CRASHED,
                                                  error=f"the worker node cannot stage files: {exc}"))
-        self._set_state(held, WorkState.FETCHING)
+        # Told with the next heartbeat, not at once: a fetch from the file cache ends within
+        # milliseconds, and a "fetching" report still in flight would hold back "running".
+        held.state = WorkState.FETCHING
         try:
             with trio.fail_after(FILE_TIMEOUT_S):
                 await _fetch_all(self.files, held.files, files_dir)
@@ -402,6 +408,8 @@ class Executor:
         if self.pending.get(key) is p:
             del self.pending[key]
             await self._save()
+            if ack.accepted and self.on_accepted is not None:
+                await self.on_accepted(p.submitter, p.message)
 
     # ------------------------------------------------------------------ persistence
     def _document(self) -> bytes:

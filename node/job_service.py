@@ -4,7 +4,12 @@ Submitter side (here): :meth:`JobService.submit` validates a job, and one task p
 drives its :class:`~poolai.node.jobs.Dispatch` machine: ask the capacity table for
 capable peers (nearest and least loaded first), offer on ``/poolai/job/1.0.0``, move
 down the list on refusal, watch heartbeats, probe a silent worker and re-dispatch when
-it is lost, and accept exactly one final result.
+it is lost, and accept exactly one final result. Every ``ok`` output is fetched and
+hashed before it is believed; a job runs on more than one peer when its output fails
+that check or when the credits service picks it for a redundant run (the rules, pure,
+are in :mod:`poolai.node.job_runs`, the record of a job and its runs in
+:mod:`poolai.node.job_submission`). The credits service hears of every check
+(``job_checked``/``job_failed``); the worker side claims credit for each accepted result.
 
 Worker side: :class:`~poolai.node.job_executor.Executor`. Offers, probes and cancels
 from peers go to it; progress and results from workers go to the dispatch machines.
@@ -19,12 +24,14 @@ download an output.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
+import os
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,16 +39,20 @@ import trio
 from poolai.mesh import rpc
 from poolai.mesh.errors import MeshError, RemoteError, RequestTimeout
 from poolai.node import job_protocol as jp
+from poolai.node.credit_policy import Verdict
+from poolai.node.credits import device_of
 from poolai.node.job_executor import Executor
-from poolai.node.job_files import CachedFiles, Files, StorageFiles
+from poolai.node.job_files import CachedFiles, Files, FileTransferError, StorageFiles
 from poolai.node.job_queue import GpuSlot, WorkerLimits
+from poolai.node.job_runs import MAX_RUNS, Check, Report, RunEnd, RunPlan, StartRun
+from poolai.node.job_submission import RUN_STRIDE, Run, Submission
 from poolai.node.jobs import (
     DEFAULT_SUBMITTER,
     Dispatch,
     FindWorkers,
     Finished,
-    Phase,
     Probe,
+    Refusal,
     SendCancel,
     SendOffer,
     SubmitterConfig,
@@ -52,11 +63,10 @@ from poolai.node.jobspec import (
     SPEC_VERSION,
     Device,
     InvalidJob,
-    JobSpec,
+    JobStatus,
     Requirements,
     encode_job,
     job_from_dict,
-    result_to_dict,
 )
 
 if TYPE_CHECKING:
@@ -69,48 +79,8 @@ PROBE_TIMEOUT_S = 2.5
 CANCEL_TIMEOUT_S = 2.0
 MAX_ACTIVE = 4096  # jobs this node drives at once
 MAX_KEPT = 1024  # finished jobs remembered for status queries
-
-
-@dataclass
-class Submission:
-    """A job this node submitted, and everything its status page shows."""
-
-    spec: JobSpec
-    files: dict[str, str]
-    dispatch: Dispatch
-    submitted_at: float  # wall clock
-    running_at: float | None = None  # when a worker first said "running"
-    finished_at: float | None = None
-    worker: str = ""  # peer whose result was accepted
-    output: str = ""  # the output's storage id
-    log_tail: str = ""
-    gpu_s: float = 0.0
-    wake: trio.Event = field(default_factory=trio.Event)
-    finished: trio.Event = field(default_factory=trio.Event)
-
-    def to_json(self, clock: float, wall: float) -> dict[str, Any]:
-        d = self.dispatch
-
-        def at(t: float | None) -> float | None:  # dispatch times are on trio's clock
-            return None if t is None else round(wall - (clock - t), 3)
-
-        state = d.worker_state.value if d.phase is Phase.ASSIGNED and d.worker_state else d.phase.value
-        return {
-            "job_id": self.spec.job_id, "state": state, "phase": d.phase.value,
-            "submitted_at": self.submitted_at, "running_at": self.running_at,
-            "finished_at": self.finished_at, "worker": self.worker or
-            (d.current.peer if d.current else ""),
-            "retries_used": d.retries_used, "retry_budget": d.retry_budget,
-            "duplicates": d.duplicates,
-            "attempts": [{"attempt": a.number, "peer": a.peer, "offered_at": at(a.offered_at),
-                          "accepted_at": at(a.accepted_at), "outcome": a.outcome}
-                         for a in d.attempts[-16:]],
-            "refusals": dict(list(d.refusals.items())[:16]),
-            "result": None if d.result is None else result_to_dict(d.result),
-            "output_id": self.output, "log_tail": self.log_tail, "gpu_s": self.gpu_s,
-            "requirements": {"device": self.spec.requirements.device.value,
-                             "min_gpu_memory_mib": self.spec.requirements.min_gpu_memory_mib},
-        }
+CHECK_TIMEOUT_S = 600.0  # fetching a worker's output to check it
+HASH_CHUNK = 1 << 20
 
 
 class JobService:
@@ -121,6 +91,8 @@ class JobService:
     def __init__(self, node: Node, *, files: Files | None = None,
                  config: SubmitterConfig = DEFAULT_SUBMITTER) -> None:
         assert node.host is not None
+        if config.max_offers >= RUN_STRIDE:
+            raise ValueError("max_offers must stay below RUN_STRIDE (attempt numbers name the run)")
         self.node = node
         self.host = node.host
         self.peer_id = node.host.peer_id
@@ -129,16 +101,46 @@ class JobService:
         self.files: Files = files if files is not None else StorageFiles(node)
         self.cache = CachedFiles(self.files, self.dir / "cache")
         self.executor = Executor(self.peer_id, self.dir, self.cache, self.call, self._limits,
-                                 on_load=self._advertise_load, priority_of=self._priority_of)
+                                 on_load=self._advertise_load, priority_of=self._priority_of,
+                                 on_accepted=self._claim_credit)
         self.jobs: OrderedDict[str, Submission] = OrderedDict()
         self._nursery: trio.Nursery | None = None
 
+    def _credits(self) -> Any:
+        """The credits service, or None on a node that keeps no ledger."""
+        try:
+            return self.node.service("credits")
+        except KeyError:
+            return None
+
     def _priority_of(self, submitter: str) -> int:
         """Contributors' jobs first: the credits service ranks submitters by balance."""
+        credits = self._credits()
+        return 0 if credits is None else int(credits.priority_of(submitter))
+
+    async def _claim_credit(self, submitter: str, msg: jp.Result) -> None:
+        """Worker side: ``submitter`` accepted our result; claim credit for the work.
+
+        GPU-seconds for a job that ran on a CUDA device, CPU-seconds otherwise (a simulated
+        GPU is CPU work). The claim goes to the submitter for its countersignature, which it
+        gives only once it has checked the output (credits_service).
+        """
+        credits = self._credits()
+        if credits is None or submitter == self.peer_id:
+            return
         try:
-            return int(self.node.service("credits").priority_of(submitter))
-        except KeyError:
-            return 0
+            result = jp.parse_result(msg)
+        except InvalidJob:
+            return
+        if result.status is not JobStatus.OK or result.output is None:
+            return
+        kind, _ = device_of(result.device)
+        seconds = msg.gpu_s if kind == "gpu" else result.timings.cpu_s
+        try:
+            await credits.claim_job(job_id=msg.job_id, submitter=submitter, device=result.device,
+                                    seconds=seconds, result_hash=bytes.fromhex(result.output.sha256))
+        except (ValueError, MeshError) as exc:
+            log.warning("job %s: no credit claimed from %s: %s", msg.job_id, submitter[-8:], exc)
 
     # ------------------------------------------------------------------ NodeService
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -177,27 +179,43 @@ class JobService:
             raise InvalidJob("the job map must not carry 'id' or 'submitter'")
         if not isinstance(files, dict):
             raise InvalidJob("files must map file names to storage ids")
-        active = sum(not s.dispatch.done for s in self.jobs.values())
+        active = sum(not s.done for s in self.jobs.values())
         if active >= MAX_ACTIVE:
             raise RuntimeError(f"this node already drives {active} jobs")
         spec = job_from_dict({"version": SPEC_VERSION, **job, "id": secrets.token_hex(8),
                               "submitter": self.peer_id})
         jp.parse_offer(jp.Offer(spec=encode_job(spec), files=files, attempt=1), self.peer_id)
-        sub = Submission(spec, dict(files), Dispatch(spec.job_id, spec.retry_budget,
-                                                     trio.current_time(), self.config), time.time())
+        credits = self._credits()
+        max_runs = MAX_RUNS if credits is None else min(credits.policy.max_runs,
+                                                        jp.MAX_ATTEMPT // RUN_STRIDE)
+        # Drawn for every job, so the draw reveals nothing; a check needs two other peers.
+        replicated = credits is not None and credits.replicate() and len(
+            set(self._candidates(spec.requirements)) - {self.peer_id}) >= 2
+        plan = RunPlan(spec.job_id, replicated=replicated, max_runs=max_runs)
+        sub = Submission(spec, dict(files), plan, [], time.time())
+        sub.runs = [self._new_run(sub, i) for i in range(plan.started)]
         self.jobs[spec.job_id] = sub
         self._forget_old()
         self._nursery.start_soon(self._drive, sub)
-        log.info("job %s submitted (%s, retry budget %d)", spec.job_id,
-                 spec.requirements.device.value, spec.retry_budget)
+        log.info("job %s submitted (%s, retry budget %d%s)", spec.job_id,
+                 spec.requirements.device.value, spec.retry_budget,
+                 ", replicated" if replicated else "")
         return sub
+
+    def _new_run(self, sub: Submission, index: int) -> Run:
+        return Run(index, Dispatch(sub.spec.job_id, sub.spec.retry_budget, trio.current_time(),
+                                   self.config))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job this node submitted; False if it had already ended. KeyError if unknown."""
         sub = self.jobs[job_id]
-        cancelled = sub.dispatch.cancel(trio.current_time())
-        sub.wake.set()
-        return cancelled
+        report = sub.plan.cancel()
+        if report is None:
+            return False
+        for run in sub.runs:
+            run.dispatch.cancel(trio.current_time())
+            run.wake.set()
+        return True
 
     @property
     def draining(self) -> bool:
@@ -219,37 +237,152 @@ class JobService:
         return sub.to_json(trio.current_time(), time.time())
 
     def _forget_old(self) -> None:
-        done = [k for k, s in self.jobs.items() if s.dispatch.done]
+        done = [k for k, s in self.jobs.items() if s.done]
         for job_id in done[: max(0, len(done) - MAX_KEPT)]:
             del self.jobs[job_id]
+            _unlink(self._output_path(job_id))
 
     async def _drive(self, sub: Submission) -> None:
-        d = sub.dispatch
+        """Drive every run of ``sub`` until the plan reports the job's one result."""
+        async with trio.open_nursery() as nursery:
+            for run in sub.runs:
+                nursery.start_soon(self._drive_run, sub, run, nursery)
+        sub.finished_at = time.time()
+        result = sub.result
+        log.info("job %s %s%s", sub.spec.job_id, "done" if result else "cancelled",
+                 f": {result.status.value} {result.error[:200]}" if result else "")
+        for run in sub.runs:
+            if run.index != sub.chosen or result is None or result.status is not JobStatus.OK:
+                await trio.to_thread.run_sync(_unlink, self._check_path(sub, run))
+        sub.finished.set()
+
+    async def _drive_run(self, sub: Submission, run: Run, nursery: trio.Nursery) -> None:
+        d = run.dispatch
         while True:
             action = d.step(trio.current_time())
             if isinstance(action, Finished):
                 break
             if isinstance(action, FindWorkers):
-                d.candidates(self._candidates(sub.spec.requirements), trio.current_time())
+                taken = sub.taken(run) | ({self.peer_id} if sub.plan.replicated else set())
+                d.candidates([p for p in self._candidates(sub.spec.requirements) if p not in taken],
+                             trio.current_time())
             elif isinstance(action, SendOffer):
-                await self._offer(sub, action)
+                await self._offer(sub, run, action)
             elif isinstance(action, Probe):
-                await self._probe(sub, action)
+                await self._probe(sub, run, action)
             elif isinstance(action, SendCancel):
-                await self._send_cancel(sub.spec.job_id, action.peer, action.attempt)
+                await self._send_cancel(sub.spec.job_id, action.peer, run.wire(action.attempt))
             elif isinstance(action, Wait):
                 with trio.move_on_at(math.inf if action.until is None else action.until):
-                    await sub.wake.wait()
-                sub.wake = trio.Event()
-        sub.finished_at = time.time()
-        result = d.result
-        log.info("job %s %s%s", sub.spec.job_id, d.phase.value,
-                 f": {result.status.value} {result.error[:200]}" if result else "")
-        sub.finished.set()
+                    await run.wake.wait()
+                run.wake = trio.Event()
+        end, verdict = await self._check(sub, run)
+        decision = sub.plan.run_ended(end, verdict)
+        if isinstance(decision, StartRun):
+            new = self._new_run(sub, len(sub.runs))
+            sub.runs.append(new)
+            log.info("job %s: run %d on a peer other than %s", sub.spec.job_id, new.index,
+                     ", ".join(sorted(p[-8:] for p in decision.exclude)))
+            nursery.start_soon(self._drive_run, sub, new, nursery)
+        elif isinstance(decision, Report):
+            await self._report(sub, decision)
 
-    async def _offer(self, sub: Submission, action: SendOffer) -> None:
-        d = sub.dispatch
-        offer = jp.Offer(spec=encode_job(sub.spec), files=sub.files, attempt=action.attempt)
+    async def _check(self, sub: Submission, run: Run) -> tuple[RunEnd, Verdict | None]:
+        """Check ``run``'s output (fetch it, hash it) and tell the credits service what we found;
+        returns how the run ended and, for a replicated job's passed check, the vote's verdict."""
+        result = run.dispatch.result
+        worker = run.worker
+        if result is None or result.status is not JobStatus.OK or result.output is None:
+            run.check = Check.NONE.value
+            return RunEnd(run.index, worker, result, Check.NONE), None
+        if worker == self.peer_id:
+            run.check = Check.OWN.value
+            return RunEnd(run.index, worker, result, Check.OWN), None
+        path = self._check_path(sub, run)
+        try:
+            await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
+            with trio.fail_after(CHECK_TIMEOUT_S):
+                await self.files.get(run.output, path)
+            digest, size = await trio.to_thread.run_sync(_sha256_size, path)
+            problem = "" if (digest, size) == (result.output.sha256, result.output.size) else (
+                f"the stored output has sha256 {digest[:16]}… and {size} bytes, "
+                f"not the {result.output.sha256[:16]}… and {result.output.size} its result names")
+        except (FileTransferError, MeshError, OSError, trio.TooSlowError) as exc:
+            problem = f"could not fetch the output: {exc}"
+        credits = self._credits()
+        if problem:
+            log.warning("job %s: the output of %s failed its check: %s", sub.spec.job_id,
+                        worker[-8:], problem)
+            run.check = f"{Check.FAILED.value}: {problem}"[:300]
+            if credits is not None:
+                credits.job_failed(worker, job_id=sub.spec.job_id)
+            return RunEnd(run.index, worker, result, Check.FAILED, problem), None
+        run.check = Check.PASSED.value
+        verdict = None
+        if credits is not None:
+            verdict = credits.job_checked(job_id=sub.spec.job_id, worker=worker,
+                                          result_hash=bytes.fromhex(result.output.sha256),
+                                          **self._paid_for(sub, run), replicated=sub.plan.replicated)
+        return RunEnd(run.index, worker, result, Check.PASSED), verdict
+
+    def _paid_for(self, sub: Submission, run: Run) -> dict[str, Any]:
+        """The device kind a worker may claim for ``run`` and the most seconds this node pays:
+        a GPU only when the job needed one and the result names a CUDA device; the time from
+        acceptance to result, times the worker's advertised cores for CPU work."""
+        result = run.dispatch.result
+        assert result is not None
+        gpu = sub.spec.requirements.device is Device.GPU and device_of(result.device)[0] == "gpu"
+        attempt = run.dispatch.attempts[(run.dispatch.result_attempt or 1) - 1]
+        since = attempt.accepted_at if attempt.accepted_at is not None else attempt.offered_at
+        seen = max(0.0, (run.received_at or trio.current_time()) - since)
+        if gpu:
+            return {"device": "gpu", "max_seconds": seen}
+        try:
+            entry = self.node.service("capacity").table.get(run.worker)
+        except KeyError:
+            entry = None
+        cores = entry.advert.cpu_cores if entry is not None else 1
+        return {"device": "cpu", "max_seconds": seen * max(1, cores)}
+
+    async def _report(self, sub: Submission, report: Report) -> None:
+        """The plan decided: stop the runs still going, pay what it says, keep the output."""
+        now = trio.current_time()
+        for index in report.stop:
+            sub.runs[index].dispatch.cancel(now)
+            sub.runs[index].wake.set()
+        credits = self._credits()
+        for index in report.pay:
+            run = sub.runs[index]
+            result = run.dispatch.result
+            if credits is not None and result is not None and result.output is not None:
+                credits.job_checked(job_id=sub.spec.job_id, worker=run.worker,
+                                    result_hash=bytes.fromhex(result.output.sha256),
+                                    **self._paid_for(sub, run), replicated=False)
+        if report.run is not None:
+            sub.chosen = report.run
+            chosen = sub.runs[report.run]
+            if chosen.check == Check.PASSED.value:
+                await trio.to_thread.run_sync(os.replace, self._check_path(sub, chosen),
+                                              self._output_path(sub.spec.job_id))
+        sub.result = report.result
+        if sub.plan.replicated and report.result is not None:
+            log.info("job %s: replicated on %d peers; reporting %s", sub.spec.job_id, len(sub.runs),
+                     f"run {report.run}" if report.run is not None else report.result.status.value)
+
+    def _output_path(self, job_id: str) -> Path:
+        """Where the reported output is kept (the output route serves it from there)."""
+        return self.dir / "outputs" / f"{job_id}.safetensors"
+
+    def _check_path(self, sub: Submission, run: Run) -> Path:
+        return self.dir / "outputs" / f"{sub.spec.job_id}.run{run.index}.part"
+
+    async def _offer(self, sub: Submission, run: Run, action: SendOffer) -> None:
+        d = run.dispatch
+        if action.peer in sub.taken(run):  # another run got there since the candidates were drawn
+            d.refused(action.attempt, Refusal.BUSY, "it holds another run of this job",
+                      trio.current_time())
+            return
+        offer = jp.Offer(spec=encode_job(sub.spec), files=sub.files, attempt=run.wire(action.attempt))
         try:
             reply = await self.call(action.peer, offer, (jp.Accept, jp.Refuse), OFFER_TIMEOUT_S)
         except MeshError as exc:
@@ -267,10 +400,10 @@ class JobService:
                      reply.message)
             d.refused(action.attempt, reason, reply.message, now)
         elif reply.job_id != sub.spec.job_id or not d.accepted(action.attempt, now):
-            await self._send_cancel(sub.spec.job_id, action.peer, action.attempt)
+            await self._send_cancel(sub.spec.job_id, action.peer, run.wire(action.attempt))
 
-    async def _probe(self, sub: Submission, action: Probe) -> None:
-        d = sub.dispatch
+    async def _probe(self, sub: Submission, run: Run, action: Probe) -> None:
+        d = run.dispatch
         try:
             entry = await self.call(action.peer, jp.Query(job_id=sub.spec.job_id), (jp.Entry,),
                                     PROBE_TIMEOUT_S)
@@ -283,7 +416,7 @@ class JobService:
             log.info("job %s: worker %s lost: %s", sub.spec.job_id, action.peer[-8:], exc)
             d.lost(action.attempt, trio.current_time())
             return
-        if not d.progress(action.peer, entry.attempt, state, trio.current_time()):
+        if not d.progress(action.peer, run.local(entry.attempt), state, trio.current_time()):
             d.lost(action.attempt, trio.current_time())
 
     async def _send_cancel(self, job_id: str, peer: str, attempt: int) -> None:
@@ -315,14 +448,18 @@ class JobService:
                 continue
             if cap.matching_gpus(dataclasses.replace(advert, free_slots=advert.job_slots), creq) is None:
                 continue
+            distrust = capacity.distrust_ms(advert.peer_id)
+            if distrust is None:
+                continue  # a peer the credits service no longer trusts with jobs
             rtt = capacity.rtt_ms(advert.peer_id)
-            queueing.append((cap.load_of(advert), cap.DEFAULT_RTT_MS if rtt is None else rtt,
+            queueing.append((cap.load_of(advert), (cap.DEFAULT_RTT_MS if rtt is None else rtt) + distrust,
                              advert.peer_id))
         # Adverts trail by up to a heartbeat: spread a burst by what this node already gave out.
         given: dict[str, int] = {}
         for other in self.jobs.values():
-            if (cur := other.dispatch.current) is not None:
-                given[cur.peer] = given.get(cur.peer, 0) + 1
+            for run in other.runs:
+                if (cur := run.dispatch.current) is not None:
+                    given[cur.peer] = given.get(cur.peer, 0) + 1
         ordered = ranked + [p for *_, p in sorted(queueing)]
         return sorted(ordered, key=lambda p: given.get(p, 0))
 
@@ -368,28 +505,32 @@ class JobService:
             state = jp.parse_state(entry.state)
         except InvalidJob:
             return False
-        if sub is None or not sub.dispatch.progress(peer, entry.attempt, state, trio.current_time()):
+        run = None if sub is None else sub.run_of(entry.attempt)
+        if sub is None or run is None or not run.dispatch.progress(
+                peer, run.local(entry.attempt), state, trio.current_time()):
             return False
         if state is WorkState.RUNNING and sub.running_at is None:
             sub.running_at = time.time()
-        sub.wake.set()
+        run.wake.set()
         return True
 
     def _result(self, peer: str, msg: jp.Result) -> bool:
         sub = self.jobs.get(msg.job_id)
-        if sub is None:
+        run = None if sub is None else sub.run_of(msg.attempt)
+        if sub is None or run is None:
             return False
         try:
             result = jp.parse_result(msg)
         except InvalidJob as exc:
             log.warning("job %s: malformed result from %s: %s", msg.job_id, peer[-8:], exc)
             raise rpc.RemoteFault("bad_request", str(exc)) from None
-        if not sub.dispatch.result_received(peer, msg.attempt, result, trio.current_time()):
+        if not run.dispatch.result_received(peer, run.local(msg.attempt), result, trio.current_time()):
             return False
-        sub.worker, sub.output, sub.log_tail, sub.gpu_s = peer, msg.output, msg.log_tail, msg.gpu_s
+        run.worker, run.output, run.log_tail, run.gpu_s = peer, msg.output, msg.log_tail, msg.gpu_s
+        run.received_at = trio.current_time()
         if sub.running_at is None:
             sub.running_at = time.time()
-        sub.wake.set()
+        run.wake.set()
         return True
 
     # ------------------------------------------------------------------ worker-side plumbing
@@ -397,7 +538,7 @@ class JobService:
         cfg = self.node.config
         gpus: tuple[GpuSlot, ...] = ()
         try:
-            inventory = getattr(self.node.service("capacity"), "_inventory", None)
+            inventory = self.node.service("capacity").inventory
         except KeyError:
             inventory = None
         if inventory is not None:
@@ -411,3 +552,16 @@ class JobService:
             self.node.service("capacity").set_load(busy_slots=running, queue_length=queued)
         except KeyError:
             pass
+
+
+def _sha256_size(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)

@@ -1,13 +1,17 @@
 """Credits on a mesh of full nodes (in this process, real libp2p on 127.0.0.1).
 
-Jobs and storage are represented by the calls their services make into the credits
+Jobs and storage are represented here by the calls their services make into the credits
 service when a job's result has been checked or an upkeep pass has audited a holder
-(``job_checked``/``claim_job``, ``storage_audited``); the receipts, their signing over
-``/poolai/ledger/1.0.0``, the sync and the balances are all real.
+(``job_checked``/``claim_job``, ``storage_audited``), so every kind of cheat can be staged
+exactly; the receipts, their signing over ``/poolai/ledger/1.0.0``, the sync and the
+balances are all real. The last test runs a real job (torch worker processes, files in
+real storage) on a worker that lies about its output. test_credits_jobs_live.py earns
+credit with real jobs on node processes, a hostile node among them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -18,9 +22,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from safetensors.torch import load_file, save_file
 
 from poolai.mesh import wire
 from poolai.mesh.errors import RemoteError
@@ -37,8 +43,11 @@ from poolai.node.credits import (
     Receipt,
     start_receipt,
 )
+from poolai.node.jobspec import MLPConfig
+from poolai.node.models import build_model, forward
 from poolai.node.node import Node, open_node
 from poolai.node.payout import b58encode
+from poolai.node.runner import run_job
 from poolai.storage.integrity import audit_digest
 
 pytestmark = pytest.mark.timeout(120)
@@ -205,6 +214,11 @@ async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
         status = nodes[0].status()["credits"]
         keys = ("earned", "spent", "balance", "earned_milli", "balance_milli", "receipts", "payout_address")
         assert {k: shown[k] for k in keys} == {k: status[k] for k in keys}
+        page = (await trio.to_thread.run_sync(
+            lambda: httpx.get(nodes[0].api_url + "/api/page", timeout=10))).json()["credits"]
+        shown_on_page = ("balance", "earned", "spent", "receipts", "priority", "payout_address")
+        assert {k: page[k] for k in shown_on_page} == {k: shown[k] for k in shown_on_page}
+        assert (page["ledger_held"], page["ledger_pending"]) == (shown["ledger"]["held"], 0)
         assert (shown["earned_milli"], shown["payout_address"]) == (900, address)
         assert [r["credits"] for r in shown["statement"]] == [0.15, 0.3, 0.45]
 
@@ -219,3 +233,75 @@ async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
         assert csv_reply.text.splitlines() == lines
         text = (await trio.run_process(cli, capture_stdout=True)).stdout.decode()
         assert "earned:   0.900 credits" in text and address in text
+
+
+async def test_an_output_that_fails_its_check_is_run_again_and_never_paid(tmp_path):
+    """A worker that stores other bytes than its result names (a real job, then its output
+    file changed): the submitter's check catches it, runs the job on another peer, refuses
+    the liar's claim and pays the honest worker."""
+    def inventory(name: str, gib: int) -> Path:
+        path = tmp_path / f"{name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"gpus": [{"name": f"sim-{gib}G", "memory_total": f"{gib}GiB",
+                                             "compute_capability": "9.0"}]}))
+        tmp.replace(path)
+        return path
+
+    async def lying(job, files_dir, out_dir, policy):  # type: ignore[no-untyped-def]
+        outcome = await run_job(job, files_dir, out_dir, policy)
+        out = out_dir / "output.safetensors"
+        data = bytearray(out.read_bytes())
+        data[-1] ^= 0x40
+        out.write_bytes(bytes(data))  # the record still names the bytes it computed
+        return outcome
+
+    env = {0: {"POOLAI_JOB_SLOTS": "0"},
+           1: {"POOLAI_INVENTORY_FILE": str(inventory("liar", 80))},
+           2: {"POOLAI_INVENTORY_FILE": str(inventory("honest", 24))}}
+    torch.set_num_threads(1)
+    async with mesh(tmp_path, 3, env) as nodes:
+        submitter, liar, honest = nodes
+        liar.service("jobs").executor.runner = lying
+        jobs = submitter.service("jobs")
+        credits = [n.service("credits") for n in nodes]
+        await wait_for(lambda: submitter.service("capacity").table.get(liar.peer_id) is not None,
+                       "the liar's capacity advert")
+        config = MLPConfig(16, (32,), 4)
+        torch.manual_seed(5)
+        model = build_model(config)
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(5))
+        refs, files = {}, {}
+        stored = {"weights.safetensors": dict(model.state_dict()), "inputs.safetensors": {"x": x}}
+        for name, tensors in stored.items():
+            path = tmp_path / name
+            save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+            data = path.read_bytes()
+            refs[name] = {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            with trio.fail_after(30):
+                files[name] = await jobs.files.put(path)
+        job = {"program": {"kind": "builtin", "family": "mlp",
+                           "config": {"in_features": 16, "hidden": [32], "out_features": 4},
+                           "weights": refs["weights.safetensors"]},
+               "inputs": refs["inputs.safetensors"], "retry_budget": 2,  # a starved worker is not lost
+               "requirements": {"device": "gpu", "min_gpu_memory_mib": 40960}}
+        sub = jobs.submit(job, files)  # only the liar has 40 GiB ...
+        await wait_for(lambda: (cur := sub.runs[0].dispatch.current) is not None
+                       and cur.peer == liar.peer_id, "the liar to be offered the job")
+        inventory("honest", 80)  # ... until the honest node gets it too
+        with trio.fail_after(120):
+            await sub.finished.wait()
+        assert sub.result is not None and sub.result.status.value == "ok", jobs.job_json(sub)
+        assert [r.worker for r in sub.runs] == [liar.peer_id, honest.peer_id]
+        assert sub.runs[0].check.startswith("failed: the stored output has sha256")
+        assert sub.worker == honest.peer_id and sub.output == sub.runs[1].output
+        kept = jobs.dir / "outputs" / f"{sub.spec.job_id}.safetensors"  # what the output route serves
+        got = await trio.to_thread.run_sync(load_file, kept)
+        torch.testing.assert_close(got["y"], forward(model, config, {"x": x})["y"], rtol=1e-6, atol=1e-7)
+        assert credits[0].reputation_of(liar.peer_id) < 0.5
+
+        # The honest worker's claim is countersigned; the liar's is refused and dropped.
+        await wait_for(lambda: credits[0].tally.account(honest.peer_id).earned > 0
+                       and not credits[1]._pending, "the honest claim signed and the liar's refused")
+        assert credits[1].tally.account(liar.peer_id) == Account()
+        assert credits[0].tally.account(submitter.peer_id).spent == credits[0].tally.account(
+            honest.peer_id).earned

@@ -28,7 +28,9 @@ from poolai.node.models import build_model, forward, train_steps
 
 pytestmark = pytest.mark.timeout(400)
 
-FAST = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_OVERLAY_SCALE": "0.2"}
+# Redundant runs (test_credits_jobs_live.py) off: every job here runs exactly once.
+FAST = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_OVERLAY_SCALE": "0.2",
+        "POOLAI_REDUNDANCY_FRACTION": "0"}
 GPU_SMALL = {"gpus": [{"name": "sim-24G", "memory_total": "24GiB", "compute_capability": "8.6"}]}
 GPU_BIG = {"gpus": [{"name": "sim-80G", "memory_total": "80GiB", "compute_capability": "9.0"}]}
 MLP = MLPConfig(16, (32,), 4)
@@ -41,8 +43,9 @@ class Mesh:
         self.root = root
         self.nodes: dict[str, NodeProcess] = {}
 
-    def start(self, name: str, inventory: dict[str, Any] | None = None, slots: int = 1) -> NodeProcess:
-        env = {**FAST, "POOLAI_JOB_SLOTS": str(slots)}
+    def start(self, name: str, inventory: dict[str, Any] | None = None, slots: int = 1,
+              env: dict[str, str] | None = None) -> NodeProcess:
+        env = {**FAST, "POOLAI_JOB_SLOTS": str(slots), **(env or {})}
         if inventory is not None:
             path = self.root / f"{name}-inventory.json"
             path.write_text(json.dumps(inventory))
@@ -255,6 +258,8 @@ def test_a_restarted_worker_still_runs_its_queued_jobs(mesh: Mesh) -> None:
 
 
 def test_limits_stop_a_job_and_bad_jobs_get_clear_errors(mesh: Mesh) -> None:
+    """Timeout and memory limit each end a job with their own status; a malformed job and a
+    program that cannot load are refused with a message that says why; the workers stay up."""
     gen = torch.Generator().manual_seed(7)
     inputs = {"x": torch.randn(256, 64, generator=gen), "target": torch.randn(256, 64, generator=gen)}
     _, long_refs = program(mesh, LONG, 2, inputs, "d")
@@ -262,10 +267,20 @@ def test_limits_stop_a_job_and_bad_jobs_get_clear_errors(mesh: Mesh) -> None:
     slow = mesh.submit(spec(LONG, long_refs, mode="train", train=train, timeout_s=1.5), long_refs)
     wide = MLPConfig(1, (16384,), 1)  # batch 65536 x 16384 activations: 4 GiB
     _, wide_refs = program(mesh, wide, 8, {"x": torch.randn(65536, 1, generator=gen)}, "e")
-    hungry = mesh.submit(spec(wide, wide_refs, requirements={"memory_mib": 1024}), wide_refs)
+    # with a retry budget, to show the memory limit is final: the same cap applies anywhere
+    hungry = mesh.submit(spec(wide, wide_refs, requirements={"memory_mib": 1024}, retry_budget=2),
+                         wide_refs)
     # weights of another model: refused before torch loads anything
     mismatched = mesh.submit(spec(MLP, {**wide_refs, "inputs.safetensors": long_refs[
         "inputs.safetensors"]}), {**wide_refs, "inputs.safetensors": long_refs["inputs.safetensors"]})
+    # a .pt2 program that is no archive at all: it cannot load, and the submitter is told why
+    junk = {"model.pt2": mesh.upload("model.pt2", b"this is not a torch.export archive"),
+            "weights.safetensors": wide_refs["weights.safetensors"],
+            "inputs.safetensors": wide_refs["inputs.safetensors"]}
+    unloadable = mesh.submit({"program": {"kind": "pt2", **{
+        key: {k: junk[name][k] for k in ("name", "sha256", "size")}
+        for key, name in (("archive", "model.pt2"), ("weights", "weights.safetensors"))}},
+        "inputs": {k: junk["inputs.safetensors"][k] for k in ("name", "sha256", "size")}}, junk)
 
     reply = mesh.api("POST", "/api/admin/jobs", json={"job": spec(MLP, long_refs, timeout_s=-1),
                                                       "files": {}})
@@ -277,10 +292,17 @@ def test_limits_stop_a_job_and_bad_jobs_get_clear_errors(mesh: Mesh) -> None:
     assert data["result"]["status"] == "timed_out", data
     assert data["result"]["error"] == "killed after its timeout of 1.5 s"
     data = mesh.wait(hungry)
-    assert data["result"]["status"] == "failed" and "allocate memory" in data["result"]["error"]
+    assert data["result"]["status"] == "out_of_memory", data
+    assert data["result"]["error"].startswith(
+        "out of memory: the job exceeded its memory limit of 1024 MiB"), data["result"]["error"]
+    outcomes = [a["outcome"] for a in data["attempts"]]
+    assert outcomes[-1] == "out_of_memory" and outcomes.count("out_of_memory") == 1, outcomes
     data = mesh.wait(mismatched)
     assert data["result"]["status"] == "refused"
     assert data["result"]["error"].startswith("weights: "), data["result"]["error"]
+    data = mesh.wait(unloadable)
+    assert data["result"]["status"] == "refused", data
+    assert data["result"]["error"] == "unsafe .pt2 archive: not a zip archive (File is not a zip file)"
 
     # the workers are still healthy: the next job runs, and its output is right
     x = torch.randn(2, 16, generator=gen)

@@ -1,0 +1,107 @@
+"""A hostile PoolAI node, for tests only: ``python tests/evil_node.py <poolai CLI arguments>``.
+
+It is poolai's normal command line with two changes a dishonest owner could make to their
+own copy of the code; nothing in poolai itself knows about them:
+
+* **Wrong outputs.** Every output its jobs compute is corrupted (the last byte of the file,
+  the exponent of the last float32, flipped) and reported with a result record whose sha256
+  and size match the corrupted bytes. The output passes the submitter's hash check; only a
+  redundant run on another peer shows it is wrong.
+* **Forged receipts.** Each ledger page it serves (when it has receipts to serve at all)
+  also carries: a receipt it signed as both worker and submitter, one "countersigned" for
+  the fetching peer with its own key, one with its signature alone, and three replays of
+  the first receipt on the page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from poolai.mesh import wire
+from poolai.node import credits_service, job_service
+from poolai.node import ledger as lg
+from poolai.node.credits import EARNER_DOMAIN, PAYER_DOMAIN, JobClaim, Receipt, start_receipt
+from poolai.node.job_executor import Executor
+from poolai.node.jobspec import FileRef, JobSpec, JobStatus
+from poolai.node.runner import JobOutcome, WorkerPolicy, run_job
+
+H100 = "NVIDIA H100 80GB HBM3"
+FORGED_JOB = "forged"  # job ids of forged claims start with this
+
+
+def corrupt(path: Path) -> tuple[str, int]:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x40
+    path.write_bytes(bytes(data))
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+async def corrupting_run_job(job: JobSpec, files_dir: Path, out_dir: Path,
+                             policy: WorkerPolicy) -> JobOutcome:
+    outcome = await run_job(job, files_dir, out_dir, policy)
+    result = outcome.result
+    if result.status is not JobStatus.OK or result.output is None:
+        return outcome
+    sha, size = await trio.to_thread.run_sync(corrupt, out_dir / result.output.name)
+    output = FileRef(result.output.name, sha, size)
+    return dataclasses.replace(outcome, result=dataclasses.replace(result, output=output))
+
+
+class CorruptingExecutor(Executor):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs, runner=corrupting_run_job)
+
+
+def forged(service: credits_service.CreditsService, fetcher: str, honest: bytes | None) -> list[bytes]:
+    key, me = service.key, service.peer_id
+    now = time.time()
+
+    def claim(job: str, submitter: str) -> JobClaim:
+        return JobClaim(1, f"{FORGED_JOB}-{job}", me, submitter, "gpu", H100, 86400.0, b"\x07" * 32, now)
+
+    own = wire.encode(claim("self", me))
+    fake = wire.encode(claim("fake", fetcher))
+    receipts = [
+        wire.encode(Receipt(own, key.public_key, key.sign(EARNER_DOMAIN + own),
+                            key.public_key, key.sign(PAYER_DOMAIN + own))),
+        wire.encode(Receipt(fake, key.public_key, key.sign(EARNER_DOMAIN + fake),
+                            key.public_key, key.sign(PAYER_DOMAIN + fake))),
+        start_receipt(claim("half", fetcher), key),
+    ]
+    return receipts + ([honest] * 3 if honest is not None else [])
+
+
+_honest_handle = credits_service.CreditsService._handle
+
+
+async def forging_handle(self: credits_service.CreditsService, peer: str, request: Any) -> Any:
+    reply = await _honest_handle(self, peer, request)
+    if isinstance(request, lg.Fetch) and isinstance(reply, lg.Page) and reply.receipts:
+        extra = forged(self, peer, reply.receipts[0])
+        kept = reply.receipts[: lg.MAX_PAGE - len(extra)]
+        reply = lg.Page(receipts=tuple(kept) + tuple(extra), next=reply.next, more=reply.more)
+    return reply
+
+
+def command(*args: str) -> list[str]:
+    """The command line that starts this node with poolai CLI ``args`` (nodeproc.poolai_cmd's twin)."""
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def main() -> int:
+    job_service.Executor = CorruptingExecutor  # type: ignore[misc]
+    credits_service.CreditsService._handle = forging_handle  # type: ignore[method-assign]
+    from poolai.node.cli import main as poolai_main
+
+    return poolai_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
