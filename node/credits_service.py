@@ -191,7 +191,7 @@ class CreditsService:
         ``seconds`` are GPU-seconds for a GPU job, CPU-seconds otherwise; ``result_hash``
         is the sha256 the output is stored under. The claim is on disk when this returns
         (its claim key is returned; b"" for our own job, which earns nothing); it is sent
-        in the background, with retries. Raises ValueError for a malformed claim.
+        in the background, with retries. Raises ReceiptRejected (a MeshError) for a malformed claim.
         """
         if submitter == self.peer_id:
             return b""
@@ -244,7 +244,7 @@ class CreditsService:
 
         Call it once per holder and epoch, after the epoch: the claim key is (owner, holder,
         epoch), and of two receipts for one key only the smaller counts. The holder is asked
-        to countersign in the background. Raises ValueError for a malformed claim.
+        to countersign in the background. Raises ReceiptRejected (a MeshError) for a malformed claim.
         """
         claim = StorageClaim(version=1, owner=self.peer_id, holder=holder, epoch=epoch,
                              bytes_held=bytes_held, shares=shares, audits=tuple(audits))

@@ -5,10 +5,10 @@ drives its :class:`~poolai.node.jobs.Dispatch` machine: ask the capacity table f
 capable peers (nearest and least loaded first), offer on ``/poolai/job/1.0.0``, move
 down the list on refusal, watch heartbeats, probe a silent worker and re-dispatch when
 it is lost, and accept exactly one final result. Every ``ok`` output is fetched and
-hashed before it is believed; a job runs on more than one peer when its output fails
-that check or when the credits service picks it for a redundant run (the rules, pure,
-are in :mod:`poolai.node.job_runs`, the record of a job and its runs in
-:mod:`poolai.node.job_submission`). The credits service hears of every check
+hashed before it is believed (:mod:`poolai.node.job_checks`); a job runs on more than one
+peer when its output fails that check or when the credits service picks it for a redundant
+run (the rules, pure, are in :mod:`poolai.node.job_runs`, the record of a job and its runs
+in :mod:`poolai.node.job_submission`). The credits service hears of every check
 (``job_checked``/``job_failed``); the worker side claims credit for each accepted result.
 
 Worker side: :class:`~poolai.node.job_executor.Executor`. Offers, probes and cancels
@@ -24,7 +24,7 @@ download an output.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import logging
 import math
 import os
@@ -39,12 +39,11 @@ import trio
 from poolai.mesh import rpc
 from poolai.mesh.errors import MeshError, RemoteError, RequestTimeout
 from poolai.node import job_protocol as jp
-from poolai.node.credit_policy import Verdict
-from poolai.node.credits import device_of
+from poolai.node.job_checks import OutputChecks, claim_credit, credits_of
 from poolai.node.job_executor import Executor
-from poolai.node.job_files import CachedFiles, Files, FileTransferError, StorageFiles
+from poolai.node.job_files import CachedFiles, Files, StorageFiles
 from poolai.node.job_queue import GpuSlot, WorkerLimits
-from poolai.node.job_runs import MAX_RUNS, Check, Report, RunEnd, RunPlan, StartRun
+from poolai.node.job_runs import MAX_RUNS, Check, Report, RunPlan, StartRun
 from poolai.node.job_submission import RUN_STRIDE, Run, Submission
 from poolai.node.jobs import (
     DEFAULT_SUBMITTER,
@@ -79,8 +78,6 @@ PROBE_TIMEOUT_S = 2.5
 CANCEL_TIMEOUT_S = 2.0
 MAX_ACTIVE = 4096  # jobs this node drives at once
 MAX_KEPT = 1024  # finished jobs remembered for status queries
-CHECK_TIMEOUT_S = 600.0  # fetching a worker's output to check it
-HASH_CHUNK = 1 << 20
 
 
 class JobService:
@@ -102,45 +99,15 @@ class JobService:
         self.cache = CachedFiles(self.files, self.dir / "cache")
         self.executor = Executor(self.peer_id, self.dir, self.cache, self.call, self._limits,
                                  on_load=self._advertise_load, priority_of=self._priority_of,
-                                 on_accepted=self._claim_credit)
+                                 on_accepted=functools.partial(claim_credit, node))
+        self.checks = OutputChecks(node, self.files, self.dir)
         self.jobs: OrderedDict[str, Submission] = OrderedDict()
         self._nursery: trio.Nursery | None = None
 
-    def _credits(self) -> Any:
-        """The credits service, or None on a node that keeps no ledger."""
-        try:
-            return self.node.service("credits")
-        except KeyError:
-            return None
-
     def _priority_of(self, submitter: str) -> int:
         """Contributors' jobs first: the credits service ranks submitters by balance."""
-        credits = self._credits()
+        credits = credits_of(self.node)
         return 0 if credits is None else int(credits.priority_of(submitter))
-
-    async def _claim_credit(self, submitter: str, msg: jp.Result) -> None:
-        """Worker side: ``submitter`` accepted our result; claim credit for the work.
-
-        GPU-seconds for a job that ran on a CUDA device, CPU-seconds otherwise (a simulated
-        GPU is CPU work). The claim goes to the submitter for its countersignature, which it
-        gives only once it has checked the output (credits_service).
-        """
-        credits = self._credits()
-        if credits is None or submitter == self.peer_id:
-            return
-        try:
-            result = jp.parse_result(msg)
-        except InvalidJob:
-            return
-        if result.status is not JobStatus.OK or result.output is None:
-            return
-        kind, _ = device_of(result.device)
-        seconds = msg.gpu_s if kind == "gpu" else result.timings.cpu_s
-        try:
-            await credits.claim_job(job_id=msg.job_id, submitter=submitter, device=result.device,
-                                    seconds=seconds, result_hash=bytes.fromhex(result.output.sha256))
-        except (ValueError, MeshError) as exc:
-            log.warning("job %s: no credit claimed from %s: %s", msg.job_id, submitter[-8:], exc)
 
     # ------------------------------------------------------------------ NodeService
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -185,7 +152,7 @@ class JobService:
         spec = job_from_dict({"version": SPEC_VERSION, **job, "id": secrets.token_hex(8),
                               "submitter": self.peer_id})
         jp.parse_offer(jp.Offer(spec=encode_job(spec), files=files, attempt=1), self.peer_id)
-        credits = self._credits()
+        credits = credits_of(self.node)
         max_runs = MAX_RUNS if credits is None else min(credits.policy.max_runs,
                                                         jp.MAX_ATTEMPT // RUN_STRIDE)
         # Drawn for every job, so the draw reveals nothing; a check needs two other peers.
@@ -240,7 +207,7 @@ class JobService:
         done = [k for k, s in self.jobs.items() if s.done]
         for job_id in done[: max(0, len(done) - MAX_KEPT)]:
             del self.jobs[job_id]
-            _unlink(self._output_path(job_id))
+            _unlink(self.checks.output_path(job_id))
 
     async def _drive(self, sub: Submission) -> None:
         """Drive every run of ``sub`` until the plan reports the job's one result."""
@@ -253,7 +220,7 @@ class JobService:
                  f": {result.status.value} {result.error[:200]}" if result else "")
         for run in sub.runs:
             if run.index != sub.chosen or result is None or result.status is not JobStatus.OK:
-                await trio.to_thread.run_sync(_unlink, self._check_path(sub, run))
+                await trio.to_thread.run_sync(_unlink, self.checks.check_path(sub, run))
         sub.finished.set()
 
     async def _drive_run(self, sub: Submission, run: Run, nursery: trio.Nursery) -> None:
@@ -276,7 +243,7 @@ class JobService:
                 with trio.move_on_at(math.inf if action.until is None else action.until):
                     await run.wake.wait()
                 run.wake = trio.Event()
-        end, verdict = await self._check(sub, run)
+        end, verdict = await self.checks.check(sub, run)
         decision = sub.plan.run_ended(end, verdict)
         if isinstance(decision, StartRun):
             new = self._new_run(sub, len(sub.runs))
@@ -287,94 +254,24 @@ class JobService:
         elif isinstance(decision, Report):
             await self._report(sub, decision)
 
-    async def _check(self, sub: Submission, run: Run) -> tuple[RunEnd, Verdict | None]:
-        """Check ``run``'s output (fetch it, hash it) and tell the credits service what we found;
-        returns how the run ended and, for a replicated job's passed check, the vote's verdict."""
-        result = run.dispatch.result
-        worker = run.worker
-        if result is None or result.status is not JobStatus.OK or result.output is None:
-            run.check = Check.NONE.value
-            return RunEnd(run.index, worker, result, Check.NONE), None
-        if worker == self.peer_id:
-            run.check = Check.OWN.value
-            return RunEnd(run.index, worker, result, Check.OWN), None
-        path = self._check_path(sub, run)
-        try:
-            await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
-            with trio.fail_after(CHECK_TIMEOUT_S):
-                await self.files.get(run.output, path)
-            digest, size = await trio.to_thread.run_sync(_sha256_size, path)
-            problem = "" if (digest, size) == (result.output.sha256, result.output.size) else (
-                f"the stored output has sha256 {digest[:16]}… and {size} bytes, "
-                f"not the {result.output.sha256[:16]}… and {result.output.size} its result names")
-        except (FileTransferError, MeshError, OSError, trio.TooSlowError) as exc:
-            problem = f"could not fetch the output: {exc}"
-        credits = self._credits()
-        if problem:
-            log.warning("job %s: the output of %s failed its check: %s", sub.spec.job_id,
-                        worker[-8:], problem)
-            run.check = f"{Check.FAILED.value}: {problem}"[:300]
-            if credits is not None:
-                credits.job_failed(worker, job_id=sub.spec.job_id)
-            return RunEnd(run.index, worker, result, Check.FAILED, problem), None
-        run.check = Check.PASSED.value
-        verdict = None
-        if credits is not None:
-            verdict = credits.job_checked(job_id=sub.spec.job_id, worker=worker,
-                                          result_hash=bytes.fromhex(result.output.sha256),
-                                          **self._paid_for(sub, run), replicated=sub.plan.replicated)
-        return RunEnd(run.index, worker, result, Check.PASSED), verdict
-
-    def _paid_for(self, sub: Submission, run: Run) -> dict[str, Any]:
-        """The device kind a worker may claim for ``run`` and the most seconds this node pays:
-        a GPU only when the job needed one and the result names a CUDA device; the time from
-        acceptance to result, times the worker's advertised cores for CPU work."""
-        result = run.dispatch.result
-        assert result is not None
-        gpu = sub.spec.requirements.device is Device.GPU and device_of(result.device)[0] == "gpu"
-        attempt = run.dispatch.attempts[(run.dispatch.result_attempt or 1) - 1]
-        since = attempt.accepted_at if attempt.accepted_at is not None else attempt.offered_at
-        seen = max(0.0, (run.received_at or trio.current_time()) - since)
-        if gpu:
-            return {"device": "gpu", "max_seconds": seen}
-        try:
-            entry = self.node.service("capacity").table.get(run.worker)
-        except KeyError:
-            entry = None
-        cores = entry.advert.cpu_cores if entry is not None else 1
-        return {"device": "cpu", "max_seconds": seen * max(1, cores)}
-
     async def _report(self, sub: Submission, report: Report) -> None:
         """The plan decided: stop the runs still going, pay what it says, keep the output."""
         now = trio.current_time()
         for index in report.stop:
             sub.runs[index].dispatch.cancel(now)
             sub.runs[index].wake.set()
-        credits = self._credits()
         for index in report.pay:
-            run = sub.runs[index]
-            result = run.dispatch.result
-            if credits is not None and result is not None and result.output is not None:
-                credits.job_checked(job_id=sub.spec.job_id, worker=run.worker,
-                                    result_hash=bytes.fromhex(result.output.sha256),
-                                    **self._paid_for(sub, run), replicated=False)
+            self.checks.pay(sub, sub.runs[index])
         if report.run is not None:
             sub.chosen = report.run
             chosen = sub.runs[report.run]
             if chosen.check == Check.PASSED.value:
-                await trio.to_thread.run_sync(os.replace, self._check_path(sub, chosen),
-                                              self._output_path(sub.spec.job_id))
+                await trio.to_thread.run_sync(os.replace, self.checks.check_path(sub, chosen),
+                                              self.checks.output_path(sub.spec.job_id))
         sub.result = report.result
         if sub.plan.replicated and report.result is not None:
             log.info("job %s: replicated on %d peers; reporting %s", sub.spec.job_id, len(sub.runs),
                      f"run {report.run}" if report.run is not None else report.result.status.value)
-
-    def _output_path(self, job_id: str) -> Path:
-        """Where the reported output is kept (the output route serves it from there)."""
-        return self.dir / "outputs" / f"{job_id}.safetensors"
-
-    def _check_path(self, sub: Submission, run: Run) -> Path:
-        return self.dir / "outputs" / f"{sub.spec.job_id}.run{run.index}.part"
 
     async def _offer(self, sub: Submission, run: Run, action: SendOffer) -> None:
         d = run.dispatch
@@ -552,15 +449,6 @@ class JobService:
             self.node.service("capacity").set_load(busy_slots=running, queue_length=queued)
         except KeyError:
             pass
-
-
-def _sha256_size(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _unlink(path: Path) -> None:
