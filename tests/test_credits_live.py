@@ -4,8 +4,10 @@ Jobs and storage are represented here by the calls their services make into the 
 service when a job's result has been checked or an upkeep pass has audited a holder
 (``job_checked``/``claim_job``, ``storage_audited``), so every kind of cheat can be staged
 exactly; the receipts, their signing over ``/poolai/ledger/1.0.0``, the sync and the
-balances are all real. The last test runs a real job (torch worker processes, files in
-real storage) on a worker that lies about its output. test_credits_jobs_live.py earns
+balances are all real. One test earns storage credit the whole way: a real put, upkeep
+auditing the holders' shares, the owner's claims once the epoch is over. The last test runs
+a real job (torch worker processes, files in real storage) on a worker that lies about its
+output. test_credits_jobs_live.py earns
 credit with real jobs on node processes, a hostile node among them.
 """
 
@@ -48,6 +50,7 @@ from poolai.node.models import build_model, forward
 from poolai.node.node import Node, open_node
 from poolai.node.payout import b58encode
 from poolai.node.runner import run_job
+from poolai.storage.erasure import ErasureParams
 from poolai.storage.integrity import audit_digest
 
 pytestmark = pytest.mark.timeout(120)
@@ -191,6 +194,44 @@ async def test_every_node_agrees_and_cheats_gain_nothing(tmp_path):
         rejected = a.status()["ledger"]["rejected"]
         assert rejected == {"self_signed": 1, "key_mismatch": 1, "unsigned": 1}
         assert set(got) == set(ids) - {e.peer_id}
+
+
+async def test_storage_audited_by_upkeep_earns_credit_that_every_node_agrees_on(tmp_path):
+    """The whole storage path: a real put, real upkeep audits of the holders' LMDB shares,
+    the owner's claims once the epoch is over, the holders' countersignatures, a sync."""
+    async with mesh(tmp_path, 5) as nodes:
+        owner = nodes[0].service("storage")
+        credits = [n.service("credits") for n in nodes]
+        src = tmp_path / "data.bin"
+        src.write_bytes(random.Random(7).randbytes(96 << 20))
+        epoch = int(time.time()) // EPOCH_S
+        with trio.fail_after(90):
+            put = await owner.put(src, params=ErasureParams(k=2, n=4, segment_size=8 << 20), pin=True)
+            for _ in range(6):  # each pass spot-audits one segment: every holder gets its turn
+                await owner.upkeep()
+            assert owner.credit_claims == 0  # the epoch is not over yet
+            owner.clock = lambda: (epoch + 1) * EPOCH_S + 1.0
+            await owner.upkeep()
+        claimed = owner.credit_claims
+        assert claimed >= 3  # of the four other nodes, every one holding audited shares
+        with trio.fail_after(60):
+            while sum(c.status()["ledger"]["pending"] for c in credits) > 0:  # noqa: ASYNC110
+                await trio.sleep(0.1)  # countersigning is a background exchange with retries
+            for service in credits:
+                await service.sync_now()
+        accounts = [c.tally.accounts() for c in credits]
+        assert all(acc == accounts[0] for acc in accounts)
+        got = accounts[0]
+        me = credits[0].peer_id
+        assert len(credits[0].ledger.receipts()) == claimed
+        holders = {c.peer_id for c in credits[1:]}
+        earned = {p: got[p].earned for p in holders if p in got}
+        # 192 MiB of shares over about four holders: about 2 millicredits each for the hour
+        assert sum(earned.values()) == got[me].spent > 0
+        assert all(got[p].spent == 0 for p in earned)
+        assert sum(acc.balance for acc in got.values()) == 0
+        assert compute_balances(credits[3].ledger.receipts()).accounts == got
+        assert put.manifest.size == 96 << 20
 
 
 async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
