@@ -219,17 +219,36 @@ class Reader:
         return len(self._buf)
 
     async def exactly(self, length: int) -> bytes:
-        """Exactly ``length`` raw bytes; TruncatedFrame if the stream ends first."""
-        while len(self._buf) < length:
-            if not await self._more():
-                raise TruncatedFrame(f"truncated: stream ended after {len(self._buf)} of {length} bytes")
-        if len(self._buf) == length:
-            out = bytes(self._buf)
-            self._buf.clear()
-        else:
+        """Exactly ``length`` raw bytes; TruncatedFrame if the stream ends first.
+
+        The bulk path: received chunks are kept as they come and joined once
+        (one copy per byte, no buffer regrowth); only a partial last chunk's
+        tail goes back into the buffer.
+        """
+        if len(self._buf) >= length:
             out = bytes(self._buf[:length])
             del self._buf[:length]
-        return out
+            return out
+        parts: list[bytes] = [bytes(self._buf)] if self._buf else []
+        have = len(self._buf)
+        self._buf.clear()
+        while have < length:
+            try:
+                data = await self._stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerUnreachable(f"stream broke: {exc}") from None
+            if not data:
+                self._buf += b"".join(parts)  # what came stays counted as pending
+                raise TruncatedFrame(f"truncated: stream ended after {have} of {length} bytes")
+            self.received += len(data)
+            parts.append(data)
+            have += len(data)
+        if have > length:
+            last = parts[-1]
+            cut = len(last) - (have - length)
+            parts[-1] = last[:cut]
+            self._buf += memoryview(last)[cut:]
+        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
 
 
 async def _write(stream: ByteStream, data: bytes) -> None:

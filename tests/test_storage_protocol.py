@@ -16,6 +16,7 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from poolai.mesh import wire
+from poolai.mesh.errors import TruncatedFrame
 from poolai.mesh.host import open_host, peer_id_bytes
 from poolai.storage import integrity, raid
 from poolai.storage.errors import PeerError
@@ -343,3 +344,35 @@ async def test_one_stream_carries_many_exchanges_until_the_holder_closes_it_idle
         stats = t.statistics()
         assert (stats.stale_streams, stats.failures) == (1, 0)
     store.close()
+
+
+class _Chunks:
+    """A byte stream that hands out the given chunks one read at a time, then EOF."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = list(chunks)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+async def test_reader_splits_frames_and_counted_bytes_across_reads():
+    body = wire.frame(wire.encode(wire.ErrorReply(code="x", message="y")), 1 << 16)
+    raw = bytes(range(256)) * 40
+    tail = wire.frame(wire.encode(wire.ErrorReply(code="z", message="w")), 1 << 16)
+    stream = body + raw + tail
+    cuts = [0, 3, len(body) + 7, len(body) + 4000, len(body) + len(raw) + 2, len(stream)]
+    reader = Reader(_Chunks([stream[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]))
+    assert await reader.frame() == body[1:]
+    got = await reader.exactly(len(raw))
+    assert got == raw and type(got) is bytes
+    assert await reader.frame() == tail[1:]
+    assert await reader.frame() is None
+    assert reader.pending == 0 and reader.received == len(stream)
+
+
+async def test_reader_reports_a_short_body_as_truncated():
+    reader = Reader(_Chunks([b"abc", b"defg"]))
+    with pytest.raises(TruncatedFrame):
+        await reader.exactly(10)
+    assert reader.pending == 7
