@@ -12,11 +12,18 @@ them, spread over the epoch (the first and last are always kept).
 
 ``bytes_held`` and ``shares`` count the distinct shares of ours the holder
 was found holding (by ``has`` or by an audit) during the epoch.
+
+:meth:`AuditLedger.to_bytes` / :meth:`AuditLedger.from_bytes` turn the ledger into
+msgpack and back, so that the upkeep can keep it on disk and a restart in the
+middle of an hour loses none of its audits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+import msgpack
 
 from poolai.node.credits import EPOCH_S, MAX_AUDITS, AuditEvidence
 from poolai.storage.upkeep import AuditProof
@@ -99,6 +106,29 @@ class AuditLedger:
             out.append(EarnedClaim(key[0], key[1], sum(entry.held.values()), len(entry.held), audits))
         return out
 
+    def to_bytes(self) -> bytes:
+        """The ledger as msgpack (see :meth:`from_bytes`)."""
+        epochs = [[holder, epoch, [[k, v] for k, v in e.held.items()],
+                   [dataclasses.astuple(p) for p in e.passed], e.failed]
+                  for (holder, epoch), e in self._book.items()]
+        return msgpack.packb({"v": 1, "epochs": epochs}, use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, me: bytes, data: bytes, *, max_epochs: int = 48) -> AuditLedger:
+        """A ledger saved by :meth:`to_bytes`; ValueError when ``data`` is not one."""
+        ledger = cls(me, max_epochs=max_epochs)
+        try:
+            doc = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=len(data))
+            if not isinstance(doc, dict) or doc.get("v") != 1:
+                raise ValueError("not an audit ledger, version 1")
+            for holder, epoch, held, passed, failed in doc["epochs"]:
+                entry = _Epoch({_bytes(k): _int(v) for k, v in held},
+                               [_proof(p) for p in passed], bool(failed))
+                ledger._book[(_bytes(holder), _int(epoch))] = entry
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise ValueError(f"audit ledger: {exc}") from None
+        return ledger
+
     def _entry(self, holder: bytes, at: float) -> _Epoch:
         key = (holder, epoch_of(at))
         entry = self._book.get(key)
@@ -109,3 +139,23 @@ class AuditLedger:
                     del self._book[k]
             entry = self._book[key] = _Epoch()
         return entry
+
+
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) > 64:
+        raise ValueError("expected a short byte string")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("expected a non-negative integer")
+    return value
+
+
+def _proof(fields: Any) -> AuditProof:
+    index, holder, share_id, size, offset, length, nonce, digest, passed, at = fields
+    if not isinstance(at, float | int) or not isinstance(passed, bool):
+        raise ValueError("malformed audit")
+    return AuditProof(_int(index), _bytes(holder), _bytes(share_id), _int(size), _int(offset),
+                      _int(length), _bytes(nonce), _bytes(digest), passed, float(at))

@@ -12,7 +12,9 @@ hash to their name are skipped with a warning when loading.
 The quota set at run time (:func:`save_quota`) lives beside the directory in
 ``quota.json``: ``{"v": 1, "quota": bytes, "configured": bytes}``, where
 ``configured`` is the ``storage_quota`` it overrode; :func:`load_quota`
-honours it only while that configured value is unchanged.
+honours it only while that configured value is unchanged. ``audits.msgpack`` holds
+the audits not yet claimed for (:mod:`poolai.node.storage_credits`), saved after
+each upkeep pass.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 from pathlib import Path
 
+from poolai.node.storage_credits import AuditLedger
 from poolai.storage import integrity
 from poolai.storage import manifest as manifest_mod
 from poolai.storage.errors import ManifestError
@@ -106,6 +109,26 @@ def _atomic_write(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+AUDITS_FILE = "audits.msgpack"
+
+
+def save_audit_ledger(path: Path, ledger: AuditLedger) -> None:
+    """Keep the audits not yet claimed for (atomically): a restart must not lose an hour."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, ledger.to_bytes())
+
+
+def load_audit_ledger(path: Path, me: bytes) -> AuditLedger:
+    """The saved ledger; an empty one when there is none or it cannot be read (logged)."""
+    try:
+        return AuditLedger.from_bytes(me, path.read_bytes())
+    except FileNotFoundError:
+        return AuditLedger(me)
+    except (OSError, ValueError) as exc:
+        log.warning("storage: %s unreadable, audits start afresh: %s", path.name, exc)
+        return AuditLedger(me)
 
 
 QUOTA_FILE = "quota.json"

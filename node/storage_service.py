@@ -56,7 +56,16 @@ import trio
 
 from poolai.node import storage_upkeep
 from poolai.node.storage_credits import AuditLedger
-from poolai.node.storage_files import QUOTA_FILE, FileEntry, FileRegistry, load_quota, save_quota
+from poolai.node.storage_files import (
+    AUDITS_FILE,
+    QUOTA_FILE,
+    FileEntry,
+    FileRegistry,
+    load_audit_ledger,
+    load_quota,
+    save_audit_ledger,
+    save_quota,
+)
 from poolai.node.storage_ring import RingSource
 from poolai.node.storage_upkeep import FileHealth, UpkeepReport
 from poolai.storage import integrity, memory, raid, upkeep
@@ -178,6 +187,7 @@ class StorageService:
         except KeyError:  # a node without the overlay places on its connections
             self.rings.overlay = None
         loaded = await self.offload_io(self.files.load)
+        self.ledger = await self.offload_io(load_audit_ledger, self.root / AUDITS_FILE, self.rings.me)
         self.quota = await self.offload_io(load_quota, self.root / QUOTA_FILE, self.quota,
                                            max(self.quota, MAP_CEILING))
         # The LMDB map is sized for MAP_CEILING (address space, not disk) so that set_quota
@@ -406,6 +416,7 @@ class StorageService:
         report finished epochs' audits for credits (see :mod:`poolai.node.storage_upkeep`)."""
         async with self._upkeep_lock:
             report = await storage_upkeep.upkeep_pass(self)
+            await self.offload_io(save_audit_ledger, self.root / AUDITS_FILE, self.ledger)
         self.last_upkeep = report
         await self.refresh_statistics()
         return report

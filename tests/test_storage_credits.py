@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from poolai.node.credits import EPOCH_S, MAX_AUDITS
 from poolai.node.storage_credits import AuditLedger
 from poolai.storage.upkeep import AuditProof
@@ -49,3 +51,21 @@ def test_a_runaway_clock_keeps_the_ledger_bounded():
         ledger.audited(proof(A, (E + e) * EPOCH_S, nonce=e))
     assert len(ledger) == 3
     assert [c.epoch for c in ledger.due((E + 20) * EPOCH_S)] == [E + 7, E + 8, E + 9]
+
+
+def test_a_saved_ledger_gives_the_same_claims_and_junk_is_refused():
+    ledger = AuditLedger(ME)
+    t = E * EPOCH_S
+    ledger.audited(proof(A, t + 1, nonce=1))
+    ledger.audited(proof(B, t + 2, nonce=2))
+    ledger.audited(proof(B, t + 3, passed=False, nonce=3))
+    ledger.held(A, b"x" * 32, 500, t + 5)
+    restored = AuditLedger.from_bytes(ME, ledger.to_bytes())
+    assert len(restored) == len(ledger) == 2
+    assert restored.due(t + EPOCH_S) == ledger.due(t + EPOCH_S) != []
+    good = AuditLedger(ME)
+    good.audited(proof(A, t + 1))
+    data = good.to_bytes()
+    for junk in (b"", b"\xc1", data[:-3], data.replace(b"\xa1v\x01", b"\xa1v\x02")):
+        with pytest.raises(ValueError):
+            AuditLedger.from_bytes(ME, junk)

@@ -283,6 +283,24 @@ async def test_set_quota_holds_across_restart_until_the_configured_quota_changes
                 nursery.cancel_scope.cancel()
 
 
+async def test_audits_not_yet_claimed_survive_a_restart(tmp_path):
+    async with storage_mesh(tmp_path, 4) as (nodes, services):
+        owner = services[0]
+        owner.clock = lambda: 500_000 * EPOCH_S + 10.0
+        with trio.fail_after(60):
+            await owner.put(write(tmp_path, "src", 300_000, 4), params=PARAMS)
+            await owner.upkeep()
+        saved = owner.ledger.to_bytes()
+        assert len(owner.ledger) >= 1  # holders audited in an epoch not over yet
+    async with AsyncExitStack() as stack:
+        host = await stack.enter_async_context(open_host(create_new_key_pair(), LOOPBACK))
+        service = StorageService(FakeNode(host, tmp_path / "n0"))  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            assert service.ledger.to_bytes() == saved
+            nursery.cancel_scope.cancel()
+
+
 async def test_cli_get_resumes_a_partial_download_through_the_api(tmp_path, capsys):
     """Two in-process nodes with their local APIs; ``poolai get`` finds a part file and asks
     only for the rest (HTTP Range), which the node fetches from the segment holding it."""
