@@ -16,14 +16,20 @@ def proof(holder: bytes, at: float, passed: bool = True, nonce: int = 0, share: 
     return AuditProof(0, holder, share, 1000, 0, 100, nonce.to_bytes(32, "big"), b"d" * 32, passed, at)
 
 
-def test_claims_come_once_after_the_epoch_and_only_for_holders_that_never_failed():
+def sample_ledger(t: float) -> AuditLedger:
+    """A passed one holder's audit, failed another's in the epoch starting at ``t``."""
     ledger = AuditLedger(ME)
-    t = E * EPOCH_S
     ledger.audited(proof(A, t + 1, nonce=1))
     ledger.audited(proof(B, t + 2, nonce=2))
     ledger.audited(proof(B, t + 3, passed=False, nonce=3))
     ledger.audited(proof(ME, t + 4, nonce=4))  # our own shares earn nothing
     ledger.held(A, b"x" * 32, 500, t + 5)
+    return ledger
+
+
+def test_claims_come_once_after_the_epoch_and_only_for_holders_that_never_failed():
+    t = E * EPOCH_S
+    ledger = sample_ledger(t)
     assert ledger.due(t + EPOCH_S - 1) == []  # the epoch is not over
     claims = ledger.due(t + EPOCH_S)
     assert [(c.holder, c.epoch, c.shares, c.bytes_held) for c in claims] == [(A, E, 2, 1500)]
@@ -54,12 +60,8 @@ def test_a_runaway_clock_keeps_the_ledger_bounded():
 
 
 def test_a_saved_ledger_gives_the_same_claims_and_junk_is_refused():
-    ledger = AuditLedger(ME)
     t = E * EPOCH_S
-    ledger.audited(proof(A, t + 1, nonce=1))
-    ledger.audited(proof(B, t + 2, nonce=2))
-    ledger.audited(proof(B, t + 3, passed=False, nonce=3))
-    ledger.held(A, b"x" * 32, 500, t + 5)
+    ledger = sample_ledger(t)
     restored = AuditLedger.from_bytes(ME, ledger.to_bytes())
     assert len(restored) == len(ledger) == 2
     assert restored.due(t + EPOCH_S) == ledger.due(t + EPOCH_S) != []
