@@ -250,6 +250,10 @@ class CreditsService:
                              bytes_held=bytes_held, shares=shares, audits=tuple(audits))
         return await self._start(claim)
 
+    def awaiting_signature(self) -> list[bytes]:
+        """Claim keys of this node's claims that the other party has not countersigned yet."""
+        return list(self._pending)
+
     async def wait_signed(self, claim_key: bytes) -> Checked:
         """The receipt for ``claim_key`` once both parties signed it (the caller sets a deadline).
 

@@ -215,8 +215,8 @@ async def test_storage_audited_by_upkeep_earns_credit_that_every_node_agrees_on(
         claimed = owner.credit_claims
         assert claimed >= 3  # of the four other nodes, every one holding audited shares
         with trio.fail_after(60):
-            while sum(c.status()["ledger"]["pending"] for c in credits) > 0:  # noqa: ASYNC110
-                await trio.sleep(0.1)  # countersigning is a background exchange with retries
+            for key in credits[0].awaiting_signature():  # holders countersign in the background
+                await credits[0].wait_signed(key)
             for service in credits:
                 await service.sync_now()
         accounts = [c.tally.accounts() for c in credits]
