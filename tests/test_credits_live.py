@@ -28,6 +28,7 @@ import torch
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from polling import poll_until
 from safetensors.torch import load_file, save_file
 
 from poolai.mesh import wire
@@ -80,14 +81,9 @@ async def mesh(tmp_path: Path, n: int, env: dict[int, dict[str, str]] | None = N
 
 
 async def wait_for(condition, what: str) -> None:
-    """Wait until ``condition()`` holds, under a 30 s deadline.
-
-    It polls: the state (connections, capacity adverts) belongs to other services,
-    which signal no event for it.
-    """
+    """Wait for state other services own (no event signals it), at most 30 s."""
     with trio.fail_after(30):
-        while not condition():  # noqa: ASYNC110 - no event to wait on, see above
-            await trio.sleep(0.05)
+        await poll_until(condition)
 
 
 def inject(ledger: lg.Ledger, raw: bytes) -> None:

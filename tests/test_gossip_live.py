@@ -14,6 +14,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
+from polling import poll_until
 
 from poolai.mesh import adverts, wire
 from poolai.mesh.gossip import ACCEPT, PenaltyBox, open_gossip
@@ -34,11 +35,10 @@ FAST = {"POOLAI_CAPACITY_HEARTBEAT": "1", "POOLAI_CAPACITY_EXPIRY": "3"}
 
 
 async def wait_for(condition, what: str, within: float = 10.0) -> None:
-    """Poll ``condition`` (the table offers no event to wait on) until it holds or ``within`` passes."""
+    """Wait for table state (no event signals it), at most ``within`` seconds."""
     try:
         with trio.fail_after(within):
-            while not condition():  # noqa: ASYNC110 - polling state owned by another module
-                await trio.sleep(0.05)
+            await poll_until(condition)
     except trio.TooSlowError:
         raise AssertionError(f"timed out after {within} s waiting for {what}") from None
 

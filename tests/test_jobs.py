@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from polling import poll_until
 
 from poolai.mesh import wire
 from poolai.mesh.errors import PeerUnreachable, SchemaError
@@ -498,10 +499,8 @@ async def offer_to(ex: Executor, files: MemoryFiles, job_id: str, attempt: int =
 
 
 async def until(condition) -> None:  # type: ignore[no-untyped-def]
-    """Poll a condition the executor reaches through a worker thread (the test's fail_after bounds it)."""
-    while not condition():  # noqa: ASYNC110 - the state is on disk, written by a thread
-        await trio.sleep(0.01)
-
+    """The executor's state on disk, written by a worker thread (the test's fail_after bounds it)."""
+    await poll_until(condition, interval=0.01)
 
 def on_disk(path: Path) -> dict:  # type: ignore[type-arg]
     try:

@@ -14,6 +14,7 @@ import random
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from polling import poll_until
 
 from poolai.mesh import wire
 from poolai.mesh.errors import TruncatedFrame
@@ -79,12 +80,8 @@ async def pair(tmp_path):
 
 
 async def wait_for(condition) -> None:
-    """Poll a condition of the server's state (the caller's fail_after bounds it)."""
-    for _ in range(100_000):
-        if condition():
-            return
-        await trio.sleep(0.01)
-
+    """The server's counters (the caller's fail_after bounds it)."""
+    await poll_until(condition, interval=0.01)
 
 def test_bitmaps_round_trip_and_reject_stray_bits():
     flags = [True, False, True] * 5

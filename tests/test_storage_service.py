@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from polling import poll_until
 
 from poolai.mesh.errors import PeerUnreachable
 from poolai.mesh.host import open_host, peer_id_bytes, peer_id_text
@@ -98,12 +99,8 @@ async def storage_mesh(tmp_path: Path, count: int, *, overlay: bool = False, sta
 
 
 async def wait_for(condition) -> None:
-    """Poll overlay state, which has no event to wait on (the caller's fail_after bounds it)."""
-    for _ in range(1_000_000):
-        if condition():
-            return
-        await trio.sleep(0.05)
-
+    """Overlay state, which has no event to wait on (the caller's fail_after bounds it)."""
+    await poll_until(condition)
 
 def write(tmp_path: Path, name: str, size: int, seed: int) -> Path:
     path = tmp_path / name
