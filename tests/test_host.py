@@ -203,3 +203,46 @@ def test_emulated_latency_table_is_read_from_the_environment(tmp_path):
             EmulatedLatency.load(path)
     with pytest.raises(ValueError, match="latency table"):
         EmulatedLatency.load(tmp_path / "missing.json")
+
+
+async def test_bulk_reads_give_credit_back_twice_per_window(monkeypatch):
+    """8 MiB over one stream arrive intact, with two WINDOW_UPDATE frames per receive window
+    (py-libp2p 0.8.1's own policy sends one per 64 KiB data frame: see mesh/yamux_window.py)."""
+    import hashlib
+    import random
+
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    from poolai.mesh import yamux_window
+
+    payload = random.Random(5).randbytes(8 << 20)
+    updates: list[int] = []
+    send_update = YamuxStream.send_window_update
+
+    async def counted(stream, increment, skip_lock=False):
+        updates.append(increment)
+        await send_update(stream, increment, skip_lock=skip_lock)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counted)
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+
+        async def serve(stream) -> None:
+            for at in range(0, len(payload), 256 << 10):
+                await stream.send_all(payload[at : at + (256 << 10)])
+            await stream.aclose()
+
+        a.set_handler(SINK, serve)
+        with trio.fail_after(30):
+            await b.connect(a.peer_id, a.transport_addrs())
+            stream = await b.open_stream(a.peer_id, SINK)
+            got = hashlib.sha256()
+            received = 0
+            while data := await stream.receive_some(1 << 20):
+                got.update(data)
+                received += len(data)
+    assert received == len(payload) and got.digest() == hashlib.sha256(payload).digest()
+    windows = len(payload) // yamux_window.RECEIVE_WINDOW
+    assert 0 < len(updates) <= 2 * windows + 2
+    assert sum(updates) >= len(payload) - yamux_window.RECEIVE_WINDOW
