@@ -6,11 +6,11 @@ JSON unless said otherwise; every error is ``{"error": {"code": ..., "message": 
   ``storage/uploads``; 201 with the file id. With ``progress=1``: 200 and NDJSON lines
   ``{"event": "progress", "phase", "done", "total"}`` ending with ``{"event": "done", ...}``
   or ``{"event": "error", "status", "error": {...}}``.
-* ``GET /api/files/{id}``: the bytes (``Content-Length``, ``X-Poolai-File-Id``), streamed as
-  segments are verified; a body shorter than its length means the download failed. A
-  ``Range: bytes=N-`` header resumes: 206 with ``Content-Range: bytes N-(size-1)/size`` and
-  only the segments from the one holding byte N are fetched (416 if N >= size; other range
-  forms are ignored and the whole file is sent).
+* ``GET /api/files/{id}``: the bytes (``Content-Length``, ``X-Poolai-File-Id``), streamed
+  from memory as segments are verified (nothing is written to disk); a body shorter than
+  its length means the download failed. A ``Range: bytes=N-`` header resumes: 206 with
+  ``Content-Range: bytes N-(size-1)/size`` and only the segments from the one holding byte N
+  are fetched (416 if N >= size; other range forms are ignored and the whole file is sent).
 * ``GET /api/files/{id}/stat?verify=1``: each segment's holders and health; ``verify`` also
   fetches k shares per segment and audits the other holders.
 * ``POST /api/files/{id}/pin`` and ``.../unpin``: keep the file (renew its leases) / let its
@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 _EXPECTED = (StorageError, OSError, ValueError, KeyError)
+
+
+class ReaderGone(StorageError):
+    """The client of a download went away: the get job stops."""
 
 
 class Job:
@@ -214,16 +218,28 @@ def storage_routes(service: StorageService) -> list[Route]:
         if offset and offset >= m.size:
             return JSONResponse({"error": {"code": "bad_range", "message": f"the file has {m.size} bytes"}},
                                 416, headers={"Content-Range": f"bytes */{m.size}"})
-        path = service.scratch_path("downloads")
         job = Job()
-        service.spawn(job.run, lambda progress: service.get(file_id, path, manifest=m, progress=progress,
-                                                            from_offset=offset))
+        send, receive = trio.open_memory_channel[bytes](0)
+
+        async def sink(at: int, data: bytes) -> None:
+            skip = max(0, offset - at)  # the first segment of a resumed download starts early
+            try:
+                await send.send(data[skip:] if skip else data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ReaderGone("the client went away") from None
+
+        async def op(progress: Callable[[str, int, int], None]) -> Any:
+            async with send:
+                return await service.stream(file_id, sink, manifest=m, progress=progress,
+                                            from_offset=offset)
+
+        service.spawn(job.run, op)
         headers = {"Content-Length": str(m.size - offset), "X-Poolai-File-Id": integrity.to_hex(file_id)}
         status = 200
         if offset:
             headers["Content-Range"] = f"bytes {offset}-{m.size - 1}/{m.size}"
             status = 206
-        return StreamingResponse(_follow(service, job, path, m.size, offset), status_code=status,
+        return StreamingResponse(_relay(job, receive, m.size - offset), status_code=status,
                                  headers=headers, media_type="application/octet-stream")
 
     async def stat(request: Request) -> Response:
@@ -313,31 +329,20 @@ def _range_start(header: str) -> int:
     return int(first)
 
 
-async def _follow(
-    service: StorageService, job: Job, path: Path, size: int, start: int = 0
-) -> AsyncIterator[bytes]:
-    """The file's bytes from ``start`` as the get job writes and verifies them, in order."""
-    sent = start
-    fd: int | None = None
+async def _relay(job: Job, receive: trio.MemoryReceiveChannel[bytes], length: int) -> AsyncIterator[bytes]:
+    """The verified segments a get job hands over, as they come; a client that goes away
+    cancels the job."""
+    sent = 0
     try:
-        while sent < size:
-            if job.done > sent:
-                if fd is None:
-                    fd = os.open(path, os.O_RDONLY)
-                chunk = await service.offload_io(os.pread, fd, min(CHUNK, job.done - sent), sent)
+        async with receive:
+            async for chunk in receive:
                 sent += len(chunk)
                 yield chunk
-            elif job.finished.is_set():
-                break
-            else:
-                await job.changed()
-        if sent < size:
-            log.warning("download stopped at %d of %d bytes: %s", sent, size, job.error)
+        if sent < length:
+            await job.finished.wait()
+            log.warning("download stopped at %d of %d bytes: %s", sent, length, job.error)
     finally:
         job.cancel()
-        if fd is not None:
-            os.close(fd)
-        _unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

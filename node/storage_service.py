@@ -48,7 +48,7 @@ import random
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,13 +175,14 @@ class StorageService:
         self.ledger = AuditLedger(self.rings.me)
         self.raid_config = RAID
         self.credit_claims = 0
+        self.gets_running = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         memory.tune_allocator()  # share-sized buffers go back to the system when freed
-        for scratch in ("uploads", "downloads"):  # leftovers of a crash
+        for scratch in ("uploads", "downloads"):  # leftovers of a crash (downloads: older versions)
             await self.offload_io(shutil.rmtree, self.root / scratch, True)
-            await self.offload_io(lambda p: p.mkdir(parents=True, exist_ok=True), self.root / scratch)
+        await self.offload_io(lambda p: p.mkdir(parents=True, exist_ok=True), self.root / "uploads")
         try:  # services are built in order; the overlay (if any) exists by the time we run
             self.rings.overlay = self.node.service("overlay").overlay
         except KeyError:  # a node without the overlay places on its connections
@@ -229,7 +230,7 @@ class StorageService:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._cpu_limiter)
 
     def scratch_path(self, kind: str) -> Path:
-        """A fresh file name under ``storage/uploads`` or ``storage/downloads``."""
+        """A fresh file name under ``storage/<kind>`` (``uploads``: bodies of API puts)."""
         return self.root / kind / f"{secrets.token_hex(8)}.part"
 
     # ------------------------------------------------------------------ the ring
@@ -314,21 +315,48 @@ class StorageService:
         ``from_offset``: fetch only the segments from the one holding that byte on (the
         bytes before it in ``out_path`` are left unwritten: a reader resumes there).
         """
+        async def run(m: Manifest, ring: Ring, first: int) -> None:
+            await raid.get_file(file_id, out_path, self.transport, ring, config=RAID, manifest=m,
+                                resume=resume, progress=_phase(progress, "get"),
+                                offload=self.offload_cpu, first_segment=first)
+
+        return await self._reading(file_id, manifest, from_offset, run)
+
+    async def stream(
+        self, file_id: bytes, sink: raid.Sink, *, manifest: Manifest | None = None,
+        progress: PhaseProgress | None = None, from_offset: int = 0,
+    ) -> Manifest:
+        """Hand a file's verified segments to ``sink`` in order, from the one holding byte
+        ``from_offset`` on, without touching the disk; raises NotEnoughShares, ManifestError
+        and what ``sink`` raises."""
+        async def run(m: Manifest, ring: Ring, first: int) -> None:
+            await raid.stream_file(file_id, self.transport, ring, sink, config=RAID, manifest=m,
+                                   progress=_phase(progress, "get"), offload=self.offload_cpu,
+                                   first_segment=first)
+
+        return await self._reading(file_id, manifest, from_offset, run)
+
+    async def _reading(
+        self, file_id: bytes, manifest: Manifest | None, from_offset: int,
+        run: Callable[[Manifest, Ring, int], Awaitable[None]],
+    ) -> Manifest:
+        """Run one get (timed and recorded as the op ``get``) from the segment holding
+        ``from_offset``."""
         assert self.transport is not None
         m = manifest or await self.open_manifest(file_id)
         start = time.perf_counter()
         first = min(from_offset // m.segment_size, m.segment_count) if m.segment_count else 0
+        self.gets_running += 1
         try:
-            await raid.get_file(file_id, out_path, self.transport, await self.ring(), config=RAID,
-                                manifest=m, resume=resume, progress=_phase(progress, "get"),
-                                offload=self.offload_cpu, first_segment=first)
+            await run(m, await self.ring(), first)
         except NotEnoughShares as exc:
             self._record("get", file_id, exc)
             raise
         finally:
+            self.gets_running -= 1
             with trio.CancelScope(shield=True):
                 await self.offload_io(memory.trim)
-        self._timed("get", file_id, m.size, get=time.perf_counter() - start)
+        self._timed("get", file_id, max(0, m.size - first * m.segment_size), get=time.perf_counter() - start)
         return m
 
     async def stat(self, file_id: bytes, *, verify: bool = False) -> FileHealth:
@@ -462,6 +490,7 @@ class StorageService:
             "files": len(self.files),
             "ring_peers": len(self.ring_view()),
             "credit_claims": self.credit_claims,
+            "gets_running": self.gets_running,
             "pinned": sum(e.pinned for e in self.files.entries()),
             "upkeep": dataclasses.asdict(self.last_upkeep) if self.last_upkeep else None,
             "recent_errors": list(self.recent_errors),

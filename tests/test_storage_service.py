@@ -333,6 +333,49 @@ async def test_cli_get_resumes_a_partial_download_through_the_api(tmp_path, caps
             assert out.read_bytes() == data
 
 
+async def test_api_download_sends_a_range_from_memory_and_stops_when_its_client_leaves(tmp_path):
+    """``GET /api/files/{id}`` hands verified segments over without a scratch file: a Range
+    starting inside a segment gets exactly the bytes from there; a client that leaves after
+    its first chunk stops the get long before the file's shares are all fetched."""
+    import httpx
+
+    from poolai.node import config as config_mod
+    from poolai.node.node import open_node
+
+    def config(name: str, **flags: Any):
+        return config_mod.load(tmp_path / name, {"listen": LOOPBACK, "api_port": 0, "overlay_scale": 0.05,
+                                                 **flags}, environ={})
+
+    src = write(tmp_path, "src", 3_000_000, 6)  # 47 segments of PARAMS.segment_size
+    data = src.read_bytes()
+
+    def download(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        reply = httpx.get(url, headers=headers, timeout=30)
+        return reply.status_code, reply.content
+
+    def leave_after_one_chunk(url: str) -> int:
+        with httpx.stream("GET", url, timeout=30) as reply:
+            return len(next(reply.iter_raw(PARAMS.segment_size)))
+
+    with trio.fail_after(90):
+        async with open_node(config("a")) as a, open_node(config("b", bootstrap=[a.host.addrs()[0]])) as b:
+            storage = b.service("storage")
+            await wait_for(lambda: len(storage.ring_view()) == 2)
+            put = await a.service("storage").put(src, params=PARAMS)
+            url = f"{b.api_url}/api/files/{integrity.to_hex(put.file_id)}"
+            offset = 5 * PARAMS.segment_size + 12_345
+            status, body = await trio.to_thread.run_sync(download, url, {"Range": f"bytes={offset}-"})
+            assert status == 206 and body == data[offset:]
+            assert not (tmp_path / "b" / "storage" / "downloads").exists()
+
+            before = storage.transport.statistics().requests
+            assert await trio.to_thread.run_sync(leave_after_one_chunk, url) > 0
+            await wait_for(lambda: storage.gets_running == 0)
+            fetched = storage.transport.statistics().requests - before
+            assert fetched < put.manifest.segment_count * PARAMS.k // 2
+            assert [op["bytes"] for op in storage.recent_ops if op["op"] == "get"] == [len(data) - 5 * 64_000]
+
+
 async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
     from poolai.node.credits import ReceiptRejected
 
