@@ -99,14 +99,15 @@ def stream_source(size: int) -> None:
     trio.run(main)
 
 
-def bench_streams(sources: list[str], size: int) -> float:
-    """Read ``size`` bytes from each source at once (one stream each); MB/s in total."""
+def bench_streams(sources: list[str], size: int) -> tuple[float, float]:
+    """Read ``size`` bytes from each source at once (one stream each); (MB/s in total,
+    CPU seconds this receiving process used while reading)."""
     import trio
     from libp2p.crypto.ed25519 import create_new_key_pair
 
     from poolai.mesh.host import open_host, split_p2p_addr
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         async with open_host(create_new_key_pair(), ["/ip4/127.0.0.1/tcp/0"]) as host:
             peers = [split_p2p_addr(a) for a in sources]
             for peer_id, addr in peers:
@@ -122,11 +123,11 @@ def bench_streams(sources: list[str], size: int) -> float:
                     got[i] += len(data)
                 await stream.aclose()
 
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             async with trio.open_nursery() as nursery:
                 for i, (peer_id, _) in enumerate(peers):
                     nursery.start_soon(pull, i, peer_id)
-            return mbps(sum(got), time.perf_counter() - start)
+            return mbps(sum(got), time.perf_counter() - start), time.process_time() - cpu
 
     return trio.run(main)
 
@@ -225,8 +226,14 @@ def bench_baseline(k: int, stream: int) -> dict[str, float]:
                for _ in range(k)]
     try:
         addrs = [p.wait_ready().info["addr"] for p in sources]
-        return {"stream_1_MBps": bench_streams(addrs[:1], stream),
-                f"streams_{k}_into_1_MBps": bench_streams(addrs, stream // k)}
+        single, _ = bench_streams(addrs[:1], stream)
+        senders = cpu_seconds([p.proc.pid for p in sources])
+        many, receiver = bench_streams(addrs, stream // k)
+        senders = cpu_seconds([p.proc.pid for p in sources]) - senders
+        megabytes = k * (stream // k) / 1e6
+        return {"stream_1_MBps": single, f"streams_{k}_into_1_MBps": many,
+                "ref_receiver_cpu_ms_per_MB": round(1000 * receiver / megabytes, 2),
+                "ref_senders_cpu_ms_per_MB": round(1000 * senders / megabytes, 2)}
     finally:
         for p in sources:
             p.stop()
@@ -246,7 +253,10 @@ def reset_peak(pid: int) -> None:
         pass
 
 
-def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int) -> dict:
+def bench_mesh(
+    base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int, idle_cpu: float
+) -> dict:
+    """Put and get through the local API; ``idle_cpu``: cores the idle mesh uses (all nodes)."""
     src = base / "src.bin"
     digest = hashlib.sha256()
     rng = random.Random(2)
@@ -280,7 +290,7 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
     sampler = PeakSampler(getter)
     got = hashlib.sha256()
     received = 0
-    cpu_before = cpu_seconds([getter]), cpu_seconds([p.proc.pid for p in nodes])
+    cpu_before = cpu_seconds([getter]), cpu_seconds([p.proc.pid for p in nodes]), time.process_time()
     start = time.perf_counter()
     with httpx.stream("GET", f"{nodes[1].info['api']}/api/files/{file_id}", timeout=timeout) as reply:
         for chunk in reply.iter_raw(MiB):
@@ -289,6 +299,7 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
     get_s = time.perf_counter() - start
     cpu_getter = cpu_seconds([getter]) - cpu_before[0]
     cpu_mesh = cpu_seconds([p.proc.pid for p in nodes]) - cpu_before[1]
+    cpu_client = time.process_time() - cpu_before[2]
     sampler.stop()
     if received != size or got.digest() != digest.digest():
         raise SystemExit(f"get returned {received} bytes that do not match")
@@ -302,6 +313,12 @@ def bench_mesh(base: Path, nodes: list[Proc], size: int, k: int, n: int, segment
         # CPU during the get, in percent of one core: the getting node, and all ten nodes
         "get_getter_cpu_percent": round(100 * cpu_getter / get_s, 1),
         "get_mesh_cpu_percent": round(100 * cpu_mesh / get_s, 1),
+        # CPU per MB delivered: the getting node, every other node (their idle share, measured
+        # before, taken out), and the client reading the HTTP body and hashing it
+        "get_getter_cpu_ms_per_MB": round(1000 * cpu_getter / (size / 1e6), 2),
+        "get_holders_cpu_ms_per_MB": round(
+            1000 * (cpu_mesh - cpu_getter - idle_cpu * get_s) / (size / 1e6), 2),
+        "get_client_cpu_ms_per_MB": round(1000 * cpu_client / (size / 1e6), 2),
         "get_node_rss_before_MiB": round(rss_before / 1024, 1),
         "get_node_peak_rss_MiB": round(vm_kib(getter, "VmHWM") / 1024, 1),
         # RssFile is LMDB's memory map (its own shares, read locally) and counts in VmHWM;
@@ -372,7 +389,8 @@ def main() -> None:
         out["mesh_idle_cpu_percent"] = idle_cpu_percent(nodes)
         out["load_before"] = round(os.getloadavg()[0], 2)
         before = bench_baseline(args.k, stream)
-        out.update(bench_mesh(base, nodes, size, args.k, args.n, segment))
+        out.update(bench_mesh(base, nodes, size, args.k, args.n, segment,
+                              out["mesh_idle_cpu_percent"] / 100))
         after = bench_baseline(args.k, stream)
         out["baseline_before_get"], out["baseline_after_get"] = before, after
         for key in before:
@@ -386,6 +404,10 @@ def main() -> None:
     for where in ("api", "node"):
         out[f"get_{where}_speedup_over_1_stream"] = round(out[f"get_{where}_MBps"] / single, 2)
         out[f"get_{where}_vs_min_decode_kstreams"] = round(out[f"get_{where}_MBps"] / reference, 2)
+    # With a core of its own (holders elsewhere, as between machines) the getting node's
+    # speed is bounded by its own CPU per MB; this is that bound against the receiver's.
+    out["getter_cpu_bound_vs_receiver"] = round(
+        out["ref_receiver_cpu_ms_per_MB"] / max(out["get_getter_cpu_ms_per_MB"], 1e-9), 2)
     out["load_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 
