@@ -219,12 +219,13 @@ def storage_routes(service: StorageService) -> list[Route]:
             return JSONResponse({"error": {"code": "bad_range", "message": f"the file has {m.size} bytes"}},
                                 416, headers={"Content-Range": f"bytes */{m.size}"})
         job = Job()
-        send, receive = trio.open_memory_channel[bytes](0)
+        send, receive = trio.open_memory_channel[list[bytes]](0)
 
-        async def sink(at: int, data: bytes) -> None:
-            skip = max(0, offset - at)  # the first segment of a resumed download starts early
+        async def sink(at: int, blocks: list[bytes]) -> None:
+            if at < offset:  # the first segment of a resumed download starts early
+                blocks = _skip(blocks, offset - at)
             try:
-                await send.send(data[skip:] if skip else data)
+                await send.send(blocks)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ReaderGone("the client went away") from None
 
@@ -320,6 +321,18 @@ async def _put_events(job: Job, path: Path) -> AsyncIterator[bytes]:
         _unlink(path)
 
 
+def _skip(blocks: list[bytes], count: int) -> list[bytes]:
+    """``blocks`` without their first ``count`` bytes."""
+    out = []
+    for block in blocks:
+        if count >= len(block):
+            count -= len(block)
+        else:
+            out.append(block[count:] if count else block)
+            count = 0
+    return out
+
+
 def _range_start(header: str) -> int:
     """N of ``bytes=N-`` (the one form a resuming client sends); 0 for anything else."""
     unit, _, spec = header.strip().partition("=")
@@ -329,15 +342,18 @@ def _range_start(header: str) -> int:
     return int(first)
 
 
-async def _relay(job: Job, receive: trio.MemoryReceiveChannel[bytes], length: int) -> AsyncIterator[bytes]:
-    """The verified segments a get job hands over, as they come; a client that goes away
-    cancels the job."""
+async def _relay(
+    job: Job, receive: trio.MemoryReceiveChannel[list[bytes]], length: int
+) -> AsyncIterator[bytes]:
+    """The verified segments a get job hands over, block by block as they come; a client
+    that goes away cancels the job."""
     sent = 0
     try:
         async with receive:
-            async for chunk in receive:
-                sent += len(chunk)
-                yield chunk
+            async for blocks in receive:
+                for block in blocks:
+                    sent += len(block)
+                    yield block
         if sent < length:
             await job.finished.wait()
             log.warning("download stopped at %d of %d bytes: %s", sent, length, job.error)

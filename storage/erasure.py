@@ -131,9 +131,19 @@ def encode_segment(segment: bytes, k: int, n: int) -> list[bytes]:
 def decode_segment(shares: Mapping[int, bytes], length: int, k: int, n: int) -> bytes:
     """Rebuild a ``length``-byte segment from at least k shares keyed by share index.
 
-    Uses the k lowest indices given (primaries decode by concatenation). The
-    caller must have verified every share's hash against the manifest first:
-    zfec cannot tell a wrong share from a right one.
+    ``b"".join(segment_blocks(...))``; raises like :func:`segment_blocks`.
+    """
+    return b"".join(segment_blocks(shares, length, k, n))
+
+
+def segment_blocks(shares: Mapping[int, bytes], length: int, k: int, n: int) -> list[bytes]:
+    """A ``length``-byte segment as its data blocks, rebuilt from at least k shares by index.
+
+    The blocks concatenate to the segment (padding dropped), so a reader can
+    pass them on without joining them. Uses the k lowest indices given:
+    primaries are the blocks themselves, no decoding. The caller must have
+    verified every share's hash against the manifest first: zfec cannot
+    tell a wrong share from a right one.
     Raises ValueError when fewer than k shares are given or sizes disagree.
     """
     if len(shares) < k:
@@ -146,8 +156,14 @@ def decode_segment(shares: Mapping[int, bytes], length: int, k: int, n: int) -> 
         if len(shares[i]) != size:
             raise ValueError(f"share {i} has {len(shares[i])} bytes, expected {size}")
     if indices == list(range(k)):
-        data = b"".join(shares[i] for i in indices)
+        blocks = [shares[i] for i in indices]
     else:
-        blocks = _decoder(k, n).decode([shares[i] for i in indices], indices)
-        data = b"".join(blocks)
-    return data[:length]
+        blocks = [bytes(b) for b in _decoder(k, n).decode([shares[i] for i in indices], indices)]
+    out: list[bytes] = []
+    left = length
+    for block in blocks:
+        if left <= 0:
+            break
+        out.append(block if len(block) <= left else block[:left])
+        left -= len(out[-1])
+    return out

@@ -27,8 +27,9 @@ from poolai.storage.transfers import DEFAULT_CONFIG, Offload, RaidConfig, ShareT
 Progress = Callable[[int, int], None]
 """``(bytes_done, bytes_total)`` of the file, called on the trio thread (for a progress bar)."""
 
-Sink = Callable[[int, bytes], Awaitable[None]]
-"""Takes a file's verified segments in order, as ``(offset in the file, bytes)``."""
+Sink = Callable[[int, list[bytes]], Awaitable[None]]
+"""Takes a file's verified segments in order, as ``(offset in the file, blocks)``: the
+blocks of one segment, which concatenate to it (see ``erasure.segment_blocks``)."""
 
 
 async def fetch_manifest(
@@ -117,8 +118,8 @@ async def get_file(
     m, session = await _reading(file_id, transport, ring, config, manifest, offload, first_segment)
     fd, start = await offload(segment_io.open_output, out_path, m, resume, first_segment)
 
-    async def write(offset: int, data: bytes) -> None:
-        await offload(segment_io.write_at, fd, data, offset)
+    async def write(offset: int, blocks: list[bytes]) -> None:
+        await offload(segment_io.write_blocks, fd, blocks, offset)
 
     try:
         await _deliver(session, ring, file_id, m, start, write, progress)
@@ -150,7 +151,7 @@ async def _deliver(
     order. Raises (outside the nursery) NotEnoughShares or what ``sink`` raised."""
     window = trio.Semaphore(session.config.segments_in_flight)
     ready = [trio.Event() for _ in range(start, m.segment_count)]
-    decoded: dict[int, bytes] = {}
+    decoded: dict[int, list[bytes]] = {}
     failure: list[BaseException] = []
     done = min(m.size, start * m.segment_size)
 
@@ -161,7 +162,7 @@ async def _deliver(
             nursery.cancel_scope.cancel()
             return
         length = m.segment_span(seg)[1]
-        decoded[seg] = await session.offload(erasure.decode_segment, shares, length, m.k, m.n)
+        decoded[seg] = await session.offload(erasure.segment_blocks, shares, length, m.k, m.n)
         ready[seg - start].set()
 
     async def launch(nursery: trio.Nursery) -> None:
@@ -175,15 +176,15 @@ async def _deliver(
         nursery.start_soon(launch, nursery)
         for seg in range(start, m.segment_count):
             await ready[seg - start].wait()
-            data = decoded.pop(seg)
+            blocks = decoded.pop(seg)
             try:
-                await sink(seg * m.segment_size, data)
+                await sink(seg * m.segment_size, blocks)
             except Exception as exc:  # raised below, not as an ExceptionGroup
                 failure.append(exc)
                 nursery.cancel_scope.cancel()
                 break
             window.release()
-            done += len(data)
+            done += sum(map(len, blocks))
             if progress:
                 progress(done, m.size)
     if failure:

@@ -82,6 +82,13 @@ def write_at(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def write_blocks(fd: int, blocks: list[bytes], offset: int) -> None:
+    """Write ``blocks`` one after the other from ``offset`` (a segment, unjoined)."""
+    for block in blocks:
+        write_at(fd, block, offset)
+        offset += len(block)
+
+
 def finish(fd: int) -> None:
     try:
         os.fsync(fd)

@@ -413,3 +413,26 @@ async def test_put_on_an_empty_ring_is_refused(tmp_path):
     path, _ = write_file(tmp_path, 10)
     with pytest.raises(PutFailed, match="no peers"):
         await raid.put_file(path, None, Ring.from_peers([]), lease_expiry=LEASE)
+
+
+async def test_stream_hands_segments_in_order_from_any_segment_and_stops_at_a_failing_sink(
+    tmp_path, make_peers
+):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 7 * SEG + 5)
+    result = await put(peers, path)
+    got: list[tuple[int, bytes]] = []
+
+    async def collect(offset: int, blocks: list[bytes]) -> None:
+        got.append((offset, b"".join(blocks)))
+
+    await raid.stream_file(result.file_id, peers, peers.ring, collect, config=CONFIG, first_segment=2)
+    assert [offset for offset, _ in got] == [seg * SEG for seg in range(2, 8)]
+    assert b"".join(chunk for _, chunk in got) == data[2 * SEG :]
+
+    async def full_disk(offset: int, blocks: list[bytes]) -> None:
+        if offset >= 3 * SEG:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):  # the sink's error itself, not a group
+        await raid.stream_file(result.file_id, peers, peers.ring, full_disk, config=CONFIG)
