@@ -261,7 +261,8 @@ function renderStorage(v) {
   if (typeof s.quota_bytes === "number" && s.quota_bytes > 0)
     parts.push(meter("quota", s.used_bytes / s.quota_bytes, `${bytes(s.used_bytes)} / ${bytes(s.quota_bytes)}`));
   parts.push(el("p", {}, `${s.shares ?? 0} share(s) held for the mesh · ${s.files ?? 0} file(s) looked after` +
-    ` (${s.pinned ?? 0} pinned)` + (s.hash_failures ? ` · ${s.hash_failures} corrupt share(s) found` : "")));
+    ` (${s.pinned ?? 0} pinned)` + (s.gets_running ? ` · ${s.gets_running} download(s) running` : "") +
+    (s.hash_failures ? ` · ${s.hash_failures} corrupt share(s) found` : "")));
   const rows = (s.placed || []).map(f => el("tr", { "data-file": f.file_id },
     el("td", { class: "mono", title: f.file_id }, short(f.file_id)), el("td", {}, bytes(f.size)),
     el("td", {}, `${f.k} of ${f.n}`), el("td", {}, stateTag(f.health))));
