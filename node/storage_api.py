@@ -71,13 +71,10 @@ class Job:
         self.result: Any = None
         self.error: Exception | None = None
         self.finished = trio.Event()
-        self._changed = trio.Event()
         self._scope = trio.CancelScope()
 
     def progress(self, phase: str, done: int, total: int) -> None:
         self.phase, self.done, self.total = phase, done, total
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def run(self, op: Callable[[Callable[[str, int, int], None]], Awaitable[Any]]) -> None:
         with self._scope:
@@ -86,10 +83,6 @@ class Job:
             except _EXPECTED as exc:
                 self.error = exc
         self.finished.set()
-        self._changed.set()
-
-    async def changed(self) -> None:
-        await self._changed.wait()
 
     def cancel(self) -> None:
         self._scope.cancel()
