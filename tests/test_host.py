@@ -13,6 +13,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from polling import poll_until
 
 from poolai.mesh import rpc, wire
 from poolai.mesh.errors import PeerUnreachable, RemoteError
@@ -100,8 +101,7 @@ async def test_misbehaving_peer_loses_only_its_stream():
         # a stream that opens and then goes silent is timed out, not held forever
         silent = await b.open_stream(a.peer_id, ECHO)
         with trio.fail_after(10):
-            while service.stats.timeouts == 0:  # noqa: ASYNC110 - polls a counter, deadline above
-                await trio.sleep(0.05)
+            await poll_until(lambda: service.stats.timeouts > 0)
         await silent.reset()
 
         # a handler bug becomes an error reply; the connection survives
