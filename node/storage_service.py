@@ -179,7 +179,7 @@ class StorageService:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        memory.tune_allocator()  # share-sized buffers go back to the system when freed
+        memory.tune_allocator()  # share-sized buffers reuse warm heap memory; the heap stays bounded
         for scratch in ("uploads", "downloads"):  # leftovers of a crash (downloads: older versions)
             await self.offload_io(shutil.rmtree, self.root / scratch, True)
         await self.offload_io(lambda p: p.mkdir(parents=True, exist_ok=True), self.root / "uploads")

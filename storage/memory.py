@@ -5,10 +5,18 @@ things made resident memory grow with the file, not with what is in flight:
 
 * **glibc's dynamic mmap threshold.** Buffers above 128 KiB start out as
   their own mappings, but each one freed raises the threshold (up to 32 MiB),
-  so later 1 MiB shares and 4 MiB segments come from the heap arenas, where
-  mixed sizes fragment and freed memory stays resident. :func:`tune_allocator`
-  fixes the threshold at 256 KiB: every share-sized buffer is mapped on
-  allocation and unmapped on free.
+  so the sizes a storage process allocates most (1 MiB shares, 4 MiB
+  segments) move between mappings and heap arenas as it runs, and every
+  worker thread that touches them may grow an arena of its own.
+  :func:`tune_allocator` fixes the policy instead: buffers up to
+  :data:`MMAP_THRESHOLD` always come from the heap, at most
+  :data:`ARENAS` arenas serve all threads, and free memory above
+  :data:`TRIM_THRESHOLD` at the top of the heap goes back to the system.
+
+  An earlier policy mapped every buffer over 256 KiB on its own. That kept
+  memory just as flat but made each one cost a page fault per 4 KiB page when
+  first written: copying 1 MiB took 0.4 ms instead of 0.02 ms, about 0.4 ms
+  of CPU per MB for every copy a share goes through.
 * **The store's LMDB map.** Reading a share through the map leaves its pages
   mapped into the process (counted as resident file pages) until the kernel
   needs them. :func:`release_view` drops the pages of a value that was just
@@ -29,9 +37,13 @@ import sys
 
 log = logging.getLogger(__name__)
 
-MMAP_THRESHOLD = 256 << 10
+MMAP_THRESHOLD = 64 << 20  # above the largest share (16 MiB) and segment buffers
+ARENAS = 2  # the event loop's, and one the worker threads share
+TRIM_THRESHOLD = 32 << 20
 RELEASE_MIN = 64 << 10  # values smaller than this are left alone (few whole pages)
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MADV_DONTNEED = 4
 _PAGE = mmap.PAGESIZE
 
@@ -66,10 +78,15 @@ _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
 
 
 def tune_allocator() -> bool:
-    """Fix glibc's mmap threshold (see the module doc); True if it was set."""
+    """Fix glibc's allocation policy (see the module doc); True if it was set.
+
+    Call it before the process allocates share-sized buffers: arenas made
+    earlier stay."""
     if _LIBC is None:
         return False
-    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+                (_M_ARENA_MAX, ARENAS))
+    return all([bool(_LIBC.mallopt(option, value)) for option, value in settings])
 
 
 def trim() -> None:
