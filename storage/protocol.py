@@ -274,8 +274,9 @@ async def send_frame(stream: ByteStream, message: Any) -> None:
 
 async def send_raw(stream: ByteStream, data: bytes) -> None:
     """Write raw bytes in chunks (cancel-safe between chunks)."""
+    view = memoryview(data)  # slices share data's bytes: no copy per chunk
     for at in range(0, len(data), WRITE_CHUNK):
-        await _write(stream, data[at : at + WRITE_CHUNK])
+        await _write(stream, view[at : at + WRITE_CHUNK])
 
 
 async def send_eof(stream: ByteStream) -> None:

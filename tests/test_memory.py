@@ -46,4 +46,4 @@ def test_share_buffers_reuse_warm_memory_and_stay_bounded():
     # 800 MiB copied through fresh 1 MiB buffers: a mapping per buffer would fault on each
     # of its 256 pages (over 200,000 faults); reused heap memory faults only while it grows.
     assert report["faults"] < 5_000, report
-    assert report["rss_kib"] < 120 * 1024, report
+    assert report["rss_kib"] < 64 * 1024, report
