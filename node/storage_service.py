@@ -137,6 +137,9 @@ class _CountingTransport:
     async def has(self, peer: PeerId, share_ids: Sequence[bytes]) -> Sequence[bool]:
         return await self.inner.has(peer, share_ids)
 
+    def report_corrupt(self, peer: PeerId, share_id: bytes) -> None:
+        self.inner.report_corrupt(peer, share_id)
+
     async def audit(self, peer: PeerId, share_id: bytes, offset: int, length: int, nonce: bytes) -> bytes:
         return await self.inner.audit(peer, share_id, offset, length, nonce)
 

@@ -29,7 +29,7 @@ from poolai.mesh.errors import MeshError
 from poolai.mesh.host import peer_id_text
 from poolai.node.storage_files import FileEntry
 from poolai.storage import raid, upkeep
-from poolai.storage.errors import ShareCorrupted, ShareNotFound
+from poolai.storage.errors import ShareNotFound
 from poolai.storage.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -167,9 +167,7 @@ def _scrub_slice(svc: StorageService) -> tuple[int, int]:
     bad = 0
     for share_id in batch:
         try:
-            svc.store.get(share_id, 0, 0)  # hashes the whole share
-        except ShareCorrupted:
-            bad += 1
+            bad += not svc.store.check(share_id)  # hashes the whole share
         except ShareNotFound:
             pass
     svc.scrub_cursor = batch[-1] if batch else b""

@@ -114,7 +114,19 @@ class RenewedReply:
     renewed: bytes = wire.field(max_len=MAX_HAS_IDS // 8)
 
 
-REQUESTS = (PutRequest, FetchRequest, HasRequest, AuditRequest, RenewRequest)
+@wire.message("store.check")
+class CheckRequest:
+    """The share the holder sent under ``id`` failed the reader's hash check: hash it again."""
+
+    id: bytes = wire.field(max_len=_ID)
+
+
+@wire.message("store.checked")
+class CheckedReply:
+    whole: bool  # False: not held, or held rotten (and now deleted)
+
+
+REQUESTS = (PutRequest, FetchRequest, HasRequest, AuditRequest, RenewRequest, CheckRequest)
 
 
 class ShareRefused(PeerError):

@@ -32,6 +32,8 @@ from poolai.storage.protocol import (
     MAX_SHARE_SIZE,
     REQUESTS,
     AuditRequest,
+    CheckedReply,
+    CheckRequest,
     DataReply,
     FetchRequest,
     HasRequest,
@@ -154,11 +156,18 @@ class ShareServer:
                     f"share of {size} bytes refused: {stats.bytes} of {stats.quota_bytes} quota bytes used",
                 )
 
-    async def fetch_local(self, share_id: bytes, offset: int = 0, length: int = 0) -> tuple[int, bytes]:
-        """(whole share size, bytes of the range); length 0 = to the end. Raises ShareRefused."""
+    async def fetch_local(
+        self, share_id: bytes, offset: int = 0, length: int = 0, *, verify: bool = False
+    ) -> tuple[int, bytes]:
+        """(whole share size, bytes of the range); length 0 = to the end. Raises ShareRefused.
+
+        Served as stored unless ``verify``: every reader hashes what it gets against its
+        manifest and reports a mismatch (``check_local``), so hashing here too would only
+        double the work of every read. The upkeep scrub and audits still hash on their own.
+        """
         check_ids([share_id])
         try:
-            return await self._offload(self._get, share_id, offset, length)
+            return await self._offload(self._get, share_id, offset, length, verify)
         except ShareNotFound:
             raise ShareRefused("not_found", "not_found", f"no share {share_id.hex()[:16]}") from None
         except ShareCorrupted as exc:
@@ -167,12 +176,25 @@ class ShareServer:
         except ValueError as exc:
             raise ShareRefused("bad_request", "range", str(exc)) from None
 
-    def _get(self, share_id: bytes, offset: int, length: int) -> tuple[int, bytes]:
+    def _get(self, share_id: bytes, offset: int, length: int, verify: bool) -> tuple[int, bytes]:
         record = self.store.record(share_id)
         if record is None:
             raise ShareNotFound(share_id.hex())
-        data = self.store.get(share_id, offset, length or None)
+        data = self.store.get(share_id, offset, length or None, verify=verify)
         return record.size, data
+
+    async def check_local(self, share_id: bytes) -> bool:
+        """Hash a held share again after a reader found it wrong; True if it is whole.
+
+        A rotted copy is deleted and counted (``corrupt``); False also when not held."""
+        check_ids([share_id])
+        try:
+            whole = await self._offload(self.store.check, share_id)
+        except ShareNotFound:
+            return False
+        if not whole:
+            self._n["corrupt"] += 1
+        return whole
 
     async def has_local(self, ids: Sequence[bytes]) -> list[bool]:
         check_ids(ids)
@@ -183,7 +205,7 @@ class ShareServer:
             raise ShareRefused("bad_request", "schema", "nonce must be 32 bytes")
         if not 0 < length <= MAX_AUDIT_LENGTH:
             raise ShareRefused("bad_request", "range", f"audit length must be 1..{MAX_AUDIT_LENGTH}")
-        _, data = await self.fetch_local(share_id, offset, length)
+        _, data = await self.fetch_local(share_id, offset, length, verify=True)
         return await self._offload(integrity.audit_digest, nonce, data)
 
     async def renew_local(self, ids: Sequence[bytes], lease: int) -> list[bool]:
@@ -280,6 +302,8 @@ class ShareServer:
             reply: Any = await self._serve_put(reader, request)
         elif isinstance(request, HasRequest):
             reply = HeldReply(held=pack_bits(await self.has_local(request.ids)))
+        elif isinstance(request, CheckRequest):
+            reply = CheckedReply(whole=await self.check_local(request.id))
         elif isinstance(request, AuditRequest):
             check_ids([request.id])
             digest = await self.audit_local(request.id, request.offset, request.length, request.nonce)

@@ -60,6 +60,11 @@ class ShareTransport(Protocol):
         """For each of at most ``MAX_HAS_IDS`` ids, whether ``peer`` holds it."""
         ...
 
+    def report_corrupt(self, peer: PeerId, share_id: bytes) -> None:
+        """Tell ``peer`` that what it sent for ``share_id`` fails its hash, so it checks its
+        copy and drops a rotten one. Returns at once; the check runs on its own."""
+        ...
+
     async def audit(
         self, peer: PeerId, share_id: bytes, offset: int, length: int, nonce: bytes
     ) -> bytes:
@@ -190,6 +195,7 @@ class Transfers:
                 log.info("fetch %s from %s failed: %r", short(share_id), short(peer), exc)
             if data is not None and not await self.offload(integrity.matches, share_id, data):
                 log.warning("peer %s sent a corrupt %s", short(peer), short(share_id))
+                self.transport.report_corrupt(peer, share_id)  # holders serve unhashed bytes
                 data = None
             send.send_nowait((key, data))
 

@@ -13,10 +13,12 @@ stops an exchange nobody bounded from hanging forever. A stream whose
 exchange failed is reset so the holder stops sending at once. Exchanges are
 carried by tasks the caller's cancellation cannot reach (see ``_remote``).
 
-Fetch, has, audit and renew keep their stream open after a clean exchange
+Fetch, has, audit, check and renew keep their stream open after a clean exchange
 and the next exchange with that holder reuses it (see ``_exchange``);
 holders not connected are dialled first at the addresses ``addresses``
-gives (one dial per peer at a time).
+gives (one dial per peer at a time). Holders serve shares without hashing
+them; a share that fails the reader's hash check is reported back
+(``report_corrupt``) and the holder hashes its copy, dropping a rotten one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from poolai.storage.protocol import (
     MAX_SHARE_SIZE,
     PROTOCOL,
     AuditRequest,
+    CheckedReply,
+    CheckRequest,
     DataReply,
     FetchRequest,
     HasRequest,
@@ -62,6 +66,8 @@ from poolai.storage.transfers import MAX_HAS_IDS, ShareMeta
 
 log = logging.getLogger(__name__)
 
+REPORT_TIMEOUT = 30.0  # seconds a holder gets to re-check a share we found corrupt
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TransportStatistics:
@@ -73,6 +79,7 @@ class TransportStatistics:
     bytes_received: int
     reused_streams: int  # exchanges carried by a stream kept open from an earlier one
     stale_streams: int  # kept streams found closed by their holder (the exchange was retried)
+    corrupt_reports: int  # shares that failed our hash check, reported to their holder
     refusals: dict[str, int]
 
 
@@ -95,7 +102,7 @@ class Libp2pShareTransport:
         self._timeout = fallback_timeout
         self._names: dict[bytes, str] = {}
         self._n = {"requests": 0, "failures": 0, "bytes_sent": 0, "bytes_received": 0,
-                   "reused_streams": 0, "stale_streams": 0}
+                   "reused_streams": 0, "stale_streams": 0, "corrupt_reports": 0}
         self._refusals: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._slots = trio.Semaphore(max_exchanges)
@@ -174,6 +181,34 @@ class Libp2pShareTransport:
         if len(reply.digest) != integrity.HASH_SIZE:
             raise PeerError("audit digest has the wrong size")
         return reply.digest
+
+    async def check(self, peer: PeerId, share_id: bytes) -> bool:
+        """Ask ``peer`` to hash its copy of ``share_id`` again; whether it is whole (a rotten
+        copy is deleted by the holder)."""
+        if self._is_local(peer):
+            return await self._counted(self._require_local().check_local(share_id))
+        reply = await self._remote(peer, self._small_io, CheckRequest(id=share_id), CheckedReply,
+                                   keep=True)
+        return reply.whole
+
+    def report_corrupt(self, peer: PeerId, share_id: bytes) -> None:
+        """Have ``peer`` check a share it sent wrong, in the background (see ``check``)."""
+        self._n["corrupt_reports"] += 1
+        if self._nursery is None:
+            log.info("no task to report corrupt %s to %s", share_id.hex()[:12], peer.hex()[-8:])
+            return
+
+        async def report() -> None:
+            try:
+                with trio.fail_after(REPORT_TIMEOUT):
+                    whole = await self.check(peer, share_id)
+            except (PeerError, trio.TooSlowError) as exc:
+                log.info("reporting corrupt %s failed: %r", share_id.hex()[:12], exc)
+                return
+            log.info("holder %s checked %s: %s", peer.hex()[-8:], share_id.hex()[:12],
+                     "whole (it sent something else)" if whole else "rotten or gone")
+
+        self._nursery.start_soon(report)
 
     async def renew(self, peer: PeerId, share_ids: Sequence[bytes], lease_expiry: int) -> list[bool]:
         """Extend the leases of the listed shares ``peer`` holds; which ones it held."""

@@ -56,6 +56,7 @@ class Peers:
         self.latency = 0.0
         self.never = trio.Event()
         self.fetched: list[tuple[bytes, bytes]] = []
+        self.reported: list[tuple[bytes, bytes]] = []
         self.stored: list[tuple[bytes, bytes]] = []
         self.abandoned = 0
         self.active = 0
@@ -118,6 +119,9 @@ class Peers:
     async def has(self, peer: bytes, share_ids: Sequence[bytes]) -> Sequence[bool]:
         await self._reach(peer)
         return self.stores[peer].has(list(share_ids))
+
+    def report_corrupt(self, peer: bytes, share_id: bytes) -> None:
+        self.reported.append((peer, share_id))
 
     async def audit(self, peer, share_id, offset, length, nonce) -> bytes:
         await self._reach(peer)
@@ -197,7 +201,9 @@ async def test_corrupt_holders_are_skipped(tmp_path, make_peers):
     out = tmp_path / "out.bin"
     await get(peers, result.file_id, out)
     assert out.read_bytes() == data
-    assert any(peer in peers.corrupt for peer, _ in peers.fetched)
+    bad = [(peer, sid) for peer, sid in peers.fetched if peer in peers.corrupt]
+    # wrong shares go back to their holders (one still in flight when k were found may not)
+    assert peers.reported and set(peers.reported) <= set(bad)
 
 
 async def test_fewer_than_k_valid_shares_fail_clearly_and_write_nothing_wrong(

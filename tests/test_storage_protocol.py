@@ -239,6 +239,45 @@ async def test_cancelled_exchanges_leave_the_connection_usable(pair):
     assert pair.b.connected_peers() == [pair.a.peer_id]
 
 
+def rot(store: ShareStore, share_id: bytes) -> bytes:
+    """Flip one byte of a held share inside LMDB, as disk rot would; return the rotten bytes."""
+    with store._env.begin(write=True, db=store._shares) as txn:
+        value = bytearray(txn.get(share_id))
+        value[len(value) // 2] ^= 0xFF
+        txn.put(share_id, bytes(value))
+    return bytes(value)
+
+
+async def test_a_rotten_share_is_served_as_stored_and_dropped_once_reported(pair):
+    t, peer = pair.transport, pair.peer
+    sid, data = share(13)
+    good, good_data = share(14)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(t.run)
+            await t.store(peer, sid, data, ShareMeta(FILE, LEASE))
+            await t.store(peer, good, good_data, ShareMeta(FILE, LEASE))
+            rotten = rot(pair.store, sid)
+            # Holders do not hash what they serve: the reader does, and reports.
+            assert await t.fetch(peer, sid) == rotten != data
+            t.report_corrupt(peer, sid)
+            await wait_for(lambda: pair.server.statistics().corrupt == 1)
+            assert pair.store.has([sid, good]) == [False, True]
+            assert pair.store.statistics().hash_failures == 1
+            assert t.statistics().corrupt_reports == 1
+            # A check of a whole share leaves it; of one not held says so.
+            assert await t.check(peer, good) is True
+            assert await t.check(peer, sid) is False
+            assert pair.server.statistics().corrupt == 1
+            # Audits still hash first: a rotten share cannot be proven.
+            await t.store(peer, sid, data, ShareMeta(FILE, LEASE))
+            rot(pair.store, sid)
+            with pytest.raises(ShareRefused) as refused:
+                await t.audit(peer, sid, 0, 100, bytes(32))
+            assert refused.value.reason == "corrupt"
+            nursery.cancel_scope.cancel()
+
+
 async def test_local_requests_use_the_same_checks(tmp_path):
     store = ShareStore(tmp_path / "a", quota_bytes=500_000, durable=False)
     server = ShareServer(store)

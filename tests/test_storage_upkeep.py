@@ -65,6 +65,9 @@ class LocalNet:
     async def audit(self, peer, share_id, offset, length, nonce) -> bytes:
         return await self.servers[peer].audit_local(share_id, offset, length, nonce)
 
+    def report_corrupt(self, peer, share_id) -> None:
+        raise AssertionError(f"{peer!r} sent a corrupt share: these holders never do")
+
     async def renew(self, peer, share_ids, lease_expiry):
         return await self.servers[peer].renew_local(share_ids, lease_expiry)
 

@@ -161,6 +161,27 @@ def test_rotted_value_on_disk_is_detected_counted_and_deleted(tmp_path):
         assert s.get(sid) == data
 
 
+def test_unverified_reads_return_bytes_as_stored_and_check_drops_rot(tmp_path):
+    sid, data = share(10, 20_000)
+    other_id, other = share(11, 3000)
+    with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
+        s.put(sid, data, file_id=FILE, lease_expiry=0)
+        s.put(other_id, other, file_id=FILE, lease_expiry=0)
+    path = tmp_path / "db" / "data.mdb"
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(data[5000:5064]) + 10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
+        rotten = s.get(sid, 5000, 64, verify=False)
+        assert rotten != data[5000:5064] and len(rotten) == 64
+        assert s.check(other_id) is True
+        assert s.check(sid) is False
+        assert s.has([sid, other_id]) == [False, True]
+        assert s.statistics().hash_failures == 1
+        with pytest.raises(ShareNotFound):
+            s.check(sid)
+
+
 def test_scrub_finds_rot_and_put_heals_a_rotted_copy(tmp_path):
     sid, data = share(9, 20_000)
     with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
