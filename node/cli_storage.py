@@ -8,10 +8,12 @@ when it is a terminal; the file id (put) and tables (stat) go to stdout.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from poolai.node.cli import CliError
 
 MiB = 1 << 20
 CHUNK = 1 << 20
+CONNECT_TIMEOUT = 5.0  # seconds to reach the local node
+READ_TIMEOUT = 300.0  # seconds the node may stay silent during a transfer
 
 
 def register(sub: Any) -> None:
@@ -80,15 +84,27 @@ def _check_id(text: str) -> str:
 
 def _fail(response: httpx.Response) -> CliError:
     try:
-        response.read()
-        error = response.json().get("error")
-    except (ValueError, AttributeError, httpx.HTTPError):
+        body = response.read()
+    except httpx.HTTPError:
+        body = b""
+    return _error(response.status_code, body)
+
+
+def _error(status: int, body: bytes) -> CliError:
+    """The one-line error for an HTTP error reply of the local API."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict):
         return CliError(f"{error.get('code')}: {error.get('message')}")
     if isinstance(error, str):
-        return CliError(f"{response.status_code}: {error}")
-    return CliError(f"the node answered HTTP {response.status_code}")
+        return CliError(f"{status}: {error}")
+    return CliError(f"the node answered HTTP {status}")
+
+
+class _NodeStopped(Exception):
+    """The connection to the node failed or broke during a download."""
 
 
 class Bar:
@@ -123,7 +139,7 @@ class Bar:
 
 def _timeout() -> httpx.Timeout:
     # no total limit (a put of a large file takes minutes); a silent node is an error
-    return httpx.Timeout(connect=5.0, read=300.0, write=300.0, pool=5.0)
+    return httpx.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=READ_TIMEOUT, pool=CONNECT_TIMEOUT)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -205,7 +221,7 @@ def _get(args: argparse.Namespace) -> int:
         _download(f"{api}/api/files/{file_id}", headers, tmp, have, progress, bar)
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
-    except httpx.HTTPError:
+    except _NodeStopped:
         if progress[1]:
             reason = _last_error(api, headers, file_id)
             raise CliError(f"download stopped at {progress[0]} of {progress[1]} bytes: {reason}; "
@@ -223,31 +239,59 @@ def _get(args: argparse.Namespace) -> int:
 
 def _download(url: str, headers: dict[str, str], tmp: Path, have: int, progress: list[int],
               bar: Bar) -> None:
-    """Append the file's bytes after the ``have`` already in ``tmp``; ``progress`` follows."""
+    """Append the file's bytes after the ``have`` already in ``tmp``; ``progress`` follows.
+
+    The body is read with the standard library's http.client into one reused buffer: about
+    0.1 ms of CPU per MB, where httpx's ``iter_raw`` spends about 1 ms, and the CLI shares
+    the machine with the node that serves it. Raises _NodeStopped when the connection fails
+    or breaks, OSError for the file, CliError for an error reply.
+    """
     if have:
         headers = {**headers, "Range": f"bytes={have}-"}
-    with httpx.Client(timeout=_timeout()) as client, client.stream("GET", url, headers=headers) as response:
-        if response.status_code == 416:  # the part is as long as the file, or longer
-            total = response.headers.get("content-range", "").rpartition("/")[2]
+    where = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=CONNECT_TIMEOUT)
+    try:
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.settimeout(READ_TIMEOUT)  # a silent node is an error; a slow file is not
+            conn.request("GET", where.path, headers=headers)
+            response = conn.getresponse()
+            if response.status not in (200, 206):
+                body = response.read(64 << 10)
+        except (http.client.HTTPException, OSError) as exc:
+            raise _NodeStopped(str(exc)) from None
+        if response.status == 416:  # the part is as long as the file, or longer
+            total = (response.getheader("content-range") or "").rpartition("/")[2]
             if total.isdigit() and int(total) == have:  # complete, only not renamed yet
                 progress[:] = [have, have]
                 return
             tmp.unlink(missing_ok=True)
             raise CliError(f"{tmp.name} was longer than the file and is removed; run again")
-        if response.status_code not in (200, 206):
-            raise _fail(response)
-        if response.status_code == 200:
+        if response.status not in (200, 206):
+            raise _error(response.status, body)
+        if response.status == 200:
             have = 0  # the node sent the whole file
-        progress[:] = [have, have + int(response.headers.get("content-length", "0"))]
+        progress[:] = [have, have + int(response.getheader("content-length") or "0")]
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         with tmp.open("r+b" if have else "wb") as handle:
             handle.truncate(have)
             handle.seek(have)
-            for chunk in response.iter_raw(CHUNK):
-                handle.write(chunk)
-                progress[0] += len(chunk)
+            while True:
+                try:
+                    got = response.readinto(buf)
+                except (http.client.HTTPException, OSError) as exc:
+                    raise _NodeStopped(str(exc)) from None
+                if not got:
+                    break
+                handle.write(view[:got])
+                progress[0] += got
                 bar.show("get", progress[0], progress[1])
             handle.flush()
             os.fsync(handle.fileno())
+    finally:
+        conn.close()
 
 
 def _last_error(api: str, headers: dict[str, str], file_id: str) -> str:
