@@ -9,13 +9,14 @@ In one run:
   streams from k processes into one: what a receiving process can take.
   Measured while the node processes below are up (their background work
   loads the machine as it does during the get), once before the put and
-  once after the get; the reference is the mean of the two;
+  once after the gets; the reference is the faster of the two;
 * 10 ``poolai node run`` processes: put a random file through node 0's local
-  API and get it back through node 1's (timed end to end, bytes checked),
-  with node 1's peak resident memory during the get (VmHWM, reset first),
-  and the CPU the idle mesh burns (percent of one core, all nodes together).
+  API and get it back through node 1's ``--gets`` times (timed end to end,
+  every byte compared with the source; the fastest get counts), with node
+  1's peak resident memory during the gets (VmHWM, reset first), and the
+  CPU the idle mesh burns (percent of one core, all nodes together).
 
-    python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10]
+    python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10] [--gets 2]
 
 ``--size`` is in MiB. Everything runs on this machine: the numbers measure
 CPU (Noise, hashing, zfec, HTTP) shared by every process, not a network.
@@ -24,7 +25,7 @@ CPU (Noise, hashing, zfec, HTTP) shared by every process, not a network.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import http.client
 import json
 import os
 import random
@@ -254,17 +255,17 @@ def reset_peak(pid: int) -> None:
 
 
 def bench_mesh(
-    base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int, idle_cpu: float
+    base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int, idle_cpu: float,
+    gets: int,
 ) -> dict:
-    """Put and get through the local API; ``idle_cpu``: cores the idle mesh uses (all nodes)."""
+    """Put through node 0's local API, then ``gets`` gets through node 1's; the fastest get
+    is reported (with every run's speed). ``idle_cpu``: cores the idle mesh uses."""
     src = base / "src.bin"
-    digest = hashlib.sha256()
     rng = random.Random(2)
     with src.open("wb") as handle:
         left = size
         while left:
             chunk = rng.randbytes(min(left, 8 * MiB))
-            digest.update(chunk)
             handle.write(chunk)
             left -= len(chunk)
     timeout = httpx.Timeout(connect=10, read=600, write=600, pool=10)
@@ -283,38 +284,59 @@ def bench_mesh(
         raise SystemExit(f"put failed: {response.text}")
     file_id = response.json()["file_id"]
     put_op = last_op(nodes[0], "put")
+    out = {"put_api_MBps": mbps(size, put_s), "put_phases_s": put_op["phases_s"],
+           "put_store_phase_MBps": mbps(size, put_op["phases_s"]["store"])}
+    runs = [bench_get(nodes, src, file_id, size, idle_cpu) for _ in range(gets)]
+    best = max(runs, key=lambda run: run["get_api_MBps"])
+    out.update(best)
+    out["get_api_MBps_runs"] = [run["get_api_MBps"] for run in runs]
+    out["get_node_peak_rss_MiB"] = max(run["get_node_peak_rss_MiB"] for run in runs)
+    return out
 
+
+def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: float) -> dict:
+    """One get through node 1's API, bytes checked against ``src``; speed, CPU and memory."""
     getter = nodes[1].proc.pid
     rss_before = vm_kib(getter, "VmRSS")
     reset_peak(getter)
     sampler = PeakSampler(getter)
-    got = hashlib.sha256()
-    received = 0
+    received, same = 0, True
     cpu_before = cpu_seconds([getter]), cpu_seconds([p.proc.pid for p in nodes]), time.process_time()
     start = time.perf_counter()
-    with httpx.stream("GET", f"{nodes[1].info['api']}/api/files/{file_id}", timeout=timeout) as reply:
-        for chunk in reply.iter_raw(MiB):
-            got.update(chunk)
-            received += len(chunk)
+    # The client is lean, as a downloader should be: stdlib http.client reading into one
+    # buffer (~0.1 ms of CPU per MB here; httpx's iter_raw costs ~1 ms per MB), and every
+    # byte compared with the (cached) source as it arrives (~0.1 ms per MB; hashing would
+    # cost ~0.5), because the client shares the cores with the nodes.
+    host, _, port = nodes[1].info["api"].removeprefix("http://").partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
+    try:
+        conn.request("GET", f"/api/files/{file_id}")
+        reply = conn.getresponse()
+        if reply.status != 200:
+            raise SystemExit(f"get failed: {reply.status} {reply.read()[:200]!r}")
+        buf = bytearray(MiB)
+        with src.open("rb") as expected:
+            while got := reply.readinto(buf):
+                same = same and expected.read(got) == (buf if got == MiB else buf[:got])
+                received += got
+    finally:
+        conn.close()
     get_s = time.perf_counter() - start
     cpu_getter = cpu_seconds([getter]) - cpu_before[0]
     cpu_mesh = cpu_seconds([p.proc.pid for p in nodes]) - cpu_before[1]
     cpu_client = time.process_time() - cpu_before[2]
     sampler.stop()
-    if received != size or got.digest() != digest.digest():
+    if received != size or not same:
         raise SystemExit(f"get returned {received} bytes that do not match")
     get_op = last_op(nodes[1], "get")
     return {
-        "put_api_MBps": mbps(size, put_s),
-        "put_phases_s": put_op["phases_s"],
-        "put_store_phase_MBps": mbps(size, put_op["phases_s"]["store"]),
         "get_api_MBps": mbps(size, get_s),
         "get_node_MBps": get_op["MBps"],
         # CPU during the get, in percent of one core: the getting node, and all ten nodes
         "get_getter_cpu_percent": round(100 * cpu_getter / get_s, 1),
         "get_mesh_cpu_percent": round(100 * cpu_mesh / get_s, 1),
         # CPU per MB delivered: the getting node, every other node (their idle share, measured
-        # before, taken out), and the client reading the HTTP body and hashing it
+        # before, taken out), and the client reading the HTTP body and comparing it
         "get_getter_cpu_ms_per_MB": round(1000 * cpu_getter / (size / 1e6), 2),
         "get_holders_cpu_ms_per_MB": round(
             1000 * (cpu_mesh - cpu_getter - idle_cpu * get_s) / (size / 1e6), 2),
@@ -368,6 +390,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--segment-mib", type=int, default=4)
     ap.add_argument("--stream-mib", type=int, default=64, help="bytes per baseline stream (MiB)")
+    ap.add_argument("--gets", type=int, default=2, help="gets of the file (the fastest counts)")
     ap.add_argument("--stream-source", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stream_source is not None:
@@ -390,11 +413,14 @@ def main() -> None:
         out["load_before"] = round(os.getloadavg()[0], 2)
         before = bench_baseline(args.k, stream)
         out.update(bench_mesh(base, nodes, size, args.k, args.n, segment,
-                              out["mesh_idle_cpu_percent"] / 100))
+                              out["mesh_idle_cpu_percent"] / 100, args.gets))
         after = bench_baseline(args.k, stream)
         out["baseline_before_get"], out["baseline_after_get"] = before, after
+        # Speeds: the better of the two (what the receiver can take, as the get reports its
+        # fastest run); CPU per MB: the mean.
         for key in before:
-            out[key] = round((before[key] + after[key]) / 2, 1)
+            pick = max if key.endswith("MBps") else lambda a, b: (a + b) / 2
+            out[key] = round(pick(before[key], after[key]), 2)
     finally:
         for p in nodes:
             p.stop()
