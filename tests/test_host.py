@@ -246,3 +246,57 @@ async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
     assert received == len(payload) and got.digest() == hashlib.sha256(payload).digest()
     assert 0 < len(updates) <= len(payload) // (yamux_tuning.RECEIVE_WINDOW // 4) + 2
     assert sum(updates) >= len(payload) - yamux_tuning.RECEIVE_WINDOW
+
+
+
+async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypatch):
+    """Over a real socket with the bytes already queued: py-libp2p's pattern (a 2-byte length,
+    then that many bytes) is served from one socket read per READ_AHEAD instead of two per
+    message, and the bytes come out exactly as sent (see mesh/read_ahead.py)."""
+    import random
+
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.io.utils import read_exactly
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    from poolai.mesh import read_ahead
+
+    rng = random.Random(7)
+    bodies = [rng.randbytes(rng.choice([1, 17, 1500, 6000])) for _ in range(16)]  # < 64 KiB
+    wire_bytes = b"".join(len(b).to_bytes(2, "big") + b for b in bodies)
+    reads = [0]
+    read = TrioTCPStream.read
+
+    async def counted(stream, n=None):
+        reads[0] += 1
+        return await read(stream, n)
+
+    monkeypatch.setattr(TrioTCPStream, "read", counted)
+
+    async def receive_all(install: bool) -> list[bytes]:
+        (read_ahead.install if install else read_ahead.uninstall)()
+        reads[0] = 0
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with listeners[0], await trio.open_tcp_stream("127.0.0.1", port) as sender:
+            receiver = await listeners[0].accept()
+            await sender.send_all(wire_bytes)  # fits the socket buffers: all queued at once
+            await sender.send_eof()
+            conn = RawConnection(TrioTCPStream(receiver), initiator=False)
+            got = []
+            for _ in bodies:
+                length = int.from_bytes(await read_exactly(conn, 2), "big")
+                got.append(await read_exactly(conn, length))
+            assert await conn.read(10) == b""  # the end of the stream still reads as such
+            await receiver.aclose()
+        return got
+
+    try:
+        with trio.fail_after(10):
+            assert await receive_all(install=False) == bodies
+            plain = reads[0]
+            assert await receive_all(install=True) == bodies
+    finally:
+        read_ahead.install()
+    assert plain >= 2 * len(bodies)
+    assert reads[0] <= 3, (reads[0], plain)  # one read for all, one for the end of stream
