@@ -284,11 +284,24 @@ async def send_frame(stream: ByteStream, message: Any) -> None:
     await _write(stream, wire.frame(wire.encode(message), CONTROL_FRAME))
 
 
-async def send_raw(stream: ByteStream, data: bytes) -> None:
-    """Write raw bytes in chunks (cancel-safe between chunks)."""
+async def send_raw(stream: ByteStream, data: bytes, head: bytes = b"") -> None:
+    """Write ``head`` then raw bytes, in chunks (cancel-safe between chunks).
+
+    ``head`` (a frame) goes out in the same write as the first chunk, so it
+    shares that chunk's yamux frame and Noise message instead of costing one
+    of its own on both ends.
+    """
     view = memoryview(data)  # slices share data's bytes: no copy per chunk
-    for at in range(0, len(data), WRITE_CHUNK):
+    start = max(0, WRITE_CHUNK - len(head)) if head else 0
+    if head:
+        await _write(stream, head + view[:start])
+    for at in range(start, len(data), WRITE_CHUNK):
         await _write(stream, view[at : at + WRITE_CHUNK])
+
+
+async def send_frame_and_body(stream: ByteStream, message: Any, data: bytes) -> None:
+    """Write one framed message and the raw bytes it announces (see ``send_raw``)."""
+    await send_raw(stream, data, wire.frame(wire.encode(message), CONTROL_FRAME))
 
 
 async def send_eof(stream: ByteStream) -> None:

@@ -49,7 +49,7 @@ from poolai.storage.protocol import (
     close,
     pack_bits,
     send_frame,
-    send_raw,
+    send_frame_and_body,
 )
 from poolai.storage.store import ShareStore
 
@@ -348,8 +348,7 @@ class ShareServer:
         try:
             size, data = await self.fetch_local(request.id, request.offset, request.length)
             with trio.fail_after(self.config.reply_timeout):
-                await send_frame(stream, DataReply(size=size, length=len(data)))
-                await send_raw(stream, data)
+                await send_frame_and_body(stream, DataReply(size=size, length=len(data)), data)
         finally:
             self._release(budget)
         self._n["fetched"] += 1

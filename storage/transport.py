@@ -58,7 +58,7 @@ from poolai.storage.protocol import (
     close,
     send_eof,
     send_frame,
-    send_raw,
+    send_frame_and_body,
     unpack_bits,
 )
 from poolai.storage.server import ShareServer
@@ -426,8 +426,7 @@ class Libp2pShareTransport:
 
         async def send() -> None:
             try:
-                await send_frame(stream, header)
-                await send_raw(stream, data)
+                await send_frame_and_body(stream, header, data)
                 await send_eof(stream)
                 sent.set()
             except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
