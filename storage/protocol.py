@@ -40,7 +40,7 @@ CONTROL_FRAME = 64 << 10  # every framed request and reply; ids lists of 1024 fi
 MAX_SHARE_SIZE = MAX_VALUE_SIZE  # 16 MiB: a k=1 share of a 16 MiB segment, or a manifest
 MAX_AUDIT_LENGTH = 1 << 20
 READ_CHUNK = 1 << 20
-WRITE_CHUNK = 256 << 10
+WRITE_CHUNK = 1 << 20  # a default (1 MiB) share is one write; each write has a fixed cost
 WRITE_STALL = 30.0  # seconds one chunk may take before the connection is given up
 _ID = integrity.HASH_SIZE
 
@@ -292,9 +292,9 @@ async def send_raw(stream: ByteStream, data: bytes, head: bytes = b"") -> None:
     of its own on both ends.
     """
     view = memoryview(data)  # slices share data's bytes: no copy per chunk
-    start = max(0, WRITE_CHUNK - len(head)) if head else 0
+    start = WRITE_CHUNK if head else 0
     if head:
-        await _write(stream, head + view[:start])
+        await _write(stream, head + view[:start])  # one copy, so a whole share is one write
     for at in range(start, len(data), WRITE_CHUNK):
         await _write(stream, view[at : at + WRITE_CHUNK])
 
