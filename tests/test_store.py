@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -138,17 +139,27 @@ def test_contents_survive_reopen(tmp_path):
         assert s.statistics().bytes == 1000
 
 
-def test_rotted_value_on_disk_is_detected_counted_and_deleted(tmp_path):
-    sid, data = share(7, 20_000)
-    other_id, other = share(8, 3000)
-    with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
+def rot_on_disk(db: Path, data: bytes, at: int, flip: int = 0xFF) -> None:
+    """Flip bits of a stored value in the closed store's data file, as disk rot would."""
+    path = db / "data.mdb"
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(data[at : at + 64]) + 10] ^= flip
+    path.write_bytes(bytes(raw))
+
+
+def stored_pair(db: Path, seeds: tuple[int, int]) -> tuple[bytes, bytes, bytes, bytes]:
+    """A 20,000-byte and a 3,000-byte share put into a new store at ``db`` (then closed)."""
+    sid, data = share(seeds[0], 20_000)
+    other_id, other = share(seeds[1], 3000)
+    with ShareStore(db, quota_bytes=100_000) as s:
         s.put(sid, data, file_id=FILE, lease_expiry=0)
         s.put(other_id, other, file_id=FILE, lease_expiry=0)
-    path = tmp_path / "db" / "data.mdb"
-    raw = bytearray(path.read_bytes())
-    at = raw.index(data[5000:5064]) + 10
-    raw[at] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    return sid, data, other_id, other
+
+
+def test_rotted_value_on_disk_is_detected_counted_and_deleted(tmp_path):
+    sid, data, other_id, _ = stored_pair(tmp_path / "db", (7, 8))
+    rot_on_disk(tmp_path / "db", data, 5000)
     with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
         with pytest.raises(ShareCorrupted):
             s.get(sid, 0, 10)
@@ -162,15 +173,8 @@ def test_rotted_value_on_disk_is_detected_counted_and_deleted(tmp_path):
 
 
 def test_unverified_reads_return_bytes_as_stored_and_check_drops_rot(tmp_path):
-    sid, data = share(10, 20_000)
-    other_id, other = share(11, 3000)
-    with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
-        s.put(sid, data, file_id=FILE, lease_expiry=0)
-        s.put(other_id, other, file_id=FILE, lease_expiry=0)
-    path = tmp_path / "db" / "data.mdb"
-    raw = bytearray(path.read_bytes())
-    raw[raw.index(data[5000:5064]) + 10] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    sid, data, other_id, _ = stored_pair(tmp_path / "db", (10, 11))
+    rot_on_disk(tmp_path / "db", data, 5000)
     with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
         rotten = s.get(sid, 5000, 64, verify=False)
         assert rotten != data[5000:5064] and len(rotten) == 64
@@ -186,10 +190,7 @@ def test_scrub_finds_rot_and_put_heals_a_rotted_copy(tmp_path):
     sid, data = share(9, 20_000)
     with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
         s.put(sid, data, file_id=FILE, lease_expiry=0)
-    path = tmp_path / "db" / "data.mdb"
-    raw = bytearray(path.read_bytes())
-    raw[raw.index(data[100:164])] ^= 1
-    path.write_bytes(bytes(raw))
+    rot_on_disk(tmp_path / "db", data, 100, flip=1)
     with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
         assert s.put(sid, data, file_id=FILE, lease_expiry=0) is True  # replaced, not merged
         assert s.get(sid) == data
