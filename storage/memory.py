@@ -23,7 +23,11 @@ things made resident memory grow with the file, not with what is in flight:
   copied out (``madvise(MADV_DONTNEED)``; the page cache keeps them, so a
   second read costs a page fault, not disk I/O).
 
-Both are Linux/glibc specific and silently do nothing elsewhere.
+:func:`in_page_cache` tells whether reading a mapped value would wait for
+the disk (``mincore``), so a holder can copy a cached share out on its event
+loop and keep worker threads for the reads that may block.
+
+All are Linux/glibc specific and silently do nothing (or answer False) elsewhere.
 :func:`trim` hands free heap memory back after a large operation.
 """
 
@@ -65,6 +69,7 @@ def _libc() -> ctypes.CDLL | None:
         libc.mallopt  # noqa: B018 - glibc only
         libc.malloc_trim  # noqa: B018
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     except (OSError, AttributeError):
         return None
     return libc
@@ -113,5 +118,29 @@ def release_view(view: memoryview) -> None:
         end = (info.buf + info.len) // _PAGE * _PAGE
         if end > start:
             _LIBC.madvise(start, end - start, _MADV_DONTNEED)
+    finally:
+        _release_buffer(ctypes.byref(info))
+
+
+_RESIDENT_BIT = bytes(i & 1 for i in range(256))  # mincore: only the low bit is defined
+
+
+def in_page_cache(view: memoryview) -> bool:
+    """True when every page under a memory-mapped ``view`` is in the page cache, so copying
+    it out cannot wait for the disk; False when not, or when this cannot be told."""
+    if _LIBC is None or not len(view):
+        return False
+    info = _PyBuffer()
+    try:
+        _get_buffer(view, ctypes.byref(info), 0)
+    except (BufferError, TypeError, ValueError):
+        return False
+    try:
+        start = info.buf // _PAGE * _PAGE
+        pages = -(-(info.buf + info.len - start) // _PAGE)
+        flags = (ctypes.c_ubyte * pages)()
+        if _LIBC.mincore(start, pages * _PAGE, flags) != 0:
+            return False
+        return bytes(flags).translate(_RESIDENT_BIT).count(1) == pages
     finally:
         _release_buffer(ctypes.byref(info))

@@ -7,13 +7,16 @@ it ends when the client half-closes, after ``idle_timeout`` without a next
 request, or at the first refusal or fault. It checks a ``store.put`` header (size,
 ids, quota) before reading the body, bounds concurrent transfers and their
 announced bytes (answering ``busy`` when full), reads and writes under
-deadlines, and runs every LMDB call off the event loop. The same checks
+deadlines, and runs every LMDB call that may wait for the disk off the event
+loop (a fetch of a share that is all in the page cache is copied out on
+it). The same checks
 serve this node's own requests (``*_local``), which skip the network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -164,10 +167,19 @@ class ShareServer:
         Served as stored unless ``verify``: every reader hashes what it gets against its
         manifest and reports a mismatch (``check_local``), so hashing here too would only
         double the work of every read. The upkeep scrub and audits still hash on their own.
+        A share whose pages are all in the page cache is copied out right here; only a
+        read that may wait for the disk goes to a worker thread.
         """
         check_ids([share_id])
         try:
-            return await self._offload(self._get, share_id, offset, length, verify)
+            if not verify:
+                got = self.store.read(share_id, offset, length or None, verify=False, cached_only=True)
+                if got is not None:
+                    return got
+            read = functools.partial(self.store.read, verify=verify)
+            got = await self._offload(read, share_id, offset, length or None)
+            assert got is not None
+            return got
         except ShareNotFound:
             raise ShareRefused("not_found", "not_found", f"no share {share_id.hex()[:16]}") from None
         except ShareCorrupted as exc:
@@ -175,13 +187,6 @@ class ShareServer:
             raise ShareRefused("not_found", "corrupt", str(exc)) from None
         except ValueError as exc:
             raise ShareRefused("bad_request", "range", str(exc)) from None
-
-    def _get(self, share_id: bytes, offset: int, length: int, verify: bool) -> tuple[int, bytes]:
-        record = self.store.record(share_id)
-        if record is None:
-            raise ShareNotFound(share_id.hex())
-        data = self.store.get(share_id, offset, length or None, verify=verify)
-        return record.size, data
 
     async def check_local(self, share_id: bytes) -> bool:
         """Hash a held share again after a reader found it wrong; True if it is whole.

@@ -262,20 +262,37 @@ class ShareStore:
         reports a mismatch, see :meth:`check`).
         Raises ShareNotFound, ShareCorrupted, or ValueError for a range past the end.
         """
+        got = self.read(share_id, offset, length, verify=verify)
+        assert got is not None
+        return got[1]
+
+    def read(
+        self, share_id: bytes, offset: int = 0, length: int | None = None, *, verify: bool = True,
+        cached_only: bool = False,
+    ) -> tuple[int, bytes] | None:
+        """``(size of the whole share, bytes of the range)``, as :meth:`get` reads them.
+
+        With ``cached_only`` it returns None, reading nothing, unless every page
+        of the share is in the page cache: then the copy cannot wait for the
+        disk and an event loop may make it itself.
+        """
         with self._env.begin(db=self._shares, buffers=True) as txn:
             view = txn.get(share_id)
             if view is None:
                 raise ShareNotFound(share_id.hex())
+            if cached_only and not memory.in_page_cache(view):
+                return None
             ok = not verify or integrity.matches(share_id, view)
             if ok:
                 out = bytes(view[_range(len(view), offset, length)])
+            size = len(view)
             memory.release_view(view)  # the pages stay cached, not resident here (memory.py)
         if not ok:
             self._quarantine(share_id)
             raise ShareCorrupted(f"share {share_id.hex()[:16]} failed its hash check; deleted")
         with self._lock:
             self._reads += 1
-        return out
+        return size, out
 
     def check(self, share_id: bytes) -> bool:
         """Hash a held share; True if it is whole. A rotted one is deleted, counted and

@@ -47,3 +47,18 @@ def test_share_buffers_reuse_warm_memory_and_stay_bounded():
     # of its 256 pages (over 200,000 faults); reused heap memory faults only while it grows.
     assert report["faults"] < 5_000, report
     assert report["rss_kib"] < 64 * 1024, report
+
+
+def test_in_page_cache_tells_untouched_pages_from_read_ones(tmp_path):
+    import mmap
+
+    path = tmp_path / "sparse"
+    with path.open("wb") as handle:
+        handle.truncate(1 << 20)  # a hole: no page of it has been read, none is cached
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        view = memoryview(mapped)
+        assert memory.in_page_cache(view[4096:8192]) is False
+        assert bytes(view) == bytes(1 << 20)  # reading brings every page in
+        assert memory.in_page_cache(view) is True
+        assert memory.in_page_cache(view[100:200]) is True  # unaligned ranges too
+        view.release()

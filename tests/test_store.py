@@ -157,6 +157,16 @@ def stored_pair(db: Path, seeds: tuple[int, int]) -> tuple[bytes, bytes, bytes, 
     return sid, data, other_id, other
 
 
+def test_read_gives_the_share_size_and_reads_cached_shares_only_when_asked(tmp_path):
+    sid, data, other_id, other = stored_pair(tmp_path / "db", (12, 13))
+    with ShareStore(tmp_path / "db", quota_bytes=100_000) as s:
+        assert s.read(sid, 100, 50) == (len(data), data[100:150])
+        # Just written, so in the page cache: the copy needs no disk (memory.in_page_cache).
+        assert s.read(other_id, cached_only=True, verify=False) == (len(other), other)
+        with pytest.raises(ShareNotFound):
+            s.read(FILE, cached_only=True)
+
+
 def test_rotted_value_on_disk_is_detected_counted_and_deleted(tmp_path):
     sid, data, other_id, _ = stored_pair(tmp_path / "db", (7, 8))
     rot_on_disk(tmp_path / "db", data, 5000)
