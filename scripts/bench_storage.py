@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -176,25 +177,37 @@ class Proc:
                 self.proc.wait()
 
 
-def start_nodes(base: Path, count: int, env: dict[str, str], nodes: list[Proc]) -> None:
-    """Start ``count`` nodes into ``nodes`` (so the caller can stop them whatever happens)."""
+def start_nodes(
+    base: Path, count: int, env: dict[str, str], nodes: list[Proc], *,
+    wrap: Callable[[int, list[str]], list[str]] = lambda i, cmd: cmd,
+    listen: Callable[[int], str] = lambda i: "/ip4/127.0.0.1/tcp/0",
+    sees: Callable[[Proc], set[str]] | None = None, watch: Sequence[int] | None = None,
+) -> None:
+    """Start ``count`` nodes into ``nodes`` (so the caller can stop them whatever happens):
+    node 0 alone, the others bootstrapping from it; return once every watched node (all by
+    default) ``sees`` all the others. ``wrap`` turns node i's command into the one to run
+    (to start it in a network namespace), ``listen`` gives its listen address."""
     keys = ("peer id", "listening", "api")
 
     def node(i: int, extra: list[str]) -> Proc:
         cmd = poolai() + ["--data-dir", str(base / f"node{i}"), "node", "run", "--listen",
-                          "/ip4/127.0.0.1/tcp/0", "--api-port", "0", *extra]
-        return Proc(cmd, keys, env)
+                          listen(i), "--api-port", "0", *extra]
+        return Proc(wrap(i, cmd), keys, env)
 
+    def api_peers(p: Proc) -> set[str]:
+        return {q["peer_id"] for q in httpx.get(p.info["api"] + "/api/peers", timeout=5).json()["peers"]}
+
+    sees = sees or api_peers
     nodes.append(node(0, []).wait_ready())
     nodes += [node(i, ["--bootstrap", nodes[0].info["listening"]]) for i in range(1, count)]
     for p in nodes:
         p.wait_ready()
     ids = {p.info["peer id"] for p in nodes}
+    watched = [nodes[i] for i in watch] if watch is not None else nodes
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if all({q["peer_id"] for q in httpx.get(p.info["api"] + "/api/peers", timeout=5).json()["peers"]}
-                   >= ids - {p.info["peer id"]} for p in nodes):
+            if all(sees(p) >= ids - {p.info["peer id"]} for p in watched):
                 return
         except httpx.HTTPError:
             pass

@@ -155,27 +155,10 @@ def helper(index: int, *args: str) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def start_nodes(base: Path, count: int, env: dict[str, str], nodes: list[local.Proc]) -> None:
-    keys = ("peer id", "listening", "api")
-
-    def node(i: int, extra: list[str]) -> local.Proc:
-        cmd = in_ns(i) + local.poolai() + [
-            "--data-dir", str(base / f"node{i}"), "node", "run",
-            "--listen", f"/ip4/{address(i)}/tcp/{PORT}", "--api-port", "0", *extra]
-        return local.Proc(cmd, keys, env)
-
-    nodes.append(node(0, []).wait_ready())
-    nodes += [node(i, ["--bootstrap", nodes[0].info["listening"]]) for i in range(1, count)]
-    for p in nodes:
-        p.wait_ready()
-    ids = {p.info["peer id"] for p in nodes}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        seen = json.loads(helper(1, "--http-json", nodes[1].info["api"] + "/api/peers"))
-        if {q["peer_id"] for q in seen["peers"]} >= ids - {nodes[1].info["peer id"]}:
-            return
-        time.sleep(1)
-    raise SystemExit("the nodes did not connect to each other")
+def sees(node: local.Proc) -> set[str]:
+    """The peer ids ``node`` lists, asked in the getting node's namespace (the only one asked)."""
+    answer = json.loads(helper(1, "--http-json", node.info["api"] + "/api/peers"))
+    return {q["peer_id"] for q in answer["peers"]}
 
 
 def main() -> None:
@@ -219,7 +202,8 @@ def main() -> None:
         source.stop()
         source = None
 
-        start_nodes(base, args.nodes, env, nodes)
+        local.start_nodes(base, args.nodes, env, nodes, wrap=lambda i, cmd: in_ns(i) + cmd,
+                          listen=lambda i: f"/ip4/{address(i)}/tcp/{PORT}", sees=sees, watch=[1])
         src = base / "src.bin"
         src.write_bytes(random.Random(2).randbytes(size))
         put = subprocess.run(in_ns(0) + local.poolai() + [
