@@ -12,6 +12,7 @@ for them.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ Offload = Callable[..., Awaitable[Any]]
 bound to a node-wide CPU limiter."""
 
 MAX_HAS_IDS = 1024  # ids per ``has`` request
+PRIMARY_EDGE = 1  # see fetch_segment: a primary is asked unless its holder is 2 fetches busier
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class Transfers:
         self.config = config
         self.offload = offload
         self.limiter = trio.CapacityLimiter(config.max_transfers)
+        self.busy: collections.Counter[PeerId] = collections.Counter()  # fetches waiting or running
 
     async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> bool:
         try:
@@ -187,12 +190,15 @@ class Transfers:
 
         async def fetch(key: int, peer: PeerId, share_id: bytes) -> None:
             data: bytes | None = None
+            self.busy[peer] += 1
             try:
                 async with self.limiter:
                     with trio.fail_after(self.config.peer_timeout):
                         data = await self.transport.fetch(peer, share_id)
             except (PeerError, trio.TooSlowError) as exc:
                 log.info("fetch %s from %s failed: %r", short(share_id), short(peer), exc)
+            finally:
+                self.busy[peer] -= 1
             if data is not None and not await self.offload(integrity.matches, share_id, data):
                 log.warning("peer %s sent a corrupt %s", short(peer), short(share_id))
                 self.transport.report_corrupt(peer, share_id)  # holders serve unhashed bytes
@@ -232,7 +238,8 @@ class Transfers:
         self, ring: Ring, file_id: bytes, m: Manifest, seg: int,
         prefer: frozenset[int] = frozenset(),
     ) -> dict[int, bytes] | None:
-        """k verified shares of a segment by index, or None; ``prefer`` indices are asked first."""
+        """k verified shares of a segment by index, or None; ``prefer`` indices are asked first,
+        then the shares whose holders are least busy with this operation (primaries on a par)."""
         if not ring.peers:
             return None
         holders = placement.segment_holders(ring, file_id, seg, m.n)
@@ -241,7 +248,15 @@ class Transfers:
             list(islice(placement.share_lookup(ring, file_id, seg, i, holders), depth))
             for i in range(m.n)
         ]
-        order = sorted(range(m.n), key=lambda i: (i not in prefer, i))  # primaries decode fastest
+        # Primaries need no decoding, so they come first, unless a primary's holder is serving
+        # more than PRIMARY_EDGE more of this operation's fetches than a parity share's holder:
+        # then that parity share is asked instead. Placement gives some holders more primaries
+        # than others; without this, the busiest holder's uplink paced the whole read
+        # (docs/storage.md, "burst over capped uplinks").
+        def load(i: int) -> int:
+            return self.busy[walks[i][0]] + (0 if i < m.k else PRIMARY_EDGE) if walks[i] else 1 << 30
+
+        order = sorted(range(m.n), key=lambda i: (i not in prefer, load(i), i))
         attempts = [
             (i, walks[i][rank], m.share_id(seg, i))
             for rank in range(depth)

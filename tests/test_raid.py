@@ -442,3 +442,31 @@ async def test_stream_hands_segments_in_order_from_any_segment_and_stops_at_a_fa
 
     with pytest.raises(OSError, match="No space"):  # the sink's error itself, not a group
         await raid.stream_file(result.file_id, peers, peers.ring, full_disk, config=CONFIG)
+
+
+async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make_peers):
+    """fetch_segment asks primaries (no decoding) unless a primary's holder already carries
+    more of the operation's fetches than a parity holder; then it asks the parity share."""
+    from poolai.storage.transfers import PRIMARY_EDGE, Transfers
+
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, SEG)
+    result = await put(peers, path)
+    m, ring = result.manifest, peers.ring
+    holders = placement.segment_holders(ring, result.file_id, 0, m.n)
+
+    async def asked(busy: dict[bytes, int]) -> set[int]:
+        peers.fetched.clear()
+        session = Transfers(peers, CONFIG, inline)
+        session.busy.update(busy)
+        shares = await session.fetch_segment(ring, result.file_id, m, 0)
+        assert shares is not None and len(shares) == m.k
+        index = {m.share_id(0, i): i for i in range(m.n)}
+        return {index[sid] for _, sid in peers.fetched}
+
+    k = m.k
+    idle = await asked({})
+    assert set(range(k)) <= idle <= set(range(k + CONFIG.extra_fetches))  # primaries first
+    assert 0 in await asked({holders[0]: PRIMARY_EDGE})  # busier, but within the edge
+    spared = await asked({holders[0]: PRIMARY_EDGE + 1})
+    assert 0 not in spared and spared & set(range(k, m.n))
