@@ -15,7 +15,8 @@ moves bytes and keeps time.
   by the next peer clockwise. The manifest is stored last, replicated.
 * get (in :mod:`poolai.storage.reading`; ``stream_file`` hands segments to a
   caller, ``get_file`` writes them to a file): per segment, ask k +
-  ``extra_fetches`` holders at once, start one more fetch whenever
+  ``extra_fetches`` holders at once (primaries first, parity shares of
+  less busy holders instead of a busy holder's primaries), start one more fetch whenever
   ``hedge_delay`` passes without an answer, keep the first k shares whose
   hash matches the manifest, cancel the rest, decode, and hand segments
   over in order. A partial output is verified segment by segment and the

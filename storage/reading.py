@@ -4,9 +4,11 @@
 against the file id. ``stream_file`` hands a file's verified segments to a
 caller's sink in order, holding at most ``segments_in_flight`` of them;
 ``get_file`` is the same with a file writer as the sink (and resumes from a
-verified prefix). Per segment: ask k holders (primaries first), one more at
-once per failure or wrong share and one more per ``hedge_delay`` of silence,
-keep the first k shares whose hash matches the manifest, decode.
+verified prefix). Per segment: ask k holders (primaries first, unless a
+primary's holder is busier with this read than a parity holder: see
+``Transfers.fetch_segment``), one more at once per failure or wrong share
+(which is reported to its holder) and one more per ``hedge_delay`` of
+silence, keep the first k shares whose hash matches the manifest, decode.
 """
 
 from __future__ import annotations
