@@ -22,6 +22,7 @@ from poolai.mesh.errors import MeshError
 from poolai.node import __version__
 from poolai.node import config as config_mod
 from poolai.node.logs import setup as setup_logging
+from poolai.storage.errors import StoreError
 
 log = logging.getLogger("poolai")
 
@@ -144,7 +145,7 @@ def _first_line(group: BaseExceptionGroup) -> str:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    if isinstance(exc, (config_mod.ConfigError, MeshError, OSError)):
+    if isinstance(exc, (config_mod.ConfigError, MeshError, StoreError, OSError)):
         return str(exc)
     raise group
 

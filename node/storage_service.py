@@ -2,7 +2,7 @@
 
 The node keeps other peers' shares in an LMDB :class:`ShareStore` under
 ``<data_dir>/shares`` (bounded by ``storage_quota``) and serves them on
-``/poolai/store/1.0.0``. For its owner it puts files into the mesh, gets
+``/poolai/store/2.0.0``. For its owner it puts files into the mesh, gets
 them back, and looks after the files it put or pinned (``<data_dir>/storage/files``).
 
 **Ring view.** Placement needs the same ring on every node: it comes from

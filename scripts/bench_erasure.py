@@ -1,7 +1,7 @@
 """Benchmark the storage core; prints one JSON object.
 
 * zfec alone (the baseline): encode/decode of pre-split blocks, MB/s of file data.
-* our segment pipeline: split + zfec + sha256 of every share + manifest, and
+* our segment pipeline: split + zfec + BLAKE3 of every share + manifest, and
   the reverse (hash-check k shares + decode), as MB/s and as a ratio to zfec.
 * build_manifest on a real file (pass 1 of a put, through trio and threads).
 * the LMDB ShareStore: put and get (hash-checked) MB/s of share bytes.

@@ -1,15 +1,15 @@
 """The manifest: everything needed to find, check and rebuild a file; its hash is the file id.
 
-Byte layout (version 1): one msgpack map, keys in exactly this order, every
+Byte layout (version 2): one msgpack map, keys in exactly this order, every
 integer in msgpack's shortest form (what ``msgpack.packb`` writes)::
 
-    "v"      uint  format version, 1
+    "v"      uint  format version, 2
     "size"   uint  file size in bytes, < 2**63
     "k"      uint  shares needed per segment, 1 <= k <= n
     "n"      uint  shares per segment, n <= 256
     "seg"    uint  segment size in bytes, 1 .. 16 MiB
     "segs"   uint  segment count, must equal ceil(size / seg)
-    "hashes" bin   segs * n * 32 bytes: sha256 of share (s, i) at offset (s*n + i)*32
+    "hashes" bin   segs * n * 32 bytes: BLAKE3 of share (s, i) at offset (s*n + i)*32
 
 The share hashes are a flat list, not a Merkle tree: a reader needs every hash
 anyway to fetch the whole file, a flat list needs no proofs on the wire or on
@@ -31,7 +31,7 @@ import msgpack
 from poolai.storage import erasure, integrity
 from poolai.storage.errors import ManifestError
 
-VERSION = 1
+VERSION = 2  # 1 was the same layout with sha256 ids; its files are not readable here
 MAX_SHARE_HASHES = 1 << 18  # segs * n; 8 MiB of hashes
 MAX_FILE_SIZE = (1 << 63) - 1
 MAX_MANIFEST_SIZE = MAX_SHARE_HASHES * integrity.HASH_SIZE + 256
@@ -71,11 +71,11 @@ class Manifest:
         )
 
     def file_id(self) -> bytes:
-        """sha256 of :meth:`encode` (32 raw bytes). Computed on each call: keep the result."""
+        """BLAKE3 of :meth:`encode` (32 raw bytes). Computed on each call: keep the result."""
         return integrity.file_id(self.encode())
 
     def share_id(self, seg: int, index: int) -> bytes:
-        """The expected id (sha256) of share ``index`` of segment ``seg``."""
+        """The expected id (BLAKE3) of share ``index`` of segment ``seg``."""
         if not (0 <= seg < self.segment_count and 0 <= index < self.n):
             raise IndexError(f"share ({seg}, {index}) out of range")
         at = (seg * self.n + index) * integrity.HASH_SIZE
@@ -137,6 +137,8 @@ def decode(data: bytes) -> Manifest:
     version = obj.get("v")
     if type(version) is not int:
         raise ManifestError("manifest has no integer version 'v'")
+    if version == 1:
+        raise ManifestError("manifest version 1 (sha256 share ids) is from an older release")
     if version != VERSION:
         raise ManifestError(f"unsupported manifest version {version}")
     if set(obj) != set(_KEYS):

@@ -1,4 +1,4 @@
-"""The share protocol ``/poolai/store/1.0.0``: its messages and byte-level stream I/O.
+"""The share protocol ``/poolai/store/2.0.0``: its messages and byte-level stream I/O.
 
 Every exchange is one libp2p stream (layout in NETWORK.md, "Storage")::
 
@@ -35,7 +35,7 @@ from poolai.storage.transfers import MAX_HAS_IDS
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "/poolai/store/1.0.0"
+PROTOCOL = "/poolai/store/2.0.0"
 CONTROL_FRAME = 64 << 10  # every framed request and reply; ids lists of 1024 fit in 36 KiB
 MAX_SHARE_SIZE = MAX_VALUE_SIZE  # 16 MiB: a k=1 share of a 16 MiB segment, or a manifest
 MAX_AUDIT_LENGTH = 1 << 20

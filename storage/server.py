@@ -1,4 +1,4 @@
-"""The share server: serves one node's :class:`ShareStore` on ``/poolai/store/1.0.0``.
+"""The share server: serves one node's :class:`ShareStore` on ``/poolai/store/2.0.0``.
 
 It knows no transport: it serves any trio half-closeable stream, so tests
 drive it over memory streams too. A stream carries one exchange or several

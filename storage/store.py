@@ -5,14 +5,14 @@ callers run every method through ``trio.to_thread.run_sync``. The object is
 safe to use from several threads at once (LMDB serialises writers and gives
 each reader a snapshot; the counters have their own lock).
 
-On-disk layout (schema 1): one LMDB environment in ``path`` with three
-named databases::
+On-disk layout (schema 2; schema 1 was the same with sha256 share ids): one
+LMDB environment in ``path`` with three named databases::
 
     "shares"   key share_id (32 bytes) -> the share bytes
     "records"  key share_id (32 bytes) -> record, 42 bytes, big-endian:
                  u8 record version (1) | u64 lease expiry (unix seconds)
                  | u8 pinned (0/1) | 32 bytes file id
-    "info"     b"schema" -> u32 schema version (1)
+    "info"     b"schema" -> u32 schema version (2)
                b"bytes"  -> u64 total share bytes,  b"shares" -> u64 share count
 
 Crash safety: a share, its record and the totals change in one write
@@ -46,7 +46,7 @@ from poolai.storage.errors import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD_VERSION = 1
 MAX_VALUE_SIZE = max(erasure.MAX_SEGMENT_SIZE, manifest.MAX_MANIFEST_SIZE)
 MAX_LEASE = (1 << 64) - 1
@@ -121,19 +121,23 @@ class ShareStore:
             readahead=False,
         )
         self._env.reader_check()  # clear reader slots left by killed processes
-        self._shares = self._env.open_db(b"shares")
-        self._records = self._env.open_db(b"records")
         self._info = self._env.open_db(b"info")
-        self._lock = threading.Lock()
-        self._reads = 0
-        self._writes = 0
-        self._hash_failures = 0
         with self._env.begin(write=True, db=self._info) as txn:
             raw = txn.get(b"schema")
             if raw is None:
                 txn.put(b"schema", struct.pack(">I", SCHEMA_VERSION))
-            elif struct.unpack(">I", raw)[0] != SCHEMA_VERSION:
-                raise StoreError(f"{path}: unsupported store schema {raw.hex()}")
+        if raw is not None and (schema := struct.unpack(">I", raw)[0]) != SCHEMA_VERSION:
+            self._env.close()
+            if schema == 1:
+                raise StoreError(f"{path} holds a share store from an older release (schema 1, "
+                                 "sha256 share ids); move it away to start an empty store")
+            raise StoreError(f"{path}: unsupported store schema {schema}")
+        self._shares = self._env.open_db(b"shares")
+        self._records = self._env.open_db(b"records")
+        self._lock = threading.Lock()
+        self._reads = 0
+        self._writes = 0
+        self._hash_failures = 0
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,4 +1,4 @@
-"""The client side of ``/poolai/store/1.0.0``: a :class:`~poolai.storage.raid.ShareTransport` on libp2p.
+"""The client side of ``/poolai/store/2.0.0``: a :class:`~poolai.storage.raid.ShareTransport` on libp2p.
 
 Peers are named by their raw peer id bytes (the multihash, what placement
 hashes onto the ring); they are turned into base58 only to open a stream.

@@ -82,3 +82,21 @@ def test_corrupt_identity_refuses_to_start(tmp_path):
     assert result.returncode == 1
     assert "corrupt" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "identity.key").read_bytes() == b"garbage"
+
+
+def test_share_store_of_an_older_release_refuses_to_start(tmp_path):
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "shares"), max_dbs=3)
+    with env.begin(write=True, db=env.open_db(b"info")) as txn:
+        txn.put(b"schema", (1).to_bytes(4, "big"))  # the sha256-era layout
+    env.close()
+    result = subprocess.run(
+        poolai_cmd("--data-dir", str(tmp_path), "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0",
+                   "--api-port", "0"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("poolai: error: ") and "older release" in last and "move it away" in last
+    assert "Traceback" not in result.stderr

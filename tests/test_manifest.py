@@ -28,12 +28,13 @@ def pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def test_round_trip_and_file_id_is_sha256_of_bytes():
+def test_round_trip_and_file_id_is_the_hash_of_the_bytes():
     m = sample()
     data = m.encode()
     assert manifest.decode(data) == m
-    assert m.file_id() == hashlib.sha256(data).digest()
+    assert m.file_id() == integrity.file_id(data)
     assert len(m.file_id()) == 32
+    assert fields(m)["v"] == 2
 
 
 def test_encoding_is_deterministic_and_ordered():
@@ -91,7 +92,8 @@ _DELETE = object()
         (pack([1, 2, 3]), "not valid msgpack"),  # arrays are not allowed at all
         (pack("manifest"), "must be a msgpack map"),
         (pack({1: 2}), "not valid msgpack"),  # strict_map_key
-        (mutate(v=2), "unsupported manifest version 2"),
+        (mutate(v=3), "unsupported manifest version 3"),
+        (mutate(v=1), r"version 1 \(sha256 share ids\) is from an older release"),
         (mutate(v=True), "no integer version"),
         (mutate(v=_DELETE), "no integer version"),
         (mutate(name="x.bin"), r"unknown \['name'\]"),
@@ -140,10 +142,21 @@ def test_decode_requires_bytes():
         manifest.decode(bytearray(sample().encode()))
 
 
+def test_ids_are_blake3_and_audits_its_keyed_mode():
+    # The published BLAKE3 test vectors for the empty input (plain and keyed).
+    assert integrity.share_id(b"").hex() == (
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
+    assert integrity.file_id(b"") == integrity.share_id(b"")
+    assert integrity.audit_digest(b"whats the Elvish word for friend", b"").hex() == (
+        "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26")
+    data = bytearray(b"share bytes")
+    assert integrity.share_id(memoryview(data)) == integrity.share_id(bytes(data))
+    assert integrity.audit_digest(bytes(32), data) != integrity.share_id(data)
+
+
 def test_integrity_ids_and_audit_digest():
     data = b"share bytes"
     sid = integrity.share_id(data)
-    assert sid == hashlib.sha256(data).digest()
     assert integrity.matches(sid, data)
     assert not integrity.matches(sid, b"share bytez")
     nonce = b"n" * integrity.AUDIT_NONCE_SIZE

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from poolai.storage import integrity
@@ -208,16 +209,37 @@ def test_scrub_finds_rot_and_put_heals_a_rotted_copy(tmp_path):
         assert s.scrub() == 0
 
 
-def test_other_schema_is_refused(tmp_path):
-    import lmdb
-
-    env = lmdb.open(str(tmp_path / "db"), max_dbs=3)
-    info = env.open_db(b"info")
-    with env.begin(write=True, db=info) as txn:
-        txn.put(b"schema", (2).to_bytes(4, "big"))
+def _write_schema(path, schema: int, shares: dict[bytes, bytes] | None = None) -> None:
+    env = lmdb.open(str(path), max_dbs=3)
+    with env.begin(write=True, db=env.open_db(b"info")) as txn:
+        txn.put(b"schema", schema.to_bytes(4, "big"))
+    with env.begin(write=True, db=env.open_db(b"shares")) as txn:
+        for key, value in (shares or {}).items():
+            txn.put(key, value)
     env.close()
-    with pytest.raises(StoreError, match="schema"):
+
+
+def _read_raw(path, name: bytes) -> dict[bytes, bytes]:
+    env = lmdb.open(str(path), max_dbs=3)
+    with env.begin(db=env.open_db(name)) as txn:
+        items = dict(txn.cursor())
+    env.close()
+    return items
+
+
+def test_other_schema_is_refused(tmp_path):
+    _write_schema(tmp_path / "db", 3)
+    with pytest.raises(StoreError, match="unsupported store schema 3"):
         ShareStore(tmp_path / "db", quota_bytes=1000)
+
+
+def test_sha256_era_store_is_refused_by_name_and_keeps_its_shares(tmp_path):
+    old = {hashlib.sha256(b"old share").digest(): b"old share"}
+    _write_schema(tmp_path / "db", 1, old)
+    with pytest.raises(StoreError, match=r"older release \(schema 1, sha256 share ids\); move it away"):
+        ShareStore(tmp_path / "db", quota_bytes=1000)
+    assert _read_raw(tmp_path / "db", b"shares") == old
+    assert _read_raw(tmp_path / "db", b"info") == {b"schema": (1).to_bytes(4, "big")}
 
 
 def test_map_size_leaves_room_beyond_quota():
@@ -228,6 +250,7 @@ def test_map_size_leaves_room_beyond_quota():
 _WRITER = textwrap.dedent(
     """
     import hashlib, random, sys
+    from poolai.storage import integrity
     from poolai.storage.store import ShareStore
     path, seed = sys.argv[1], int(sys.argv[2])
     rng = random.Random(seed)
@@ -243,7 +266,7 @@ _WRITER = textwrap.dedent(
             store.delete(sid)
             continue
         data = rng.randbytes(rng.randrange(1, 300_000))
-        sid = hashlib.sha256(data).digest()
+        sid = integrity.share_id(data)
         store.put(sid, data, file_id=fid, lease_expiry=rng.randrange(100))
         held.append(sid)
         print("put", sid.hex(), flush=True)
