@@ -4,7 +4,9 @@ Transport-agnostic: every exchange with a peer goes through a
 :class:`ShareTransport` (the node implements it over libp2p; tests route it
 to in-process stores). Blocking work (file I/O, zfec, hashing) goes through
 ``offload`` (default ``trio.to_thread.run_sync``); the event loop only
-moves bytes and keeps time.
+moves bytes and keeps time, except for two jobs cheaper than a thread
+hand-off: checking a fetched share of up to 2 MiB against its id, and
+passing on a segment rebuilt from its primaries (slicing, no zfec).
 
 * put: pass 1 (``build_manifest``) reads, encodes and hashes the file, so the
   file id, every share id and every holder are known before a byte leaves;

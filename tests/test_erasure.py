@@ -71,6 +71,17 @@ def test_systematic_shares_are_the_blocks():
     assert shares[:3] == erasure.split_blocks(segment, 3)
 
 
+def test_primaries_only_names_the_shares_that_need_no_decoding():
+    assert erasure.primaries_only([2, 0, 1], 3)
+    assert erasure.primaries_only([0, 1, 2, 5], 3)  # the k lowest are what segment_blocks uses
+    assert not erasure.primaries_only([0, 1, 3], 3)
+    assert not erasure.primaries_only([0, 1], 3)
+    segment = bytes(range(100))
+    shares = erasure.encode_segment(segment, 3, 5)
+    picked = {i: shares[i] for i in (0, 1, 2, 4)}
+    assert erasure.segment_blocks(picked, 100, 3, 5)[0] is shares[0]  # slices, no copy
+
+
 @pytest.mark.parametrize("length", [1, 2, 3, 5, 64, 1000, 4097])
 def test_any_k_of_n_rebuild_the_segment(length):
     k, n = 3, 6

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from poolai.storage import placement, raid
+from poolai.storage import erasure, placement, raid
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.errors import FileChanged, NotEnoughShares, PeerError, PutFailed, StoreError
 from poolai.storage.placement import Ring
@@ -442,6 +442,40 @@ async def test_stream_hands_segments_in_order_from_any_segment_and_stops_at_a_fa
 
     with pytest.raises(OSError, match="No space"):  # the sink's error itself, not a group
         await raid.stream_file(result.file_id, peers, peers.ring, full_disk, config=CONFIG)
+
+
+async def test_only_zfec_decoding_goes_to_a_thread_on_a_read(tmp_path, make_peers):
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 3 * SEG + 5)
+    result = await put(peers, path)
+    m = result.manifest
+    where = {m.share_id(seg, i): (seg, i) for seg in range(m.segment_count) for i in range(m.n)}
+    config = RaidConfig(peer_timeout=100.0, hedge_delay=1.0, extra_fetches=0)
+    handed: list[str] = []
+    got: list[bytes] = []
+
+    async def counting(fn, *args):
+        handed.append(getattr(fn, "__name__", repr(fn)))
+        return await inline(fn, *args)
+
+    async def collect(offset: int, blocks: list[bytes]) -> None:
+        got.append(b"".join(blocks))
+
+    # Without share 0 the first two segments must be rebuilt by zfec; the load rule may
+    # send others to a parity share too. Which shares were used is in peers.fetched.
+    peers.dead = {placement.segment_holders(peers.ring, result.file_id, seg, 6)[0] for seg in (0, 1)}
+    peers.fetched.clear()
+    await raid.stream_file(result.file_id, peers, peers.ring, collect, config=config,
+                           manifest=m, offload=counting)
+    assert b"".join(got) == data
+    used: dict[int, set[int]] = {}
+    for peer, sid in peers.fetched:
+        if peer not in peers.dead:
+            seg, i = where[sid]
+            used.setdefault(seg, set()).add(i)
+    decoded = [seg for seg, indices in used.items() if not erasure.primaries_only(indices, m.k)]
+    assert {0, 1} <= set(decoded)
+    assert handed == ["segment_blocks"] * len(decoded)  # hashing small shares stays on the loop
 
 
 async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make_peers):
