@@ -41,7 +41,11 @@ def register(sub: Any) -> None:
 
     get = sub.add_parser("get", help="fetch a file from the mesh")
     get.add_argument("file_id", help="the id 'poolai put' printed")
-    get.add_argument("-o", "--output", type=Path, required=True, help="where to write it")
+    where = get.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", type=Path, help="where to write it")
+    where.add_argument("--check", action="store_true",
+                       help="read and verify the whole file through the mesh, write nothing, "
+                            "and print how fast the mesh read it")
     get.set_defaults(func=_get)
 
     stat = sub.add_parser("stat", help="show where a file's shares are and their health")
@@ -131,9 +135,13 @@ class Bar:
                          f"{frac * 100:5.1f}% {done / MiB:8.1f}/{total / MiB:.1f} MiB {rate:7.1f} MB/s ")
         sys.stderr.flush()
 
-    def finish(self, text: str) -> None:
+    def clear(self) -> None:
         if self.tty:
             sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+    def finish(self, text: str) -> None:
+        self.clear()
         print(text, file=sys.stderr)
 
 
@@ -170,33 +178,9 @@ def _put(args: argparse.Namespace) -> int:
             bar.show("upload", sent, size)
             yield chunk
 
-    result: dict[str, Any] | None = None
-    try:
-        with handle, httpx.Client(timeout=_timeout()) as client, client.stream(
-            "POST", f"{api}/api/files", params=params, content=body(),
-            headers={**headers, "Content-Length": str(size)},
-        ) as response:
-            if response.status_code != 200:
-                raise _fail(response)
-            for line in response.iter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("event") == "progress":
-                    bar.show(event["phase"], event["done"], event["total"])
-                elif event.get("event") == "error":
-                    error = event.get("error", {})
-                    if bar.tty:
-                        bar.finish("")
-                    raise CliError(f"{error.get('code')}: {error.get('message')}")
-                elif event.get("event") == "done":
-                    result = event
-    except httpx.HTTPError as exc:
-        raise CliError(f"the node at {api} did not finish the put: {exc}") from None
-    except (ValueError, KeyError) as exc:
-        raise CliError(f"the node sent a malformed progress event: {exc}") from None
-    if result is None:
-        raise CliError("the node closed the connection before the put finished")
+    with handle:
+        result = _follow("put", bar, "POST", f"{api}/api/files", params=params, content=body(),
+                         headers={**headers, "Content-Length": str(size)})
     took = time.monotonic() - start
     bar.finish(f"put {size / MiB:.1f} MiB in {took:.1f} s ({size / max(took, 1e-6) / 1e6:.1f} MB/s), "
                f"{result['segments']} segments, {result['k']}-of-{result['n']}"
@@ -205,9 +189,45 @@ def _put(args: argparse.Namespace) -> int:
     return 0
 
 
+def _follow(what: str, bar: Bar, method: str, url: str, **request: Any) -> dict[str, Any]:
+    """Send a ``progress=1`` request and follow its NDJSON events on ``bar``; the ``done``
+    event. CliError for an error event, a failed request or a connection that ends early."""
+    try:
+        with httpx.Client(timeout=_timeout()) as client, client.stream(method, url, **request) as response:
+            if response.status_code != 200:
+                raise _fail(response)
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("event") == "progress":
+                    bar.show(what if what != "put" else event["phase"], event["done"], event["total"])
+                elif event.get("event") == "error":
+                    error = event.get("error", {})
+                    if bar.tty:
+                        bar.finish("")
+                    raise CliError(f"{error.get('code')}: {error.get('message')}")
+                elif event.get("event") == "done":
+                    return dict(event)
+    except httpx.HTTPError as exc:
+        raise CliError(f"the node did not finish the {what}: {exc}") from None
+    except (ValueError, KeyError) as exc:
+        raise CliError(f"the node sent a malformed progress event: {exc}") from None
+    raise CliError(f"the node closed the connection before the {what} finished")
+
+
 def _get(args: argparse.Namespace) -> int:
     api, headers = _node(args)
     file_id = _check_id(args.file_id)
+    if args.check:
+        bar = Bar("check")
+        result = _follow("check", bar, "GET", f"{api}/api/files/{file_id}/check",
+                         params={"progress": "1"}, headers=headers)
+        bar.clear()
+        print(f"{result['file_id']}: read and verified {result['size'] / MiB:.1f} MiB "
+              f"({result['segments']} segments, {result['k']}-of-{result['n']}) in "
+              f"{result['seconds']:.1f} s ({result['MBps']:.1f} MB/s); nothing written")
+        return 0
     out: Path = args.output
     # The partial download keeps the file id in its name: only bytes of this file, which the
     # node verified before sending, are ever in it, so a later run resumes after them.

@@ -11,6 +11,11 @@ JSON unless said otherwise; every error is ``{"error": {"code": ..., "message": 
   its length means the download failed. A ``Range: bytes=N-`` header resumes: 206 with
   ``Content-Range: bytes N-(size-1)/size`` and only the segments from the one holding byte N
   are fetched (416 if N >= size; other range forms are ignored and the whole file is sent).
+* ``GET /api/files/{id}/check?progress=1``: read the whole file through the mesh, k verified
+  shares per segment as a get does, and drop it: ``{file_id, size, segments, k, n, seconds,
+  MBps}``, or ``unavailable`` (503) naming the segment that could not be rebuilt. Nothing
+  leaves the node, so this is the mesh's read speed alone. With ``progress=1``: NDJSON
+  progress lines as for a put, ending with ``done`` (the same fields) or ``error``.
 * ``GET /api/files/{id}/stat?verify=1``: each segment's holders and health; ``verify`` also
   fetches k shares per segment and audits the other holders.
 * ``POST /api/files/{id}/pin`` and ``.../unpin``: keep the file (renew its leases) / let its
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,7 +194,8 @@ def storage_routes(service: StorageService) -> list[Route]:
         job = Job()
         service.spawn(job.run, lambda progress: service.put(path, params=params, pin=pin, progress=progress))
         if query.get("progress", "") in ("1", "true", "yes"):
-            return StreamingResponse(_put_events(job, path), media_type="application/x-ndjson")
+            return StreamingResponse(_events(job, put_json, lambda: _unlink(path)),
+                                     media_type="application/x-ndjson")
         try:
             await job.finished.wait()
         finally:
@@ -235,6 +242,39 @@ def storage_routes(service: StorageService) -> list[Route]:
             status = 206
         return StreamingResponse(_relay(job, receive, m.size - offset), status_code=status,
                                  headers=headers, media_type="application/octet-stream")
+
+    async def check(request: Request) -> Response:
+        """Read the file through the mesh as a get does, and drop the bytes."""
+        try:
+            file_id = _file_id(request)
+            m = await service.open_manifest(file_id)
+        except NotEnoughShares as exc:
+            return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
+        except _EXPECTED as exc:
+            return error_response(exc)
+
+        async def drop(offset: int, blocks: list[bytes]) -> None:
+            """Verified and decoded is all a check needs."""
+
+        async def op(progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+            start = time.perf_counter()
+            await service.stream(file_id, drop, manifest=m, progress=progress)
+            seconds = time.perf_counter() - start
+            return {"file_id": integrity.to_hex(file_id), "size": m.size, "segments": m.segment_count,
+                    "k": m.k, "n": m.n, "seconds": round(seconds, 4),
+                    "MBps": round(m.size / max(seconds, 1e-9) / 1e6, 1)}
+
+        job = Job()
+        service.spawn(job.run, op)
+        if request.query_params.get("progress", "") in ("1", "true", "yes"):
+            return StreamingResponse(_events(job, dict), media_type="application/x-ndjson")
+        try:
+            await job.finished.wait()
+        finally:
+            job.cancel()
+        if job.error is not None:
+            return error_response(job.error)
+        return JSONResponse(job.result)
 
     async def stat(request: Request) -> Response:
         """Each segment's holders and health (query: verify=1 makes every holder prove it)."""
@@ -288,6 +328,7 @@ def storage_routes(service: StorageService) -> list[Route]:
     return [
         Route("/api/files", post_file, methods=["POST"]),
         Route("/api/files/{file_id}", get_file, methods=["GET"]),
+        Route("/api/files/{file_id}/check", check, methods=["GET"]),
         Route("/api/files/{file_id}/stat", stat, methods=["GET"]),
         Route("/api/files/{file_id}/pin", pin, methods=["POST"]),
         Route("/api/files/{file_id}/unpin", unpin, methods=["POST"]),
@@ -296,7 +337,11 @@ def storage_routes(service: StorageService) -> list[Route]:
     ]
 
 
-async def _put_events(job: Job, path: Path) -> AsyncIterator[bytes]:
+async def _events(
+    job: Job, result_json: Callable[[Any], dict[str, Any]], cleanup: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """NDJSON for a job followed with ``progress=1``: a progress line every 0.5 s, then
+    ``done`` with ``result_json(job.result)`` or ``error``. Leaving cancels the job."""
     try:
         while not job.finished.is_set():
             with trio.move_on_after(0.5):
@@ -308,10 +353,11 @@ async def _put_events(job: Job, path: Path) -> AsyncIterator[bytes]:
             yield _line({"event": "error", "status": status,
                          "error": {"code": code, "message": _message(job.error)}})
         else:
-            yield _line({"event": "done", **put_json(job.result)})
+            yield _line({"event": "done", **result_json(job.result)})
     finally:
         job.cancel()
-        _unlink(path)
+        if cleanup is not None:
+            cleanup()
 
 
 def _skip(blocks: list[bytes], count: int) -> list[bytes]:

@@ -173,6 +173,9 @@ def test_put_kill_n_minus_k_get_then_repair(mesh, tmp_path):
     gone = {v.peer_id for v in victims}
     wait_until(lambda: not (gone & (putter.connected() | getter.connected())), 30, "victims gone")
     get_ok(getter, file_id, tmp_path / "out.bin", data)
+    checked = cli(getter, "get", file_id, "--check", timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"{file_id}: read and verified {SIZE / MiB:.1f} MiB")
 
     mesh.spawn(N - K)  # six fresh nodes take the victims' places on the ring
     mesh.wait_full()
@@ -267,7 +270,8 @@ def test_cli_errors_are_one_line(mesh, tmp_path):
     node = mesh.nodes[0]
     unknown = hashlib.sha256(b"never stored").hexdigest()
     cases = [("get", "nothex", "-o", str(tmp_path / "x")), ("get", unknown, "-o", str(tmp_path / "x")),
-             ("stat", unknown), ("unpin", unknown), ("put", str(tmp_path / "missing"))]
+             ("get", unknown, "--check"), ("stat", unknown), ("unpin", unknown),
+             ("put", str(tmp_path / "missing"))]
     for args in cases:
         result = cli(node, *args, timeout=60)
         lines = result.stderr.strip().splitlines()

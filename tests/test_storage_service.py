@@ -376,6 +376,56 @@ async def test_api_download_sends_a_range_from_memory_and_stops_when_its_client_
             assert [op["bytes"] for op in storage.recent_ops if op["op"] == "get"] == [len(data) - 5 * 64_000]
 
 
+async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebuild(tmp_path):
+    """``GET /api/files/{id}/check`` fetches and verifies k shares of every segment, sends no
+    file byte to its client, and fails (503, the segment named) once a segment is lost."""
+    import json
+
+    import httpx
+
+    from poolai.node import config as config_mod
+    from poolai.node.node import open_node
+
+    def config(name: str, **flags: Any):
+        return config_mod.load(tmp_path / name, {"listen": LOOPBACK, "api_port": 0, "overlay_scale": 0.05,
+                                                 **flags}, environ={})
+
+    src = write(tmp_path, "src", 1_000_000, 7)  # 16 segments of PARAMS.segment_size
+
+    def get(url: str) -> httpx.Response:
+        return httpx.get(url, timeout=30)
+
+    with trio.fail_after(90):
+        async with open_node(config("a")) as a, open_node(config("b", bootstrap=[a.host.addrs()[0]])) as b:
+            storage = b.service("storage")
+            await wait_for(lambda: len(storage.ring_view()) == 2)
+            put = await a.service("storage").put(src, params=PARAMS)
+            m = put.manifest
+            url = f"{b.api_url}/api/files/{integrity.to_hex(put.file_id)}/check"
+            fetched = storage.transport.statistics().requests
+            reply = await trio.to_thread.run_sync(get, url)
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            assert (body["size"], body["segments"], body["k"], body["n"]) == (
+                1_000_000, m.segment_count, 2, 4)
+            assert body["seconds"] > 0 and body["MBps"] > 0
+            # b holds half the shares; the rest came from a, every one hashed on arrival
+            assert storage.transport.statistics().requests - fetched >= m.segment_count
+
+            lines = (await trio.to_thread.run_sync(get, url + "?progress=1")).text.splitlines()
+            done = json.loads(lines[-1])
+            assert done["event"] == "done"
+            assert (done["file_id"], done["size"]) == (body["file_id"], body["size"])
+
+            for node in (a, b):  # segment 5 loses every share
+                for share_id in m.segment_share_ids(5):
+                    await trio.to_thread.run_sync(node.service("storage").store.delete, share_id)
+            reply = await trio.to_thread.run_sync(get, url)
+            assert reply.status_code == 503
+            assert reply.json()["error"]["code"] == "unavailable"
+            assert "segment 5" in reply.json()["error"]["message"]
+
+
 async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
     from poolai.node.credits import ReceiptRejected
 
