@@ -56,6 +56,7 @@ from poolai.storage.errors import (
 
 if TYPE_CHECKING:
     from poolai.node.storage_service import FileHealth, PutOutcome, StorageService
+    from poolai.storage.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +206,22 @@ def storage_routes(service: StorageService) -> list[Route]:
             return error_response(job.error)
         return JSONResponse(put_json(job.result), 201)
 
-    async def get_file(request: Request) -> Response:
-        """The file's bytes, fetched from its holders and verified as they stream out."""
+    async def opened(request: Request) -> tuple[bytes, Manifest] | Response:
+        """The path's file id and its manifest, or the error response to send instead."""
         try:
             file_id = _file_id(request)
-            m = await service.open_manifest(file_id)
+            return file_id, await service.open_manifest(file_id)
         except NotEnoughShares as exc:
             return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
         except _EXPECTED as exc:
             return error_response(exc)
+
+    async def get_file(request: Request) -> Response:
+        """The file's bytes, fetched from its holders and verified as they stream out."""
+        found = await opened(request)
+        if isinstance(found, Response):
+            return found
+        file_id, m = found
         offset = _range_start(request.headers.get("range", ""))
         if offset and offset >= m.size:
             return JSONResponse({"error": {"code": "bad_range", "message": f"the file has {m.size} bytes"}},
@@ -245,13 +253,10 @@ def storage_routes(service: StorageService) -> list[Route]:
 
     async def check(request: Request) -> Response:
         """Read the file through the mesh as a get does, and drop the bytes."""
-        try:
-            file_id = _file_id(request)
-            m = await service.open_manifest(file_id)
-        except NotEnoughShares as exc:
-            return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
-        except _EXPECTED as exc:
-            return error_response(exc)
+        found = await opened(request)
+        if isinstance(found, Response):
+            return found
+        file_id, m = found
 
         async def drop(offset: int, blocks: list[bytes]) -> None:
             """Verified and decoded is all a check needs."""
