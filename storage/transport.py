@@ -13,8 +13,8 @@ stops an exchange nobody bounded from hanging forever. A stream whose
 exchange failed is reset so the holder stops sending at once. Exchanges are
 carried by tasks the caller's cancellation cannot reach (see ``_remote``).
 
-Fetch, has, audit, check and renew keep their stream open after a clean exchange
-and the next exchange with that holder reuses it (see ``_exchange``);
+Every exchange (store included: it is idempotent) keeps its stream open after it
+ends cleanly, and the next exchange with that holder reuses it (see ``_exchange``);
 holders not connected are dialled first at the addresses ``addresses``
 gives (one dial per peer at a time). Holders serve shares without hashing
 them; a share that fails the reader's hash check is reported back
@@ -140,7 +140,10 @@ class Libp2pShareTransport:
             await self._counted(self._local_store(share_id, data, meta))
             return
         header = PutRequest(id=share_id, file=meta.file_id, lease=meta.lease_expiry, size=len(data))
-        await self._remote(peer, self._store_io, header, data)
+        # Storing is idempotent (content-addressed; a repeat only extends the lease), so a
+        # put's streams are kept and reused like a get's: a stream open and its negotiation
+        # cost both sides about as much CPU as receiving and storing a third of a 1 MiB share.
+        await self._remote(peer, self._store_io, header, data, keep=True)
         self._n["bytes_sent"] += len(data)
 
     async def fetch(self, peer: PeerId, share_id: bytes) -> bytes:
@@ -420,33 +423,38 @@ class Libp2pShareTransport:
     async def _store_io(
         self, stream: Libp2pStream, header: PutRequest, data: bytes, *, eof: bool = True
     ) -> None:
-        """Write header and body while reading the reply, which may be an early refusal."""
+        """Write header and body while reading the reply, which may be an early refusal.
+
+        A refusal or a fault is raised as it came (ShareRefused, MeshError, a trio stream
+        error), so that :meth:`_exchange` can tell a kept stream the holder closed meanwhile
+        from a holder that said no.
+        """
         failed: list[BaseException] = []
         sent = trio.Event()
 
         async def send() -> None:
             try:
                 await send_frame_and_body(stream, header, data)
-                await send_eof(stream)
+                if eof:
+                    await send_eof(stream)
                 sent.set()
             except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 failed.append(exc)  # the holder reset us; its reply (if any) says why
 
-        reply: Any = None
+        reader = Reader(stream)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
             try:
-                reply = await self._reply(Reader(stream), StoredReply)
+                await self._reply(reader, StoredReply)
             except (ShareRefused, MeshError) as exc:
                 failed.insert(0, exc)
-            nursery.cancel_scope.cancel()  # writes are shielded: this only stops between chunks
+                nursery.cancel_scope.cancel()  # writes are shielded: this only stops between chunks
+            # After a success the holder has read every byte: the send is finishing, not waiting.
         if failed:
-            if isinstance(failed[0], ShareRefused):
-                raise failed[0]
-            raise PeerError(f"store failed: {failed[0]}")
+            raise failed[0]
         if not sent.is_set():
-            raise PeerError("holder acknowledged a share before receiving all of it")
-        assert isinstance(reply, StoredReply)
+            raise ProtocolError("holder acknowledged a share before receiving all of it")
+        _check_drained(reader)
 
 
 def _check_drained(reader: Reader) -> None:

@@ -150,6 +150,12 @@ async def test_quota_refusal_comes_before_the_body_and_stores_nothing(pair):
     assert (stats.shares, stats.bytes) == (1, len(big))
     assert pair.server.statistics().bytes_in == len(big)  # the refused body was never read
     assert t.statistics().refusals == {"quota": 1}
+    # the refused exchange's stream is not kept (nor retried); the next store opens a fresh one
+    small, tiny = share(5, 1000)
+    with trio.fail_after(10):
+        await t.store(peer, small, tiny, ShareMeta(FILE, LEASE))
+    assert (t.statistics().reused_streams, t.statistics().stale_streams) == (1, 0)
+    assert pair.store.statistics().shares == 2
 
 
 async def test_wrong_hash_upload_is_refused_and_nothing_stored(pair):
@@ -368,17 +374,20 @@ async def test_one_stream_carries_many_exchanges_until_the_holder_closes_it_idle
         sid, data = share(4)
         with trio.fail_after(30):
             await b.connect(a.peer_id, a.transport_addrs())
-            await t.store(peer, sid, data, ShareMeta(FILE, LEASE))  # one stream, half-closed
+            await t.store(peer, sid, data, ShareMeta(FILE, LEASE))  # opens the stream
             for _ in range(3):
                 assert await t.fetch(peer, sid) == data
             assert await t.has(peer, [sid]) == [True]
-            assert t.statistics().reused_streams == 3  # the first fetch opened the stream
+            assert t.statistics().reused_streams == 4
             assert server.statistics().requests == 5
             await wait_for(lambda: server.statistics().idle_closed == 1)
-            # the kept stream is closed by now: the exchange notices and runs on a fresh one
-            assert await t.fetch(peer, sid) == data
+            # the kept stream is closed by now: the store notices and runs on a fresh one
+            other, more = share(5)
+            await t.store(peer, other, more, ShareMeta(FILE, LEASE))
+            assert await t.fetch(peer, other) == more
         stats = t.statistics()
-        assert (stats.stale_streams, stats.failures) == (1, 0)
+        assert (stats.stale_streams, stats.failures, stats.reused_streams) == (1, 0, 5)
+        assert store.get(other) == more
     store.close()
 
 
