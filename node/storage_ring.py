@@ -25,6 +25,15 @@ for ``unreachable_s`` (unless it is connected again), and
 connected first, at most ``max_verify`` of them, so repair places onto the
 peers that are there.
 
+Reads use :meth:`RingSource.reading_view`: the same ring plus the peers that
+left it within ``departed_s``, marked absent. Placement then still computes
+the holders the shares were put on (a smaller ring shifts the holders of
+shares that stayed: see :mod:`poolai.storage.placement`), and a read asks
+the holders that are there at once instead of walking the ring for shares
+that moved in the computation only. ``departed_s`` is about two upkeep
+passes: by then repair has rebuilt what left on the ring of present peers,
+where reads look next.
+
 :func:`ring_of` is the pure rule; :class:`RingSource` is its driver.
 """
 
@@ -80,6 +89,7 @@ class RingSource:
         self, host: MeshHost, overlay: Any | None, book: PeerBook | None, *,
         ttl: float = 10.0, max_hops: int = 256, clock: Callable[[], float] = time.monotonic,
         unreachable_s: float = 120.0, max_verify: int = 256, dial_timeout: float = 5.0,
+        departed_s: float = 1200.0,
     ) -> None:
         self.host = host
         self.overlay = overlay
@@ -96,6 +106,8 @@ class RingSource:
         self.max_verify = max_verify
         self.dial_timeout = dial_timeout
         self._unreachable: dict[PeerId, float] = {}  # peer -> until (clock)
+        self.departed_s = departed_s
+        self._last_in_view: dict[PeerId, float] = {}  # peer -> when a view last held it (clock)
 
     def _connected(self) -> list[PeerId]:
         out = []
@@ -125,7 +137,31 @@ class RingSource:
         if len(gone) < len(self._unreachable):
             self._unreachable = {p: u for p, u in self._unreachable.items() if u > now}
         known = [p for p in (*self._members(), *self._walked) if p not in gone]
-        return ring_of(self.me, known, self._connected())
+        ring = ring_of(self.me, known, self._connected())
+        self._note_present(ring, now)
+        return ring
+
+    def reading_view(self) -> Ring:
+        """:meth:`view` plus the peers that left it in the last ``departed_s``, marked absent
+        (see the module doc)."""
+        ring = self.view()
+        present = set(ring.peers)
+        departed = [p for p in self._last_in_view if p not in present]
+        if not departed:
+            return ring
+        return Ring.from_positions(
+            [*zip(ring.peers, ring.positions, strict=True), *((p, node_position(p)) for p in departed)],
+            absent=departed,
+        )
+
+    def _note_present(self, ring: Ring, now: float) -> None:
+        if len(self._last_in_view) > 10_000:
+            self._last_in_view.clear()
+        horizon = now - self.departed_s
+        if any(t < horizon for t in self._last_in_view.values()):
+            self._last_in_view = {p: t for p, t in self._last_in_view.items() if t >= horizon}
+        for p in ring.peers:
+            self._last_in_view[p] = now
 
     def mark_unreachable(self, peer: str) -> None:
         """A dial to ``peer`` failed: leave it out of the ring for a while."""

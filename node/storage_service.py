@@ -174,7 +174,9 @@ class StorageService:
         self.rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self.clock: Callable[[], float] = time.time  # stamps audits for credits
-        self.rings = RingSource(self.host, None, getattr(node, "book", None))  # overlay: see run
+        # overlay: see run; departed peers are kept in the reading ring for two upkeep passes
+        self.rings = RingSource(self.host, None, getattr(node, "book", None),
+                                departed_s=2 * self.interval)
         self.ledger = AuditLedger(self.rings.me)
         self.raid_config = RAID
         self.credit_claims = 0
@@ -247,6 +249,12 @@ class StorageService:
         those that do not answer)."""
         return await self.rings.refresh(force=fresh, verify=fresh)
 
+    async def reading_ring(self) -> Ring:
+        """The ring reads use: :meth:`ring` plus the peers that left it lately, marked absent
+        (where shares were put; see ``RingSource.reading_view``)."""
+        await self.rings.refresh()
+        return self.rings.reading_view()
+
     # ------------------------------------------------------------------ operations
     async def put(
         self, path: Path, *, params: ErasureParams, pin: bool = False,
@@ -305,7 +313,7 @@ class StorageService:
         entry = self.files.get(file_id)
         if entry is not None:
             return entry.manifest
-        return await raid.fetch_manifest(file_id, self.transport, await self.ring(), config=RAID,
+        return await raid.fetch_manifest(file_id, self.transport, await self.reading_ring(), config=RAID,
                                          offload=self.offload_cpu)
 
     async def get(
@@ -351,7 +359,7 @@ class StorageService:
         first = min(from_offset // m.segment_size, m.segment_count) if m.segment_count else 0
         self.gets_running += 1
         try:
-            await run(m, await self.ring(), first)
+            await run(m, await self.reading_ring(), first)
         except NotEnoughShares as exc:
             self._record("get", file_id, exc)
             raise
@@ -366,6 +374,8 @@ class StorageService:
         """Each segment's holders (and with ``verify``, proofs from every holder)."""
         assert self.transport is not None
         m = await self.open_manifest(file_id)
+        # The present peers' ring, not the reading ring: after a repair a share is found at
+        # its current holder first, not at a peer that also kept another share of the segment.
         ring = await self.ring()
         limiter = trio.CapacityLimiter(RAID.max_transfers)
         found = await upkeep.locate(self.transport, ring, m, limiter=limiter)
@@ -400,7 +410,7 @@ class StorageService:
         lease = max(entry.lease_expiry if entry else 0, now + self.lease_s)
         entry = FileEntry(file_id, m, True, lease, entry.added if entry else now)
         await self.offload_io(self.files.put, entry)
-        await upkeep.renew_file(self.transport, await self.ring(), m, lease,
+        await upkeep.renew_file(self.transport, await self.reading_ring(), m, lease,
                                 manifest_copies=RAID.manifest_copies)
         await self.offload_io(self._pin_local, m, True)
         return entry

@@ -18,7 +18,17 @@ In one run:
 * the same read as ``poolai get ID --check`` (node 1's ``/check``: every
   segment fetched, verified and decoded, then dropped), ``--gets`` times:
   the mesh's read speed without the hop from the node to a client, which
-  the k-streams reference does not make either.
+  the k-streams reference does not make either;
+* a degraded read: (n-k)//2 holders are SIGKILLed (after the second
+  baseline) and the file is got through node 1's API ``--gets`` times again.
+  Most segments then lost a primary share and are rebuilt by zfec, and the
+  first get meets the holders that left. ``degraded_primaries_lost_per_segment``
+  says how much decoding that takes.
+
+Ratios: ``get_*_vs_min_decode_kstreams`` is the target's (zfec decode from
+parity shares only, the worst case, against the k-streams reference);
+``get_*_vs_kstreams`` is against the receiver alone, the stricter reading
+for a healthy get, which takes primaries where it can and decodes little.
 
     python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10] [--gets 2]
 
@@ -311,7 +321,40 @@ def bench_mesh(
     checks = [bench_check(nodes, file_id, size) for _ in range(gets)]
     out.update(max(checks, key=lambda run: run["get_check_MBps"]))
     out["get_check_MBps_runs"] = [run["get_check_MBps"] for run in checks]
+    out["file_id"] = file_id
     return out
+
+
+def bench_degraded(
+    nodes: list[Proc], src: Path, file_id: str, size: int, k: int, n: int, idle_cpu: float,
+    gets: int,
+) -> dict:
+    """Gets through node 1's API after (n-k)//2 of the other holders were SIGKILLed: most
+    segments lost a primary share and are rebuilt by zfec from parity on the getting node
+    (the get the zfec term of the target is about). Kills the last nodes of ``nodes``."""
+    dead = nodes[len(nodes) - (n - k) // 2:]
+    for p in dead:
+        p.proc.kill()
+        p.proc.wait()
+    # Healthy nodes see the dead ones go (so the gets do not pay for discovering it)
+    # through ``stat``, which also tells how many primaries each segment lost.
+    reply = httpx.get(f"{nodes[1].info['api']}/api/files/{file_id}/stat", timeout=120)
+    if reply.status_code != 200:
+        raise SystemExit(f"stat failed: {reply.status_code} {reply.text[:200]}")
+    lost = [sum(h is None for h in s["holders"][:k]) for s in reply.json()["segment_health"]]
+    live = [p for p in nodes if p not in dead]
+    runs = [bench_get(live, src, file_id, size, idle_cpu * len(live) / len(nodes))
+            for _ in range(gets)]
+    best = max(runs, key=lambda run: run["get_api_MBps"])
+    return {"degraded_nodes_killed": len(dead),
+            # of the k blocks of a segment, how many zfec rebuilds from parity (at least:
+            # the read may also take parity where a primary's holder is busy)
+            "degraded_primaries_lost_per_segment": round(sum(lost) / max(1, len(lost)), 2),
+            "degraded_segments_decoded_fraction": round(sum(x > 0 for x in lost) / max(1, len(lost)), 2),
+            "degraded_get_api_MBps": best["get_api_MBps"],
+            "degraded_get_api_MBps_runs": [run["get_api_MBps"] for run in runs],
+            "degraded_get_getter_cpu_ms_per_MB": best["get_getter_cpu_ms_per_MB"],
+            "degraded_get_node_peak_rss_MiB": max(run["get_node_peak_rss_MiB"] for run in runs)}
 
 
 def bench_check(nodes: list[Proc], file_id: str, size: int) -> dict:
@@ -451,6 +494,8 @@ def main() -> None:
         out.update(bench_mesh(base, nodes, size, args.k, args.n, segment,
                               out["mesh_idle_cpu_percent"] / 100, args.gets))
         after = bench_baseline(args.k, stream)
+        out.update(bench_degraded(nodes, base / "src.bin", out.pop("file_id"), size, args.k,
+                                  args.n, out["mesh_idle_cpu_percent"] / 100, args.gets))
         out["baseline_before_get"], out["baseline_after_get"] = before, after
         # Speeds: the better of the two (what the receiver can take, as the get reports its
         # fastest run); CPU per MB: the mean.
@@ -466,6 +511,10 @@ def main() -> None:
     for where in ("api", "node", "check"):
         out[f"get_{where}_speedup_over_1_stream"] = round(out[f"get_{where}_MBps"] / single, 2)
         out[f"get_{where}_vs_min_decode_kstreams"] = round(out[f"get_{where}_MBps"] / reference, 2)
+        # A healthy get takes primaries where it can and decodes little, so against the
+        # receiver alone too: the stricter reading of the target where zfec is slower.
+        out[f"get_{where}_vs_kstreams"] = round(out[f"get_{where}_MBps"] / out[kstreams], 2)
+    out["degraded_get_api_vs_min_decode_kstreams"] = round(out["degraded_get_api_MBps"] / reference, 2)
     # With a core of its own (holders elsewhere, as between machines) the getting node's
     # speed is bounded by its own CPU per MB; this is that bound against the receiver's.
     out["getter_cpu_bound_vs_receiver"] = round(

@@ -21,6 +21,14 @@ its predecessor (about 1/N of them) plus the rare share that skipped over it.
 Fallbacks: when a holder fails, the next candidates for a share are the
 peers clockwise after its target that hold no share of the segment; a put
 falls back along that walk and a get probes along the same walk.
+
+Absent peers: a ring may keep peers that left recently as ``absent``. They
+still count when holders are computed, so the holders of the shares that
+stayed are the peers they were put on (leaving a peer out instead shifts
+the holders of other shares of the same segment too: a successor skipped
+as "used" is free again, and a ring smaller than n wraps differently). They
+are never yielded as candidates. Readers use such a ring; writers use one
+of present peers only, so nothing is placed on a peer that has gone.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 
 PeerId = bytes
 RING_BITS = 64
@@ -58,14 +67,20 @@ class Ring:
 
     Build it with :meth:`from_positions` (positions given, e.g. by the
     overlay) or :meth:`from_peers` (positions computed with ``ring_position``).
+    ``absent``: peers on the ring that have left (see the module doc); a subset
+    of ``peers``.
     """
 
     positions: tuple[int, ...]
     peers: tuple[PeerId, ...]
+    absent: frozenset[PeerId] = field(default=frozenset())
 
     @classmethod
-    def from_positions(cls, entries: Iterable[tuple[PeerId, int]]) -> Ring:
+    def from_positions(
+        cls, entries: Iterable[tuple[PeerId, int]], absent: Iterable[PeerId] = ()
+    ) -> Ring:
         """Ring from ``(peer_id, position)`` pairs; a repeated peer id keeps its first position.
+        ``absent`` peers among them are marked absent (others named there are ignored).
 
         Raises ValueError for a position outside the 64-bit ring.
         """
@@ -75,12 +90,13 @@ class Ring:
                 raise ValueError(f"ring position {position} out of range")
             seen.setdefault(bytes(peer), position)
         ordered = sorted((pos, peer) for peer, pos in seen.items())
-        return cls(tuple(pos for pos, _ in ordered), tuple(peer for _, peer in ordered))
+        return cls(tuple(pos for pos, _ in ordered), tuple(peer for _, peer in ordered),
+                   frozenset(bytes(p) for p in absent) & seen.keys())
 
     @classmethod
-    def from_peers(cls, peer_ids: Iterable[PeerId]) -> Ring:
+    def from_peers(cls, peer_ids: Iterable[PeerId], absent: Iterable[PeerId] = ()) -> Ring:
         """Ring from peer ids, each at ``ring_position(peer_id)``."""
-        return cls.from_positions((p, ring_position(p)) for p in peer_ids)
+        return cls.from_positions(((p, ring_position(p)) for p in peer_ids), absent)
 
     def __len__(self) -> int:
         return len(self.peers)
@@ -93,7 +109,12 @@ class Ring:
         drop = set(gone)
         pairs = zip(self.positions, self.peers, strict=True)
         kept = [(pos, p) for pos, p in pairs if p not in drop]
-        return Ring(tuple(pos for pos, _ in kept), tuple(p for _, p in kept))
+        return Ring(tuple(pos for pos, _ in kept), tuple(p for _, p in kept), self.absent - drop)
+
+    def present(self) -> Ring:
+        """This ring without its absent peers (itself when none is absent): where shares
+        are placed now, and where repair puts those that left with an absent peer."""
+        return self.without(self.absent) if self.absent else self
 
     def successors(self, position: int) -> Iterator[PeerId]:
         """Every peer once, clockwise from the first at or after ``position``."""
@@ -119,10 +140,19 @@ def _assign(ring: Ring, targets: Iterable[int]) -> tuple[PeerId, ...]:
 
 def segment_holders(ring: Ring, file_id: bytes, seg: int, n: int) -> tuple[PeerId, ...]:
     """The n holders of a segment's shares, by share index (distinct when the ring has n peers).
+    Absent peers count (see the module doc).
 
     Raises ValueError on an empty ring.
     """
     return _assign(ring, (share_position(file_id, seg, i) for i in range(n)))
+
+
+def current_holders(
+    present: Ring, file_id: bytes, seg: int, n: int
+) -> tuple[PeerId, ...] | None:
+    """``segment_holders`` on ``present`` (a ring's :meth:`Ring.present`), or None when it
+    is empty; for :func:`share_lookup`'s ``current``."""
+    return segment_holders(present, file_id, seg, n) if present.peers else None
 
 
 def manifest_holders(ring: Ring, file_id: bytes, copies: int) -> tuple[PeerId, ...]:
@@ -133,10 +163,21 @@ def manifest_holders(ring: Ring, file_id: bytes, copies: int) -> tuple[PeerId, .
 def _fallback_walk(
     ring: Ring, primary: PeerId, target: int, holders: tuple[PeerId, ...]
 ) -> Iterator[PeerId]:
-    yield primary
-    others = set(holders)
+    if primary not in ring.absent:
+        yield primary
+    others = set(holders) | ring.absent
     for peer in ring.successors(target):
         if peer not in others:
+            yield peer
+
+
+def _lookup_walk(
+    ring: Ring, target: int, first: Iterable[PeerId]
+) -> Iterator[PeerId]:
+    seen = set(ring.absent)
+    for peer in (*first, *ring.successors(target)):
+        if peer not in seen:
+            seen.add(peer)
             yield peer
 
 
@@ -153,25 +194,36 @@ def share_candidates(
 
 
 def share_lookup(
-    ring: Ring, file_id: bytes, seg: int, index: int, holders: tuple[PeerId, ...]
+    ring: Ring, file_id: bytes, seg: int, index: int, holders: tuple[PeerId, ...],
+    current: tuple[PeerId, ...] | None = None,
 ) -> Iterator[PeerId]:
-    """Peers that may hold a share, likeliest first: its holder, then all peers clockwise."""
-    primary = holders[index]
-    yield primary
-    for peer in ring.successors(share_position(file_id, seg, index)):
-        if peer != primary:
-            yield peer
+    """Peers that may hold a share, likeliest first: its holder, its holder on the present
+    peers (``current`` = ``segment_holders(ring.present(), ...)``, given when peers are
+    absent: where repair puts a share that left with its holder), then all peers
+    clockwise. Absent peers are skipped."""
+    first = (holders[index], current[index]) if current else (holders[index],)
+    return _lookup_walk(ring, share_position(file_id, seg, index), first)
 
 
 def manifest_lookup(
-    ring: Ring, file_id: bytes, copy: int, holders: tuple[PeerId, ...]
+    ring: Ring, file_id: bytes, copy: int, holders: tuple[PeerId, ...],
+    current: tuple[PeerId, ...] | None = None,
 ) -> Iterator[PeerId]:
-    """Peers that may hold manifest replica ``copy``: its holder, then all peers clockwise."""
-    primary = holders[copy]
-    yield primary
-    for peer in ring.successors(manifest_position(file_id, copy)):
-        if peer != primary:
-            yield peer
+    """Peers that may hold manifest replica ``copy``, as :func:`share_lookup` for shares."""
+    first = (holders[copy], current[copy]) if current else (holders[copy],)
+    return _lookup_walk(ring, manifest_position(file_id, copy), first)
+
+
+def manifest_walks(ring: Ring, file_id: bytes, copies: int, depth: int) -> list[list[PeerId]]:
+    """For each manifest replica, the first ``depth`` peers of its :func:`manifest_lookup`
+    (with the present peers' holders when some are absent). Empty for an empty ring."""
+    if not ring.peers:
+        return []
+    holders = manifest_holders(ring, file_id, copies)
+    present = ring.present()
+    current = manifest_holders(present, file_id, copies) if ring.absent and present.peers else None
+    return [list(islice(manifest_lookup(ring, file_id, j, holders, current), depth))
+            for j in range(len(holders))]
 
 
 def manifest_candidates(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from itertools import islice
 
 import trio
 
@@ -49,15 +48,10 @@ async def fetch_manifest(
     """
     session = Transfers(transport, config, offload)
     attempts: list[tuple[int, PeerId, bytes]] = []
-    if ring.peers:
-        holders = placement.manifest_holders(ring, file_id, config.manifest_copies)
-        depth = len(holders) + 2
-        walks = [
-            list(islice(placement.manifest_lookup(ring, file_id, j, holders), depth))
-            for j in range(len(holders))
-        ]
+    walks = placement.manifest_walks(ring, file_id, config.manifest_copies, config.manifest_copies + 3)
+    if walks:
         seen: set[PeerId] = set()
-        for rank in range(depth):
+        for rank in range(max(map(len, walks))):
             for j, walk in enumerate(walks):
                 if rank < len(walk) and walk[rank] not in seen:
                     seen.add(walk[rank])

@@ -124,6 +124,13 @@ class Transfers:
         self.offload = offload
         self.limiter = trio.CapacityLimiter(config.max_transfers)
         self.busy: collections.Counter[PeerId] = collections.Counter()  # fetches waiting or running
+        self._present: tuple[Ring, Ring] | None = None  # (ring, ring.present()) of the last segment
+
+    def present(self, ring: Ring) -> Ring:
+        """``ring.present()``, computed once per ring this operation reads from."""
+        if self._present is None or self._present[0] is not ring:
+            self._present = (ring, ring.present())
+        return self._present[1]
 
     async def _matches(self, share_id: bytes, data: bytes) -> bool:
         if len(data) <= INLINE_HASH_MAX:
@@ -136,7 +143,7 @@ class Transfers:
                 with trio.fail_after(self.config.peer_timeout):
                     await self.transport.store(peer, share_id, data, meta)
         except (PeerError, trio.TooSlowError) as exc:
-            log.info("store %s on %s failed: %r", short(share_id), short(peer), exc)
+            log.info("store %s on %s failed: %r", short(share_id), peer_tag(peer), exc)
             return False
         return True
 
@@ -171,10 +178,10 @@ class Transfers:
                     with trio.fail_after(self.config.peer_timeout):
                         answer = await self.transport.has(peer, [sid for _, sid in batch])
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("has on %s failed: %r", short(peer), exc)
+                log.info("has on %s failed: %r", peer_tag(peer), exc)
                 return
             if len(answer) != len(batch):
-                log.warning("has on %s answered %d of %d", short(peer), len(answer), len(batch))
+                log.warning("has on %s answered %d of %d", peer_tag(peer), len(answer), len(batch))
                 return
             held.update(key for (key, _), yes in zip(batch, answer, strict=True) if yes is True)
 
@@ -206,11 +213,11 @@ class Transfers:
                     with trio.fail_after(self.config.peer_timeout):
                         data = await self.transport.fetch(peer, share_id)
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("fetch %s from %s failed: %r", short(share_id), short(peer), exc)
+                log.info("fetch %s from %s failed: %r", short(share_id), peer_tag(peer), exc)
             finally:
                 self.busy[peer] -= 1
             if data is not None and not await self._matches(share_id, data):
-                log.warning("peer %s sent a corrupt %s", short(peer), short(share_id))
+                log.warning("peer %s sent a corrupt %s", peer_tag(peer), short(share_id))
                 self.transport.report_corrupt(peer, share_id)  # holders serve unhashed bytes
                 data = None
             send.send_nowait((key, data))
@@ -249,13 +256,17 @@ class Transfers:
         prefer: frozenset[int] = frozenset(),
     ) -> dict[int, bytes] | None:
         """k verified shares of a segment by index, or None; ``prefer`` indices are asked first,
-        then the shares whose holders are least busy with this operation (primaries on a par)."""
+        then the shares whose holders are least busy with this operation (primaries on a par),
+        and last those whose holder is absent from ``ring`` (they probably left with it)."""
         if not ring.peers:
             return None
         holders = placement.segment_holders(ring, file_id, seg, m.n)
-        depth = m.n + 2  # see placement: covers the successor rule's skips, a fallback, a join
+        current = None
+        if ring.absent:
+            current = placement.current_holders(self.present(ring), file_id, seg, m.n)
+        depth = m.n + 3  # see placement: covers the successor rule's skips, a fallback, a join
         walks = [
-            list(islice(placement.share_lookup(ring, file_id, seg, i, holders), depth))
+            list(islice(placement.share_lookup(ring, file_id, seg, i, holders, current), depth))
             for i in range(m.n)
         ]
         # Primaries need no decoding, so they come first, unless a primary's holder is serving
@@ -266,7 +277,7 @@ class Transfers:
         def load(i: int) -> int:
             return self.busy[walks[i][0]] + (0 if i < m.k else PRIMARY_EDGE) if walks[i] else 1 << 30
 
-        order = sorted(range(m.n), key=lambda i: (i not in prefer, load(i), i))
+        order = sorted(range(m.n), key=lambda i: (i not in prefer, holders[i] in ring.absent, load(i), i))
         attempts = [
             (i, walks[i][rank], m.share_id(seg, i))
             for rank in range(depth)
@@ -278,4 +289,10 @@ class Transfers:
 
 def short(ident: bytes) -> str:
     return ident.hex()[:12]
+
+
+def peer_tag(peer: PeerId) -> str:
+    """A peer id for logs: the tail of its bytes (an Ed25519 peer id's multihash starts
+    with the same six bytes for every peer)."""
+    return peer.hex()[-12:]
 

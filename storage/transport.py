@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from poolai.mesh import wire
-from poolai.mesh.errors import MeshError, ProtocolError
+from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError
 from poolai.mesh.host import Libp2pStream, MeshHost, peer_id_bytes, peer_id_text
 from poolai.storage import integrity
 from poolai.storage.errors import PeerError
@@ -94,7 +94,7 @@ class Libp2pShareTransport:
         self, host: MeshHost, *, local: ShareServer | None = None, fallback_timeout: float = 120.0,
         max_exchanges: int = 128, addresses: Callable[[str], list[str]] | None = None,
         max_idle_per_peer: int = 4, idle_keep: float = 10.0,
-        dial_failed: Callable[[str], None] | None = None,
+        dial_failed: Callable[[str], None] | None = None, redial_after: float = 5.0,
     ) -> None:
         self._host = host
         self._local = local
@@ -112,6 +112,8 @@ class Libp2pShareTransport:
         self._max_idle = max_idle_per_peer
         self._idle_keep = idle_keep
         self._dialling: dict[str, trio.Lock] = {}
+        self._redial_after = redial_after
+        self._dial_errors: dict[str, tuple[float, str]] = {}  # name -> (when, why) of a failed dial
 
     @property
     def me(self) -> PeerId:
@@ -370,22 +372,44 @@ class Libp2pShareTransport:
         kept.append((stream, trio.current_time()))
 
     async def _dial(self, name: str) -> None:
-        """Connect to a holder we are not connected to, once however many exchanges wait."""
+        """Connect to a holder we are not connected to, once however many exchanges wait.
+
+        A failed dial stands for ``redial_after`` seconds: exchanges with that holder
+        fail at once meanwhile. A dial to a peer that has gone takes py-libp2p about
+        0.7 s (three tries), and a read asks a holder for one share of every segment.
+        """
         if self._addresses is None or self._host.is_connected(name):
             return
+        self._recent_dial_error(name)
         if len(self._dialling) > 10_000 and name not in self._dialling:
             self._dialling = {k: v for k, v in self._dialling.items() if v.locked()}
         async with self._dialling.setdefault(name, trio.Lock()):
             if self._host.is_connected(name):
                 return
+            self._recent_dial_error(name)  # the exchange that held the lock just failed
             addrs = self._addresses(name)
             if addrs:  # without any, open_stream tries what libp2p knows
                 try:
                     await self._host.connect(name, addrs)
-                except MeshError:
+                except MeshError as exc:
+                    if len(self._dial_errors) > 10_000:
+                        self._dial_errors.clear()
+                    self._dial_errors[name] = (trio.current_time(), str(exc))
                     if self._dial_failed is not None:
                         self._dial_failed(name)
                     raise
+            self._dial_errors.pop(name, None)
+
+    def _recent_dial_error(self, name: str) -> None:
+        """Raise PeerUnreachable if a dial to ``name`` failed within ``redial_after``."""
+        failed = self._dial_errors.get(name)
+        if failed is None:
+            return
+        age = trio.current_time() - failed[0]
+        if age >= self._redial_after:
+            del self._dial_errors[name]
+            return
+        raise PeerUnreachable(f"{failed[1]} ({age:.1f} s ago; not dialled again yet)")
 
     async def _small_io(self, stream: Libp2pStream, request: Any, reply_type: type, *, eof: bool) -> Any:
         reader = await self._request(stream, request, eof)

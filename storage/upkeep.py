@@ -32,7 +32,7 @@ from poolai.storage import erasure, integrity, placement
 from poolai.storage.errors import PeerError
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
-from poolai.storage.transfers import MAX_HAS_IDS, ShareMeta
+from poolai.storage.transfers import MAX_HAS_IDS, ShareMeta, peer_tag
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ Key = tuple[int, int]  # (segment, share index)
 class UpkeepConfig:
     timeout: float = 30.0  # one exchange with one peer
     max_requests: int = 16  # exchanges in flight
-    depth_extra: int = 2  # lookup walk depth is n + depth_extra (as raid's get)
+    depth_extra: int = 3  # lookup walk depth is n + depth_extra (as raid's get)
     audit_length: int = 64 << 10  # bytes of a share an audit covers (less for small shares)
 
 
@@ -99,10 +99,16 @@ class SegmentCheck:
         return "healthy" if usable == len(self.holders) else "degraded"
 
 
-def _walk(ring: Ring, file_id: bytes, m: Manifest, seg: int, depth: int) -> list[list[PeerId]]:
-    holders = placement.segment_holders(ring, file_id, seg, m.n)
-    return [list(islice(placement.share_lookup(ring, file_id, seg, i, holders), depth))
-            for i in range(m.n)]
+def _walks(ring: Ring, file_id: bytes, m: Manifest, depth: int) -> dict[int, list[list[PeerId]]]:
+    """Each segment's lookup walk of each share (see placement.share_lookup)."""
+    present = ring.present()
+    out = {}
+    for seg in range(m.segment_count):
+        holders = placement.segment_holders(ring, file_id, seg, m.n)
+        current = placement.current_holders(present, file_id, seg, m.n) if ring.absent else None
+        out[seg] = [list(islice(placement.share_lookup(ring, file_id, seg, i, holders, current), depth))
+                    for i in range(m.n)]
+    return out
 
 
 async def _ask_has(
@@ -116,7 +122,7 @@ async def _ask_has(
                 with trio.fail_after(config.timeout):
                     held = await transport.has(peer, [sid for _, sid in batch])
         except (PeerError, trio.TooSlowError) as exc:
-            log.info("has on %s failed: %r", peer.hex()[:12], exc)
+            log.info("has on %s failed: %r", peer_tag(peer), exc)
             return
         for (key, _), yes in zip(batch, held, strict=True):
             if yes is True:
@@ -131,7 +137,7 @@ async def locate(
     file_id = m.file_id()
     limiter = limiter or trio.CapacityLimiter(config.max_requests)
     depth = m.n + config.depth_extra
-    walks = {seg: _walk(ring, file_id, m, seg, depth) for seg in range(m.segment_count)}
+    walks = _walks(ring, file_id, m, depth)
     found: dict[Key, PeerId] = {}
     for rank in range(depth):
         asks: dict[PeerId, list[tuple[Key, bytes]]] = {}
@@ -172,7 +178,7 @@ async def verify_segment(
                 with trio.fail_after(config.timeout):
                     data = await transport.fetch(peer, m.share_id(seg, i))
         except (PeerError, trio.TooSlowError) as exc:
-            log.info("fetch for audit from %s failed: %r", peer.hex()[:12], exc)
+            log.info("fetch for audit from %s failed: %r", peer_tag(peer), exc)
             return
         ok = await offload(integrity.matches, m.share_id(seg, i), data)
         verified[i] = ok
@@ -206,14 +212,14 @@ async def verify_segment(
                     proof = await transport.audit(peer, m.share_id(seg, i), offset, span, nonce)
         except (PeerError, trio.TooSlowError) as exc:
             proof = b""
-            log.info("audit of %s failed: %r", peer.hex()[:12], exc)
+            log.info("audit of %s failed: %r", peer_tag(peer), exc)
         passed = proof == expected
         proofs.append(AuditProof(i, peer, m.share_id(seg, i), size, offset, span, nonce,
                                  bytes(proof), passed, clock()))
         verified[i] = passed and verified[i] is not False
         if not passed and heal_lease is not None:
             log.warning("holder %s failed the audit of share (%d, %d); storing it again",
-                        peer.hex()[:12], seg, i)
+                        peer_tag(peer), seg, i)
             try:
                 async with limiter:
                     with trio.fail_after(config.timeout):
@@ -221,7 +227,7 @@ async def verify_segment(
                         await transport.store(peer, m.share_id(seg, i), rebuilt[i], meta)
                 healed.append(i)
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("re-storing on %s failed: %r", peer.hex()[:12], exc)
+                log.info("re-storing on %s failed: %r", peer_tag(peer), exc)
 
     async with trio.open_nursery() as nursery:
         for i in order:
@@ -245,13 +251,12 @@ async def renew_file(
     limiter = limiter or trio.CapacityLimiter(config.max_requests)
     depth = m.n + config.depth_extra
     asks: dict[PeerId, set[bytes]] = {}
-    for seg in range(m.segment_count):
-        for i, walk in enumerate(_walk(ring, file_id, m, seg, depth)):
+    for seg, walks in _walks(ring, file_id, m, depth).items():
+        for i, walk in enumerate(walks):
             for peer in walk:
                 asks.setdefault(peer, set()).add(m.share_id(seg, i))
-    copies = placement.manifest_holders(ring, file_id, manifest_copies)
-    for j in range(len(copies)):
-        for peer in islice(placement.manifest_lookup(ring, file_id, j, copies), manifest_copies + 2):
+    for walk in placement.manifest_walks(ring, file_id, manifest_copies, manifest_copies + 2):
+        for peer in walk:
             asks.setdefault(peer, set()).add(file_id)
     renewed = 0
 
@@ -263,7 +268,7 @@ async def renew_file(
                     with trio.fail_after(config.timeout):
                         done = await transport.renew(peer, ids[at : at + MAX_HAS_IDS], lease_expiry)
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("renew on %s failed: %r", peer.hex()[:12], exc)
+                log.info("renew on %s failed: %r", peer_tag(peer), exc)
                 return
             renewed += sum(1 for d in done if d is True)
 

@@ -179,3 +179,47 @@ def test_lookup_walk_finds_a_put_fallback():
         walk = list(placement.share_lookup(ring, fid, 0, i, holders))
         assert walk[0] == holders[i]
         assert fallback in walk[: 10 + 1]
+
+
+def test_absent_peers_count_for_holders_but_are_never_candidates():
+    """Three of ten peers leave (n = 10: every peer holds a share of every segment). With
+    them kept as absent, every share that stayed is looked up first at the peer it was put
+    on; leaving them out instead computes other holders for most segments."""
+    names = peers(10)
+    ring = Ring.from_peers(names)
+    gone = set(names[2:5])
+    reading = Ring.from_peers(names, absent=gone)
+    assert reading.present() == ring.without(gone) and not ring.without(gone).absent
+    shifted = 0
+    for fid in file_ids(20):
+        for seg in range(3):
+            put_on = placement.segment_holders(ring, fid, seg, 10)
+            assert placement.segment_holders(reading, fid, seg, 10) == put_on
+            current = placement.current_holders(reading.present(), fid, seg, 10)
+            shrunk = placement.segment_holders(ring.without(gone), fid, seg, 10)
+            assert current == shrunk
+            shifted += any(h != s for h, s in zip(put_on, shrunk, strict=True) if h not in gone)
+            for i, holder in enumerate(put_on):
+                walk = list(placement.share_lookup(reading, fid, seg, i, put_on, current))
+                assert not gone & set(walk) and len(walk) == 7
+                if holder in gone:
+                    assert walk[0] == current[i]  # where repair puts it
+                else:
+                    assert walk[0] == holder
+                    assert walk[1] == current[i] or current[i] == holder
+                candidates = list(placement.share_candidates(reading, fid, seg, i, put_on))
+                assert not gone & set(candidates)
+    assert shifted > 30  # of 60 segments: the cost of computing on the smaller ring
+
+
+def test_manifest_walks_skip_absent_peers_and_try_their_present_holders():
+    names = peers(8)
+    fid = file_ids(1)[0]
+    ring = Ring.from_peers(names)
+    placed = placement.manifest_holders(ring, fid, 5)
+    reading = Ring.from_peers(names, absent=[placed[0]])
+    walks = placement.manifest_walks(reading, fid, 5, 7)
+    assert len(walks) == 5 and all(placed[0] not in w for w in walks)
+    assert [w[0] for w in walks[1:]] == list(placed[1:])
+    assert walks[0][0] == placement.manifest_holders(reading.present(), fid, 5)[0]
+    assert placement.manifest_walks(Ring.from_peers([]), fid, 5, 7) == []

@@ -504,3 +504,29 @@ async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make
     assert 0 in await asked({holders[0]: PRIMARY_EDGE})  # busier, but within the edge
     spared = await asked({holders[0]: PRIMARY_EDGE + 1})
     assert 0 not in spared and spared & set(range(k, m.n))
+
+
+async def test_a_read_after_holders_left_asks_only_peers_that_have_the_shares(tmp_path, make_peers):
+    """n = 6 on 6 peers, and two leave. A ring of the present peers computes other holders
+    for shares that stayed, and the read asks peers that lack them; the reading ring keeps
+    the two as absent: every fetch is a hit and none goes to a peer that left."""
+    peers = make_peers(6)
+    path, data = write_file(tmp_path, 8 * SEG + 5, seed=7)
+    result = await put(peers, path)
+    peers.dead = set(peers.ids[1:3])
+    segments = result.manifest.segment_count
+
+    def misses() -> int:
+        return sum(1 for peer, sid in peers.fetched
+                   if peer in peers.dead or not peers.stores[peer].has([sid])[0])
+
+    await get(peers, result.file_id, tmp_path / "shrunk.bin", ring=peers.live_ring(), offload=inline)
+    assert (tmp_path / "shrunk.bin").read_bytes() == data
+    assert misses() > segments  # more than one wasted request per segment
+    peers.fetched.clear()
+    reading = Ring.from_peers(peers.ids, absent=peers.dead)
+    await get(peers, result.file_id, tmp_path / "reading.bin", ring=reading, offload=inline)
+    assert (tmp_path / "reading.bin").read_bytes() == data
+    assert misses() == 0
+    # k per segment and one manifest copy; extra_fetches = 1 may race one more each
+    assert len(peers.fetched) <= (segments + 1) * (PARAMS.k + CONFIG.extra_fetches)

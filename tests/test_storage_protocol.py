@@ -363,6 +363,34 @@ async def test_a_holder_that_is_not_connected_is_dialled(tmp_path):
     store.close()
 
 
+async def test_a_holder_that_cannot_be_dialled_is_not_dialled_again_at_once():
+    """A read asks a holder that has gone for a share of every segment: one dial fails
+    (py-libp2p takes ~0.7 s for it), and the exchanges waiting on it and those that follow
+    within ``redial_after`` fail at once instead of dialling again."""
+    async with open_host(create_new_key_pair(), LOOPBACK) as a:
+        async with open_host(create_new_key_pair(), LOOPBACK) as b:
+            gone, addrs = b.peer_id, b.transport_addrs()
+        failed: list[str] = []
+
+        async def fetch_fails(t: Libp2pShareTransport) -> None:
+            with pytest.raises(PeerError):
+                await t.fetch(peer_id_bytes(gone), share(5)[0])
+
+        transport = Libp2pShareTransport(a, addresses=lambda name: addrs, dial_failed=failed.append)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(fetch_fails, transport)
+            await fetch_fails(transport)
+        assert failed == [gone]
+        eager = Libp2pShareTransport(a, addresses=lambda name: addrs, dial_failed=failed.append,
+                                     redial_after=0)
+        with trio.fail_after(30):
+            for _ in range(2):
+                await fetch_fails(eager)
+        assert failed == [gone] * 3
+
+
 async def test_one_stream_carries_many_exchanges_until_the_holder_closes_it_idle(tmp_path):
     store = ShareStore(tmp_path / "s", quota_bytes=1 << 24, durable=False)
     server = ShareServer(store, config=ServerConfig(idle_timeout=0.3))

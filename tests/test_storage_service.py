@@ -205,6 +205,29 @@ async def test_members_that_do_not_answer_are_left_out_until_their_time_is_up():
     assert len(source.view()) == 12  # forgiven: the overlay may know better by now
 
 
+async def test_reads_keep_peers_that_left_as_absent_for_departed_s():
+    """Two members stop answering: writes leave them out at once; reads keep them on the
+    ring, marked absent, for ``departed_s`` (so holders are computed as when the shares
+    were put), then forget them too."""
+    ids = [peer_id_bytes(peer_id_text_of(i)) for i in range(12)]
+    full = ring_of(ids[0], ids)
+    dead = frozenset({full.peers[3], full.peers[7]})
+    now = [1000.0]
+    source = RingSource(WalkHost(ids[0], dead), WalkOverlay(full, ids[0], set()), None,  # type: ignore[arg-type]
+                        clock=lambda: now[0], unreachable_s=3600, departed_s=600)
+    with trio.fail_after(10):
+        assert source.reading_view() == source.view()  # nobody has left
+        await source.refresh()
+        assert source.reading_view().absent == frozenset()
+        live = await source.refresh(force=True, verify=True)
+    reading = source.reading_view()
+    assert set(live.peers) == set(full.peers) - dead and not live.absent
+    assert reading.peers == full.peers and reading.absent == dead
+    assert reading.present() == live
+    now[0] += 601
+    assert source.reading_view() == source.view() == live
+
+
 def peer_id_text_of(i: int) -> str:
     from libp2p.crypto.ed25519 import create_new_key_pair as make
     from libp2p.peer.id import ID
