@@ -16,7 +16,7 @@ carried by tasks the caller's cancellation cannot reach (see ``_remote``).
 Every exchange (store included: it is idempotent) keeps its stream open after it
 ends cleanly, and the next exchange with that holder reuses it (see ``_exchange``);
 holders not connected are dialled first at the addresses ``addresses``
-gives (one dial per peer at a time). Holders serve shares without hashing
+gives (dialling and kept streams: :mod:`poolai.storage.holder_links`). Holders serve shares without hashing
 them; a share that fails the reader's hash check is reported back
 (``report_corrupt``) and the holder hashes its copy, dropping a rotten one.
 """
@@ -31,10 +31,11 @@ from typing import Any
 import trio
 
 from poolai.mesh import wire
-from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError
+from poolai.mesh.errors import MeshError, ProtocolError
 from poolai.mesh.host import Libp2pStream, MeshHost, peer_id_bytes, peer_id_text
 from poolai.storage import integrity
 from poolai.storage.errors import PeerError
+from poolai.storage.holder_links import HolderLinks
 from poolai.storage.placement import PeerId
 from poolai.storage.protocol import (
     CONTROL_FRAME,
@@ -102,18 +103,13 @@ class Libp2pShareTransport:
         self._timeout = fallback_timeout
         self._names: dict[bytes, str] = {}
         self._n = {"requests": 0, "failures": 0, "bytes_sent": 0, "bytes_received": 0,
-                   "reused_streams": 0, "stale_streams": 0, "corrupt_reports": 0}
+                   "stale_streams": 0, "corrupt_reports": 0}
         self._refusals: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._slots = trio.Semaphore(max_exchanges)
-        self._addresses = addresses
-        self._dial_failed = dial_failed
-        self._idle: dict[str, list[tuple[Libp2pStream, float]]] = {}
-        self._max_idle = max_idle_per_peer
-        self._idle_keep = idle_keep
-        self._dialling: dict[str, trio.Lock] = {}
-        self._redial_after = redial_after
-        self._dial_errors: dict[str, tuple[float, str]] = {}  # name -> (when, why) of a failed dial
+        self._links = HolderLinks(host, addresses=addresses, dial_failed=dial_failed,
+                                  redial_after=redial_after, max_idle_per_peer=max_idle_per_peer,
+                                  idle_keep=idle_keep)
 
     @property
     def me(self) -> PeerId:
@@ -121,7 +117,8 @@ class Libp2pShareTransport:
         return self._me
 
     def statistics(self) -> TransportStatistics:
-        return TransportStatistics(**self._n, refusals=dict(self._refusals))
+        return TransportStatistics(**{**self._n, "reused_streams": self._links.reused},
+                                   refusals=dict(self._refusals))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the tasks that carry exchanges, until cancelled."""
@@ -320,9 +317,9 @@ class Libp2pShareTransport:
         reused = False
         try:
             with trio.fail_after(self._timeout):
-                await self._dial(name)
+                await self._links.dial(name)
                 if keep:
-                    stream = await self._take_idle(name)
+                    stream = await self._links.take_idle(name)
                     reused = stream is not None
                 if stream is None:
                     stream = await self._host.open_stream(name, PROTOCOL)
@@ -347,69 +344,10 @@ class Libp2pShareTransport:
                 raise PeerError(f"{PROTOCOL} with {name[-8:]} took over {self._timeout:g} s") from None
             raise
         if keep:
-            await self._keep_idle(name, stream)
+            await self._links.keep_idle(name, stream)
         else:
             await close(stream)
         return result
-
-    async def _take_idle(self, name: str) -> Libp2pStream | None:
-        """A stream kept open to ``name`` that is fresh enough to reuse, if any."""
-        kept = self._idle.get(name)
-        now = trio.current_time()
-        while kept:
-            stream, since = kept.pop()
-            if now - since < self._idle_keep:
-                self._n["reused_streams"] += 1
-                return stream
-            await close(stream)  # older ones are likely closed by the holder by now
-        return None
-
-    async def _keep_idle(self, name: str, stream: Libp2pStream) -> None:
-        kept = self._idle.setdefault(name, [])
-        if len(kept) >= self._max_idle or (len(self._idle) > 10_000 and len(kept) == 1):
-            await close(stream)
-            return
-        kept.append((stream, trio.current_time()))
-
-    async def _dial(self, name: str) -> None:
-        """Connect to a holder we are not connected to, once however many exchanges wait.
-
-        A failed dial stands for ``redial_after`` seconds: exchanges with that holder
-        fail at once meanwhile. A dial to a peer that has gone takes py-libp2p about
-        0.7 s (three tries), and a read asks a holder for one share of every segment.
-        """
-        if self._addresses is None or self._host.is_connected(name):
-            return
-        self._recent_dial_error(name)
-        if len(self._dialling) > 10_000 and name not in self._dialling:
-            self._dialling = {k: v for k, v in self._dialling.items() if v.locked()}
-        async with self._dialling.setdefault(name, trio.Lock()):
-            if self._host.is_connected(name):
-                return
-            self._recent_dial_error(name)  # the exchange that held the lock just failed
-            addrs = self._addresses(name)
-            if addrs:  # without any, open_stream tries what libp2p knows
-                try:
-                    await self._host.connect(name, addrs)
-                except MeshError as exc:
-                    if len(self._dial_errors) > 10_000:
-                        self._dial_errors.clear()
-                    self._dial_errors[name] = (trio.current_time(), str(exc))
-                    if self._dial_failed is not None:
-                        self._dial_failed(name)
-                    raise
-            self._dial_errors.pop(name, None)
-
-    def _recent_dial_error(self, name: str) -> None:
-        """Raise PeerUnreachable if a dial to ``name`` failed within ``redial_after``."""
-        failed = self._dial_errors.get(name)
-        if failed is None:
-            return
-        age = trio.current_time() - failed[0]
-        if age >= self._redial_after:
-            del self._dial_errors[name]
-            return
-        raise PeerUnreachable(f"{failed[1]} ({age:.1f} s ago; not dialled again yet)")
 
     async def _small_io(self, stream: Libp2pStream, request: Any, reply_type: type, *, eof: bool) -> Any:
         reader = await self._request(stream, request, eof)
