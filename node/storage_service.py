@@ -480,6 +480,7 @@ class StorageService:
         while True:
             await trio.sleep(2)
             await self.refresh_statistics()
+            self.rings.view()  # notes who is on the ring, so reads know who has left since
 
     def _record(self, op: str, file_id: bytes, exc: Exception) -> None:
         self.recent_errors.append({"at": round(time.time(), 3), "op": op,

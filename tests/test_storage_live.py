@@ -172,7 +172,16 @@ def test_put_kill_n_minus_k_get_then_repair(mesh, tmp_path):
         victim.kill()
     gone = {v.peer_id for v in victims}
     wait_until(lambda: not (gone & (putter.connected() | getter.connected())), 30, "victims gone")
+
+    def not_found() -> int:
+        return getter.get("/api/storage")["transport"]["refusals"].get("not_found", 0)
+
+    asked = not_found()
     get_ok(getter, file_id, tmp_path / "out.bin", data)
+    # The getter computes holders on the ring the shares were put on (the victims still
+    # count, as absent or as failing): it asks each segment's survivors, never a peer
+    # that lacks the share.
+    assert not_found() == asked
     checked = cli(getter, "get", file_id, "--check", timeout=120)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith(f"{file_id}: read and verified {SIZE / MiB:.1f} MiB")

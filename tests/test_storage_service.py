@@ -224,6 +224,11 @@ async def test_reads_keep_peers_that_left_as_absent_for_departed_s():
     assert set(live.peers) == set(full.peers) - dead and not live.absent
     assert reading.peers == full.peers and reading.absent == dead
     assert reading.present() == live
+    overlay = source.overlay
+    overlay.asked.clear()
+    with trio.fail_after(10):
+        assert await source.refresh(force=True) == live
+    assert overlay.asked and not dead & set(overlay.asked)  # the walk steps over them
     now[0] += 601
     assert source.reading_view() == source.view() == live
 
