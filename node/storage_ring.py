@@ -232,6 +232,8 @@ class RingSource:
         for _ in range(self.max_hops):
             successors = () if cursor in gone else await self.overlay.neighbours_of(cursor)
             if not successors:
+                if cursor not in gone and cursor not in self._connected():
+                    self.mark_unreachable(peer_id_text(cursor))  # reads and later walks skip it
                 failed.add(cursor)
                 # An unreachable cursor: step to the next peer we know after it.
                 later = [p for p in ring_of(self.me, known.peers, met).successors(

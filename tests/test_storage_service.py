@@ -185,6 +185,9 @@ async def test_ring_walk_finds_every_peer_with_few_requests_and_skips_dead_ones(
     again = len(overlay.asked)
     await source.refresh()  # cached
     assert len(overlay.asked) == again
+    with trio.fail_after(10):
+        await source.refresh(force=True)
+    assert not dead & set(overlay.asked[again:])  # marked unreachable: not asked again
 
 
 async def test_members_that_do_not_answer_are_left_out_until_their_time_is_up():
