@@ -125,6 +125,10 @@ class Transfers:
         self.limiter = trio.CapacityLimiter(config.max_transfers)
         self.busy: collections.Counter[PeerId] = collections.Counter()  # fetches waiting or running
         self._present: tuple[Ring, Ring] | None = None  # (ring, ring.present()) of the last segment
+        # Where shares were found when peers are absent and a share's holder on the ring
+        # differs from its holder on the present peers (see fetch_segment).
+        self.found_at_ring_holder = 0
+        self.found_at_present_holder = 0
 
     def present(self, ring: Ring) -> Ring:
         """``ring.present()``, computed once per ring this operation reads from."""
@@ -192,18 +196,20 @@ class Transfers:
         return held
 
     async def gather(
-        self, attempts: list[tuple[int, PeerId, bytes]], need: int, initial: int
+        self, attempts: list[tuple[int, PeerId, bytes]], need: int, initial: int,
+        sources: dict[int, PeerId] | None = None,
     ) -> dict[int, bytes] | None:
         """Fetch until ``need`` distinct keys have a verified answer; None if attempts run out.
 
         ``attempts`` are (key, peer, expected share id), best first; ``initial``
         start at once, each failure starts the next, and so does each
         ``hedge_delay`` without an answer. Those still running are cancelled.
+        ``sources`` receives the peer each verified answer came from.
         """
         valid: dict[int, bytes] = {}
         running: dict[int, int] = {}
         pending = list(attempts)
-        send, recv = trio.open_memory_channel[tuple[int, bytes | None]](max(1, len(attempts)))
+        send, recv = trio.open_memory_channel[tuple[int, PeerId, bytes | None]](max(1, len(attempts)))
 
         async def fetch(key: int, peer: PeerId, share_id: bytes) -> None:
             data: bytes | None = None
@@ -220,7 +226,7 @@ class Transfers:
                 log.warning("peer %s sent a corrupt %s", peer_tag(peer), short(share_id))
                 self.transport.report_corrupt(peer, share_id)  # holders serve unhashed bytes
                 data = None
-            send.send_nowait((key, data))
+            send.send_nowait((key, peer, data))
 
         def launch(nursery: trio.Nursery) -> bool:
             useful = [a for a in pending if a[0] not in valid]
@@ -239,7 +245,7 @@ class Transfers:
                 if not any(running.values()) and not launch(nursery):
                     break
                 with trio.move_on_after(self.config.hedge_delay) as hedge:
-                    key, data = await recv.receive()
+                    key, peer, data = await recv.receive()
                 if hedge.cancelled_caught:
                     launch(nursery)  # the holders asked are slow: ask one more
                     continue
@@ -247,7 +253,10 @@ class Transfers:
                 if data is None:
                     launch(nursery)
                 else:
-                    valid.setdefault(key, data)
+                    if key not in valid:
+                        valid[key] = data
+                        if sources is not None:
+                            sources[key] = peer
             nursery.cancel_scope.cancel()
         return valid if len(valid) >= need else None
 
@@ -256,17 +265,26 @@ class Transfers:
         prefer: frozenset[int] = frozenset(),
     ) -> dict[int, bytes] | None:
         """k verified shares of a segment by index, or None; ``prefer`` indices are asked first,
-        then the shares whose holders are least busy with this operation (primaries on a par),
-        and last those whose holder is absent from ``ring`` (they probably left with it)."""
+        then the shares whose holders are least busy with this operation (primaries on a par).
+
+        With absent peers on ``ring`` the operation learns which ring the file was put on
+        from where shares are found (where a share's holder on ``ring`` differs from its
+        holder on the present peers). Each share's holder on ``ring`` is asked first, unless
+        more shares were found at their present holder (a file put, or repaired, since those
+        peers left). While more were found at their holder on ``ring`` (a file put before),
+        shares whose holder there is absent are asked last: they probably left with it."""
         if not ring.peers:
             return None
         holders = placement.segment_holders(ring, file_id, seg, m.n)
         current = None
         if ring.absent:
             current = placement.current_holders(self.present(ring), file_id, seg, m.n)
+        put_on_ring = self.found_at_ring_holder > self.found_at_present_holder
+        put_since = self.found_at_present_holder > self.found_at_ring_holder
+        first, second = (current, holders) if put_since and current else (holders, current)
         depth = m.n + 3  # see placement: covers the successor rule's skips, a fallback, a join
         walks = [
-            list(islice(placement.share_lookup(ring, file_id, seg, i, holders, current), depth))
+            list(islice(placement.share_lookup(ring, file_id, seg, i, first, second), depth))
             for i in range(m.n)
         ]
         # Primaries need no decoding, so they come first, unless a primary's holder is serving
@@ -277,14 +295,24 @@ class Transfers:
         def load(i: int) -> int:
             return self.busy[walks[i][0]] + (0 if i < m.k else PRIMARY_EDGE) if walks[i] else 1 << 30
 
-        order = sorted(range(m.n), key=lambda i: (i not in prefer, holders[i] in ring.absent, load(i), i))
+        def left(i: int) -> bool:
+            return put_on_ring and holders[i] in ring.absent
+
+        order = sorted(range(m.n), key=lambda i: (i not in prefer, left(i), load(i), i))
         attempts = [
             (i, walks[i][rank], m.share_id(seg, i))
             for rank in range(depth)
             for i in order
             if rank < len(walks[i])
         ]
-        return await self.gather(attempts, m.k, m.k + self.config.extra_fetches)
+        sources: dict[int, PeerId] = {}
+        got = await self.gather(attempts, m.k, m.k + self.config.extra_fetches, sources)
+        if current is not None:
+            for i, peer in sources.items():
+                if holders[i] != current[i]:
+                    self.found_at_ring_holder += peer == holders[i]
+                    self.found_at_present_holder += peer == current[i]
+        return got
 
 
 def short(ident: bytes) -> str:
