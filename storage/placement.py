@@ -147,12 +147,31 @@ def segment_holders(ring: Ring, file_id: bytes, seg: int, n: int) -> tuple[PeerI
     return _assign(ring, (share_position(file_id, seg, i) for i in range(n)))
 
 
-def current_holders(
-    present: Ring, file_id: bytes, seg: int, n: int
-) -> tuple[PeerId, ...] | None:
-    """``segment_holders`` on ``present`` (a ring's :meth:`Ring.present`), or None when it
-    is empty; for :func:`share_lookup`'s ``current``."""
-    return segment_holders(present, file_id, seg, n) if present.peers else None
+@dataclass(frozen=True, slots=True)
+class SegmentWalks:
+    """Where to look for a segment's shares (see :func:`segment_walks`)."""
+
+    holders: tuple[PeerId, ...]  # on the ring, absent peers counted: where shares were put
+    current: tuple[PeerId, ...] | None  # on the present peers, when some are absent
+    walks: list[list[PeerId]]  # per share index, the first ``depth`` peers to ask
+
+
+def segment_walks(
+    ring: Ring, file_id: bytes, seg: int, n: int, depth: int, *,
+    present: Ring | None = None, present_first: bool = False,
+) -> SegmentWalks:
+    """Each share's :func:`share_lookup` walk, ``depth`` peers deep. ``present`` is
+    ``ring.present()`` when the caller has it; with ``present_first`` a share's holder on the
+    present peers comes before its holder on ``ring`` (a file put after peers left)."""
+    holders = segment_holders(ring, file_id, seg, n)
+    current = None
+    if ring.absent:
+        present = present if present is not None else ring.present()
+        current = segment_holders(present, file_id, seg, n) if present.peers else None
+    first, second = (current, holders) if present_first and current else (holders, current)
+    walks = [list(islice(share_lookup(ring, file_id, seg, i, first, second), depth))
+             for i in range(n)]
+    return SegmentWalks(holders, current, walks)
 
 
 def manifest_holders(ring: Ring, file_id: bytes, copies: int) -> tuple[PeerId, ...]:
@@ -200,7 +219,7 @@ def share_lookup(
     """Peers that may hold a share, likeliest first: its holder, its holder on the present
     peers (``current`` = ``segment_holders(ring.present(), ...)``, given when peers are
     absent: where repair puts a share that left with its holder), then all peers
-    clockwise. Absent peers are skipped."""
+    clockwise. Absent peers are skipped. :func:`segment_walks` does a whole segment."""
     first = (holders[index], current[index]) if current else (holders[index],)
     return _lookup_walk(ring, share_position(file_id, seg, index), first)
 

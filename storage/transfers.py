@@ -16,7 +16,6 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Protocol
 
 import trio
@@ -275,18 +274,13 @@ class Transfers:
         shares whose holder there is absent are asked last: they probably left with it."""
         if not ring.peers:
             return None
-        holders = placement.segment_holders(ring, file_id, seg, m.n)
-        current = None
-        if ring.absent:
-            current = placement.current_holders(self.present(ring), file_id, seg, m.n)
         put_on_ring = self.found_at_ring_holder > self.found_at_present_holder
-        put_since = self.found_at_present_holder > self.found_at_ring_holder
-        first, second = (current, holders) if put_since and current else (holders, current)
         depth = m.n + 3  # see placement: covers the successor rule's skips, a fallback, a join
-        walks = [
-            list(islice(placement.share_lookup(ring, file_id, seg, i, first, second), depth))
-            for i in range(m.n)
-        ]
+        found = placement.segment_walks(
+            ring, file_id, seg, m.n, depth, present=self.present(ring),
+            present_first=self.found_at_present_holder > self.found_at_ring_holder,
+        )
+        holders, current, walks = found.holders, found.current, found.walks
         # Primaries need no decoding, so they come first, unless a primary's holder is serving
         # more than PRIMARY_EDGE more of this operation's fetches than a parity share's holder:
         # then that parity share is asked instead. Placement gives some holders more primaries

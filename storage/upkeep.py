@@ -23,7 +23,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from itertools import islice
 from typing import Any
 
 import trio
@@ -100,15 +99,10 @@ class SegmentCheck:
 
 
 def _walks(ring: Ring, file_id: bytes, m: Manifest, depth: int) -> dict[int, list[list[PeerId]]]:
-    """Each segment's lookup walk of each share (see placement.share_lookup)."""
+    """Each segment's lookup walk of each share (see placement.segment_walks)."""
     present = ring.present()
-    out = {}
-    for seg in range(m.segment_count):
-        holders = placement.segment_holders(ring, file_id, seg, m.n)
-        current = placement.current_holders(present, file_id, seg, m.n) if ring.absent else None
-        out[seg] = [list(islice(placement.share_lookup(ring, file_id, seg, i, holders, current), depth))
-                    for i in range(m.n)]
-    return out
+    return {seg: placement.segment_walks(ring, file_id, seg, m.n, depth, present=present).walks
+            for seg in range(m.segment_count)}
 
 
 async def _ask_has(

@@ -195,7 +195,7 @@ def test_absent_peers_count_for_holders_but_are_never_candidates():
         for seg in range(3):
             put_on = placement.segment_holders(ring, fid, seg, 10)
             assert placement.segment_holders(reading, fid, seg, 10) == put_on
-            current = placement.current_holders(reading.present(), fid, seg, 10)
+            current = placement.segment_walks(reading, fid, seg, 10, 13).current
             shrunk = placement.segment_holders(ring.without(gone), fid, seg, 10)
             assert current == shrunk
             shifted += any(h != s for h, s in zip(put_on, shrunk, strict=True) if h not in gone)
