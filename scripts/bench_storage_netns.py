@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--mbit", type=int, default=100, help="every node's uplink, Mbit/s (default 100)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--segment-mib", type=int, help="segment size in MiB (default: the node's)")
     ap.add_argument("--http-json", help=argparse.SUPPRESS)
     ap.add_argument("--http-get", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--stream-sink", nargs=2, help=argparse.SUPPRESS)
@@ -185,7 +186,8 @@ def main() -> None:
         raise SystemExit("needs root, ip and tc (network namespaces and traffic control)")
 
     size = args.size * MiB
-    out: dict = {"size_MiB": args.size, "nodes": args.nodes, "uplink_mbit": args.mbit,
+    out: dict = {"size_MiB": args.size, "segment_MiB": args.segment_mib or "default",
+                 "nodes": args.nodes, "uplink_mbit": args.mbit,
                  "uplink_MBps": round(args.mbit / 8, 1), "k": args.k, "n": args.n}
     base = Path(tempfile.mkdtemp(prefix="poolai-netns-"))
     env = {"POOLAI_STORAGE_QUOTA": f"{max(1, 4 * size * args.n // args.k // args.nodes // MiB + 64)}MiB",
@@ -207,7 +209,8 @@ def main() -> None:
         src = base / "src.bin"
         src.write_bytes(random.Random(2).randbytes(size))
         put = subprocess.run(in_ns(0) + local.poolai() + [
-            "--data-dir", str(base / "node0"), "put", str(src), "--k", str(args.k), "--n", str(args.n)],
+            "--data-dir", str(base / "node0"), "put", str(src), "--k", str(args.k), "--n", str(args.n),
+            *(["--segment-mib", str(args.segment_mib)] if args.segment_mib else [])],
             check=True, capture_output=True, text=True, timeout=1800)
         file_id = put.stdout.strip().splitlines()[-1]
         url = f"{nodes[1].info['api']}/api/files/{file_id}"
