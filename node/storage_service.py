@@ -326,10 +326,10 @@ class StorageService:
         ``from_offset``: fetch only the segments from the one holding that byte on (the
         bytes before it in ``out_path`` are left unwritten: a reader resumes there).
         """
-        async def run(m: Manifest, ring: Ring, first: int) -> None:
+        async def run(m: Manifest, ring: Ring, first: int, tally: raid.ReadTally) -> None:
             await raid.get_file(file_id, out_path, self.transport, ring, config=RAID, manifest=m,
                                 resume=resume, progress=_phase(progress, "get"),
-                                offload=self.offload_cpu, first_segment=first)
+                                offload=self.offload_cpu, first_segment=first, tally=tally)
 
         return await self._reading(file_id, manifest, from_offset, run)
 
@@ -340,26 +340,27 @@ class StorageService:
         """Hand a file's verified segments to ``sink`` in order, from the one holding byte
         ``from_offset`` on, without touching the disk; raises NotEnoughShares, ManifestError
         and what ``sink`` raises."""
-        async def run(m: Manifest, ring: Ring, first: int) -> None:
+        async def run(m: Manifest, ring: Ring, first: int, tally: raid.ReadTally) -> None:
             await raid.stream_file(file_id, self.transport, ring, sink, config=RAID, manifest=m,
                                    progress=_phase(progress, "get"), offload=self.offload_cpu,
-                                   first_segment=first)
+                                   first_segment=first, tally=tally)
 
         return await self._reading(file_id, manifest, from_offset, run)
 
     async def _reading(
         self, file_id: bytes, manifest: Manifest | None, from_offset: int,
-        run: Callable[[Manifest, Ring, int], Awaitable[None]],
+        run: Callable[[Manifest, Ring, int, raid.ReadTally], Awaitable[None]],
     ) -> Manifest:
-        """Run one get (timed and recorded as the op ``get``) from the segment holding
-        ``from_offset``."""
+        """Run one get (timed and recorded as the op ``get``, with how many of its segments
+        zfec rebuilt) from the segment holding ``from_offset``."""
         assert self.transport is not None
         m = manifest or await self.open_manifest(file_id)
         start = time.perf_counter()
         first = min(from_offset // m.segment_size, m.segment_count) if m.segment_count else 0
         self.gets_running += 1
+        tally = raid.ReadTally()
         try:
-            await run(m, await self.reading_ring(), first)
+            await run(m, await self.reading_ring(), first, tally)
         except NotEnoughShares as exc:
             self._record("get", file_id, exc)
             raise
@@ -368,6 +369,7 @@ class StorageService:
             with trio.CancelScope(shield=True):
                 await self.offload_io(memory.trim)
         self._timed("get", file_id, max(0, m.size - first * m.segment_size), get=time.perf_counter() - start)
+        self.recent_ops[-1].update(segments=tally.segments, segments_decoded=tally.decoded)
         return m
 
     async def stat(self, file_id: bytes, *, verify: bool = False) -> FileHealth:

@@ -115,9 +115,10 @@ def stream_source(size: int) -> None:
     trio.run(main)
 
 
-def bench_streams(sources: list[str], size: int) -> tuple[float, float]:
+def bench_streams(sources: list[str], size: int) -> tuple[float, float, float]:
     """Read ``size`` bytes from each source at once (one stream each); (MB/s in total,
-    CPU seconds this receiving process used while reading)."""
+    CPU seconds this receiving process used while reading, percent of the time its main
+    thread was runnable but waited for a CPU)."""
     import trio
     from libp2p.crypto.ed25519 import create_new_key_pair
 
@@ -140,10 +141,13 @@ def bench_streams(sources: list[str], size: int) -> tuple[float, float]:
                 await stream.aclose()
 
             start, cpu = time.perf_counter(), time.process_time()
+            sched = main_thread_sched(os.getpid())
             async with trio.open_nursery() as nursery:
                 for i, (peer_id, _) in enumerate(peers):
                     nursery.start_soon(pull, i, peer_id)
-            return mbps(sum(got), time.perf_counter() - start), time.process_time() - cpu
+            seconds = time.perf_counter() - start
+            waited = main_thread_sched(os.getpid())[1] - sched[1]
+            return mbps(sum(got), seconds), time.process_time() - cpu, round(100 * waited / seconds, 1)
 
     return trio.run(main)
 
@@ -242,6 +246,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def main_thread_sched(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of ``pid``'s main thread so far
+    (``/proc/PID/task/PID/schedstat``; zeros where the kernel does not keep it)."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 def idle_cpu_percent(nodes: list[Proc], seconds: float = 5.0) -> float:
     pids = [p.proc.pid for p in nodes]
     before = cpu_seconds(pids)
@@ -254,13 +268,14 @@ def bench_baseline(k: int, stream: int) -> dict[str, float]:
                for _ in range(k)]
     try:
         addrs = [p.wait_ready().info["addr"] for p in sources]
-        single, _ = bench_streams(addrs[:1], stream)
+        single, _, _ = bench_streams(addrs[:1], stream)
         senders = cpu_seconds([p.proc.pid for p in sources])
-        many, receiver = bench_streams(addrs, stream // k)
+        many, receiver, waited = bench_streams(addrs, stream // k)
         senders = cpu_seconds([p.proc.pid for p in sources]) - senders
         megabytes = k * (stream // k) / 1e6
         return {"stream_1_MBps": single, f"streams_{k}_into_1_MBps": many,
                 "ref_receiver_cpu_ms_per_MB": round(1000 * receiver / megabytes, 2),
+                "ref_receiver_cpu_wait_percent": waited,
                 "ref_senders_cpu_ms_per_MB": round(1000 * senders / megabytes, 2)}
     finally:
         for p in sources:
@@ -360,15 +375,23 @@ def bench_degraded(
 def bench_check(nodes: list[Proc], file_id: str, size: int) -> dict:
     """One read of the file through node 1's ``/check`` (nothing sent back but a result)."""
     getter = nodes[1].proc.pid
-    cpu_before = cpu_seconds([getter])
+    cpu_before, sched = cpu_seconds([getter]), main_thread_sched(getter)
     start = time.perf_counter()
     reply = httpx.get(f"{nodes[1].info['api']}/api/files/{file_id}/check", timeout=600)
     check_s = time.perf_counter() - start
     if reply.status_code != 200 or reply.json()["size"] != size:
         raise SystemExit(f"check failed: {reply.status_code} {reply.text[:200]}")
     cpu = cpu_seconds([getter]) - cpu_before
+    on_cpu, waited = (b - a for a, b in zip(sched, main_thread_sched(getter), strict=True))
+    op = last_op(nodes[1], "get")
     return {"get_check_MBps": mbps(size, check_s),
-            "get_check_getter_cpu_ms_per_MB": round(1000 * cpu / (size / 1e6), 2)}
+            "get_check_getter_cpu_ms_per_MB": round(1000 * cpu / (size / 1e6), 2),
+            # the event loop's thread alone (the receiving work; threads hash large shares
+            # and decode), and how long it was ready to run but waited for a CPU
+            "get_check_getter_main_cpu_ms_per_MB": round(1000 * on_cpu / (size / 1e6), 2),
+            "get_check_getter_cpu_wait_percent": round(100 * waited / check_s, 1),
+            "get_check_segments_decoded_fraction": round(
+                op.get("segments_decoded", 0) / max(1, op.get("segments", 0)), 2)}
 
 
 def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: float) -> dict:
@@ -409,6 +432,10 @@ def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: f
     return {
         "get_api_MBps": mbps(size, get_s),
         "get_node_MBps": get_op["MBps"],
+        # segments zfec rebuilt: a healthy read takes a parity share where a primary's
+        # holder is busier with this read (transfers.PRIMARY_EDGE)
+        "get_segments_decoded_fraction": round(
+            get_op.get("segments_decoded", 0) / max(1, get_op.get("segments", 0)), 2),
         # CPU during the get, in percent of one core: the getting node, and all ten nodes
         "get_getter_cpu_percent": round(100 * cpu_getter / get_s, 1),
         "get_mesh_cpu_percent": round(100 * cpu_mesh / get_s, 1),
@@ -519,6 +546,9 @@ def main() -> None:
     # speed is bounded by its own CPU per MB; this is that bound against the receiver's.
     out["getter_cpu_bound_vs_receiver"] = round(
         out["ref_receiver_cpu_ms_per_MB"] / max(out["get_getter_cpu_ms_per_MB"], 1e-9), 2)
+    # The same for the event loop's thread alone: where the receiving work runs.
+    out["getter_main_cpu_bound_vs_receiver"] = round(
+        out["ref_receiver_cpu_ms_per_MB"] / max(out["get_check_getter_main_cpu_ms_per_MB"], 1e-9), 2)
     out["load_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 

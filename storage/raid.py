@@ -51,6 +51,7 @@ from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
 from poolai.storage.reading import (  # re-exported: the read side lives there
     Progress,
+    ReadTally,
     Sink,
     fetch_manifest,
     get_file,
@@ -68,9 +69,9 @@ from poolai.storage.transfers import (  # re-exported: the contract callers impl
 )
 
 __all__ = [
-    "DEFAULT_CONFIG", "MAX_HAS_IDS", "Offload", "Progress", "PutResult", "RaidConfig", "RepairResult",
-    "Ring", "ShareMeta", "ShareTransport", "Sink", "build_manifest", "fetch_manifest", "get_file",
-    "put_file", "repair_file", "stream_file",
+    "DEFAULT_CONFIG", "MAX_HAS_IDS", "Offload", "Progress", "PutResult", "RaidConfig", "ReadTally",
+    "RepairResult", "Ring", "ShareMeta", "ShareTransport", "Sink", "build_manifest", "fetch_manifest",
+    "get_file", "put_file", "repair_file", "stream_file",
 ]
 
 log = logging.getLogger(__name__)

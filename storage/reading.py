@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -27,6 +28,15 @@ from poolai.storage.transfers import DEFAULT_CONFIG, Offload, RaidConfig, ShareT
 
 Progress = Callable[[int, int], None]
 """``(bytes_done, bytes_total)`` of the file, called on the trio thread (for a progress bar)."""
+
+@dataclass(slots=True)
+class ReadTally:
+    """What a read did, for its caller's records: segments handed over, and how many of
+    them zfec rebuilt from parity shares (the rest were sliced from their primaries)."""
+
+    segments: int = 0
+    decoded: int = 0
+
 
 Sink = Callable[[int, list[bytes]], Awaitable[None]]
 """Takes a file's verified segments in order, as ``(offset in the file, blocks)``: the
@@ -73,9 +83,10 @@ async def stream_file(
     progress: Progress | None = None,
     offload: Offload = trio.to_thread.run_sync,
     first_segment: int = 0,
+    tally: ReadTally | None = None,
 ) -> Manifest:
     """Hand a file's verified segments to ``sink`` in order, from ``first_segment`` on; return
-    its manifest.
+    its manifest. ``tally``, if given, counts the segments handed over and decoded.
 
     Nothing touches the disk: at most ``segments_in_flight`` segments are held
     while ``sink`` takes them. Raises NotEnoughShares when a segment has fewer
@@ -84,7 +95,7 @@ async def stream_file(
     ``sink`` raises.
     """
     m, session = await _reading(file_id, transport, ring, config, manifest, offload, first_segment)
-    await _deliver(session, ring, file_id, m, first_segment, sink, progress)
+    await _deliver(session, ring, file_id, m, first_segment, sink, progress, tally)
     return m
 
 
@@ -100,16 +111,17 @@ async def get_file(
     progress: Progress | None = None,
     offload: Offload = trio.to_thread.run_sync,
     first_segment: int = 0,
+    tally: ReadTally | None = None,
 ) -> Manifest:
     """Download a file into ``out_path``; return its manifest.
 
     With ``resume`` an existing ``out_path`` is verified segment by segment
     and only the rest is fetched. ``first_segment`` > 0 skips the segments
-    before it (the caller has them). Every share is hash-checked before use,
-    so the output never holds unverified bytes. Raises NotEnoughShares when a
-    segment has fewer than k valid shares reachable (the verified prefix
-    stays for a later resume), ValueError if ``manifest`` is not
-    ``file_id``'s, OSError for the output.
+    before it (the caller has them); ``tally`` as for :func:`stream_file`.
+    Every share is hash-checked before use, so the output never holds
+    unverified bytes. Raises NotEnoughShares when a segment has fewer than k
+    valid shares reachable (the verified prefix stays for a later resume),
+    ValueError if ``manifest`` is not ``file_id``'s, OSError for the output.
     """
     m, session = await _reading(file_id, transport, ring, config, manifest, offload, first_segment)
     fd, start = await offload(segment_io.open_output, out_path, m, resume, first_segment)
@@ -118,7 +130,7 @@ async def get_file(
         await offload(segment_io.write_blocks, fd, blocks, offset)
 
     try:
-        await _deliver(session, ring, file_id, m, start, write, progress)
+        await _deliver(session, ring, file_id, m, start, write, progress, tally)
     except BaseException:
         os.close(fd)
         raise
@@ -141,7 +153,7 @@ async def _reading(
 
 async def _deliver(
     session: Transfers, ring: Ring, file_id: bytes, m: Manifest, start: int, sink: Sink,
-    progress: Progress | None,
+    progress: Progress | None, tally: ReadTally | None,
 ) -> None:
     """Fetch segments ``start``.. with ``segments_in_flight`` at once; hand each to ``sink`` in
     order. Raises (outside the nursery) NotEnoughShares or what ``sink`` raised."""
@@ -162,6 +174,8 @@ async def _deliver(
             decoded[seg] = erasure.segment_blocks(shares, length, m.k, m.n)
         else:
             decoded[seg] = await session.offload(erasure.segment_blocks, shares, length, m.k, m.n)
+            if tally is not None:
+                tally.decoded += 1
         ready[seg - start].set()
 
     async def launch(nursery: trio.Nursery) -> None:
@@ -183,6 +197,8 @@ async def _deliver(
                 nursery.cancel_scope.cancel()
                 break
             window.release()
+            if tally is not None:
+                tally.segments += 1
             done += sum(map(len, blocks))
             if progress:
                 progress(done, m.size)

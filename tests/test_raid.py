@@ -444,7 +444,7 @@ async def test_stream_hands_segments_in_order_from_any_segment_and_stops_at_a_fa
         await raid.stream_file(result.file_id, peers, peers.ring, full_disk, config=CONFIG)
 
 
-async def test_only_zfec_decoding_goes_to_a_thread_on_a_read(tmp_path, make_peers):
+async def test_only_zfec_decoding_goes_to_a_thread_on_a_read_and_is_tallied(tmp_path, make_peers):
     peers = make_peers(6)
     path, data = write_file(tmp_path, 3 * SEG + 5)
     result = await put(peers, path)
@@ -465,8 +465,9 @@ async def test_only_zfec_decoding_goes_to_a_thread_on_a_read(tmp_path, make_peer
     # send others to a parity share too. Which shares were used is in peers.fetched.
     peers.dead = {placement.segment_holders(peers.ring, result.file_id, seg, 6)[0] for seg in (0, 1)}
     peers.fetched.clear()
+    tally = raid.ReadTally()
     await raid.stream_file(result.file_id, peers, peers.ring, collect, config=config,
-                           manifest=m, offload=counting)
+                           manifest=m, offload=counting, tally=tally)
     assert b"".join(got) == data
     used: dict[int, set[int]] = {}
     for peer, sid in peers.fetched:
@@ -476,6 +477,7 @@ async def test_only_zfec_decoding_goes_to_a_thread_on_a_read(tmp_path, make_peer
     decoded = [seg for seg, indices in used.items() if not erasure.primaries_only(indices, m.k)]
     assert {0, 1} <= set(decoded)
     assert handed == ["segment_blocks"] * len(decoded)  # hashing small shares stays on the loop
+    assert (tally.segments, tally.decoded) == (m.segment_count, len(decoded))
 
 
 async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make_peers):

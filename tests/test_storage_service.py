@@ -404,7 +404,9 @@ async def test_api_download_sends_a_range_from_memory_and_stops_when_its_client_
             await wait_for(lambda: storage.gets_running == 0)
             fetched = storage.transport.statistics().requests - before
             assert fetched < put.manifest.segment_count * PARAMS.k // 2
-            assert [op["bytes"] for op in storage.recent_ops if op["op"] == "get"] == [len(data) - 5 * 64_000]
+            gets = [op for op in storage.recent_ops if op["op"] == "get"]
+            assert [(op["bytes"], op["segments"]) for op in gets] == \
+                [(len(data) - 5 * 64_000, put.manifest.segment_count - 5)]
 
 
 async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebuild(tmp_path):
