@@ -353,7 +353,9 @@ def bench_degraded(
         p.proc.wait()
     # Healthy nodes see the dead ones go (so the gets do not pay for discovering it)
     # through ``stat``, which also tells how many primaries each segment lost.
+    start = time.perf_counter()
     reply = httpx.get(f"{nodes[1].info['api']}/api/files/{file_id}/stat", timeout=120)
+    stat_s = time.perf_counter() - start
     if reply.status_code != 200:
         raise SystemExit(f"stat failed: {reply.status_code} {reply.text[:200]}")
     lost = [sum(h is None for h in s["holders"][:k]) for s in reply.json()["segment_health"]]
@@ -362,6 +364,7 @@ def bench_degraded(
             for _ in range(gets)]
     best = max(runs, key=lambda run: run["get_api_MBps"])
     return {"degraded_nodes_killed": len(dead),
+            "degraded_stat_s": round(stat_s, 2),  # the first look at the file after the kills
             # of the k blocks of a segment, how many zfec rebuilds from parity (at least:
             # the read may also take parity where a primary's holder is busy)
             "degraded_primaries_lost_per_segment": round(sum(lost) / max(1, len(lost)), 2),
