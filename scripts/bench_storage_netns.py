@@ -116,7 +116,7 @@ def http_get(url: str, src: str) -> None:
 
 def stream_sink(addr: str, size: int) -> None:
     """Read ``size`` bytes from a stream source; print MB/s."""
-    mbps, _ = local.bench_streams([addr], size)
+    mbps, _, _ = local.bench_streams([addr], size)
     print(json.dumps({"MBps": mbps}))
 
 
