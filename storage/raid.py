@@ -129,9 +129,13 @@ async def build_manifest(
     *,
     progress: Progress | None = None,
     offload: Offload = trio.to_thread.run_sync,
+    window: int = 4,
 ) -> Manifest:
     """Pass 1 of a put: read, encode and hash a file into its manifest; sends nothing.
 
+    Up to ``window`` segments are encoded at once (zfec and the hash release
+    the GIL, so pass 1 uses as many cores as ``offload`` grants); each holds
+    about segment size x (1 + n/k) bytes meanwhile.
     Raises OSError for the file, ManifestError if it is too large for ``params``.
     """
     fd = await offload(os.open, os.fspath(path), os.O_RDONLY)
@@ -140,14 +144,34 @@ async def build_manifest(
         count = erasure.segment_count(size, params.segment_size)
         if count * params.n > manifest_mod.MAX_SHARE_HASHES:
             raise ManifestError(f"{size} bytes need a larger segment size")
-        hashes = bytearray()
-        for seg in range(count):
-            hashes += await offload(segment_io.segment_hashes, fd, size, params, seg)
+        hashes: list[bytes] = [b""] * count
+        failure: list[BaseException] = []
+        slots = trio.Semaphore(max(1, window))
+        done = 0
+
+        async def encode(seg: int, nursery: trio.Nursery) -> None:
+            nonlocal done
+            try:
+                hashes[seg] = await offload(segment_io.segment_hashes, fd, size, params, seg)
+            except Exception as exc:  # raised below, not as an ExceptionGroup
+                failure.append(exc)
+                nursery.cancel_scope.cancel()
+                return
+            finally:
+                slots.release()
+            done += erasure.segment_span(size, params.segment_size, seg)[1]
             if progress:
-                progress(min(size, (seg + 1) * params.segment_size), size)
+                progress(done, size)
+
+        async with trio.open_nursery() as nursery:
+            for seg in range(count):
+                await slots.acquire()
+                nursery.start_soon(encode, seg, nursery)
     finally:
         os.close(fd)
-    return manifest_mod.make_manifest(size, params, bytes(hashes))
+    if failure:
+        raise failure[0]
+    return manifest_mod.make_manifest(size, params, b"".join(hashes))
 
 
 async def _replicate_manifest(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from poolai.storage import erasure, placement, raid
+from poolai.storage import erasure, placement, raid, segment_io
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.errors import FileChanged, NotEnoughShares, PeerError, PutFailed, StoreError
 from poolai.storage.placement import Ring
@@ -301,6 +301,47 @@ async def test_put_resumes_by_skipping_shares_holders_have(tmp_path, make_peers)
     third = await put(peers, path)
     assert (third.shares_stored, third.shares_present) == (2, 16)
     assert {sid for _, sid in peers.stored} == {m.share_id(0, 1), m.share_id(2, 5)}
+
+
+async def test_pass_one_encodes_a_window_of_segments_at_once_and_keeps_their_order(
+    tmp_path, autojump_clock
+):
+    """Segments finish out of order (the first ones last); the manifest is the one a
+    segment-at-a-time pass builds, at most ``window`` are encoded at once, and progress
+    climbs to the file size."""
+    path, _ = write_file(tmp_path, 7 * SEG + 123)
+    count = 8
+    running, most, seen = 0, 0, []
+
+    async def slow_first(fn, *args):
+        nonlocal running, most
+        if fn is not segment_io.segment_hashes:
+            return fn(*args)
+        running += 1
+        most = max(most, running)
+        await trio.sleep(count - args[3])  # segment 0 takes longest
+        running -= 1
+        return fn(*args)
+
+    one_by_one = await raid.build_manifest(path, PARAMS, offload=inline, window=1)
+    windowed = await raid.build_manifest(
+        path, PARAMS, offload=slow_first, window=3, progress=lambda done, total: seen.append(done)
+    )
+    assert windowed == one_by_one and windowed.file_id() == one_by_one.file_id()
+    assert most == 3
+    assert seen == sorted(seen) and seen[-1] == 7 * SEG + 123 and len(seen) == count
+
+
+async def test_pass_one_raises_a_read_error_as_itself(tmp_path):
+    path, _ = write_file(tmp_path, 5 * SEG)
+
+    async def failing(fn, *args):
+        if fn is segment_io.segment_hashes and args[3] == 2:
+            raise OSError(5, "Input/output error")
+        return fn(*args)
+
+    with pytest.raises(OSError, match="Input/output"):  # not an ExceptionGroup
+        await raid.build_manifest(path, PARAMS, offload=failing)
 
 
 async def test_put_refuses_a_file_that_changed_after_hashing(tmp_path, make_peers):
