@@ -48,7 +48,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from poolai.mesh import read_ahead, rpc, wire, yamux_tuning
+from poolai.mesh import noise_writes, read_ahead, rpc, wire, yamux_tuning
 from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -448,6 +448,7 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
                     len(latency.one_way_s), LATENCY_ENV)
     yamux_tuning.install()
     read_ahead.install()
+    noise_writes.install()
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, create_x25519_key_pair().private_key)},

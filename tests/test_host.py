@@ -249,6 +249,49 @@ async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
 
 
 
+async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch):
+    """8 MiB over one stream arrive intact through py-libp2p's own reader, while the sender
+    makes one socket write per yamux frame of four Noise messages instead of one per
+    message (at least 128 here; see mesh/noise_writes.py)."""
+    import hashlib
+    import random
+
+    from libp2p.network.connection.raw_connection import RawConnection
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
+
+    payload = random.Random(9).randbytes(8 << 20)
+    bulk_writes: list[int] = []
+    write = RawConnection.write
+
+    async def counted(conn, data):
+        if len(data) > 1000:  # leaves out window updates and protocol negotiation
+            bulk_writes.append(len(data))
+        await write(conn, data)
+
+    monkeypatch.setattr(RawConnection, "write", counted)
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+
+        async def serve(stream) -> None:
+            await stream.send_all(payload)
+            await stream.aclose()
+
+        a.set_handler(SINK, serve)
+        with trio.fail_after(30):
+            await b.connect(a.peer_id, a.transport_addrs())
+            stream = await b.open_stream(a.peer_id, SINK)
+            got = hashlib.sha256()
+            received = 0
+            while data := await stream.receive_some(1 << 20):
+                got.update(data)
+                received += len(data)
+    assert received == len(payload) and got.digest() == hashlib.sha256(payload).digest()
+    messages = len(payload) // MAX_PLAINTEXT_LENGTH
+    assert len(bulk_writes) <= messages // 2, (len(bulk_writes), messages)
+    assert max(bulk_writes) > 2 * MAX_PLAINTEXT_LENGTH
+
+
 async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypatch):
     """Over a real socket with the bytes already queued: py-libp2p's pattern (a 2-byte length,
     then that many bytes) is served from one socket read per READ_AHEAD instead of two per
