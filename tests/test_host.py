@@ -205,11 +205,32 @@ def test_emulated_latency_table_is_read_from_the_environment(tmp_path):
         EmulatedLatency.load(tmp_path / "missing.json")
 
 
+async def _send_over_one_stream(payload: bytes, write_size: int) -> bytes:
+    """Serve ``payload`` from one host to another over one stream, written ``write_size``
+    bytes at a time and read 1 MiB at a time; the bytes that arrived."""
+    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
+        create_new_key_pair(), LOOPBACK
+    ) as b:
+
+        async def serve(stream) -> None:
+            for at in range(0, len(payload), write_size):
+                await stream.send_all(payload[at : at + write_size])
+            await stream.aclose()
+
+        a.set_handler(SINK, serve)
+        with trio.fail_after(30):
+            await b.connect(a.peer_id, a.transport_addrs())
+            stream = await b.open_stream(a.peer_id, SINK)
+            received = bytearray()
+            while data := await stream.receive_some(1 << 20):
+                received += data
+    return bytes(received)
+
+
 async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
     """8 MiB over one stream arrive intact, with one WINDOW_UPDATE frame per quarter of the
     receive window (py-libp2p 0.8.1's own policy sends one per 64 KiB data frame: 190 here;
     see mesh/yamux_tuning.py)."""
-    import hashlib
     import random
 
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
@@ -225,35 +246,15 @@ async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
         await send_update(stream, increment, skip_lock=skip_lock)
 
     monkeypatch.setattr(YamuxStream, "send_window_update", counted)
-    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
-        create_new_key_pair(), LOOPBACK
-    ) as b:
-
-        async def serve(stream) -> None:
-            for at in range(0, len(payload), 256 << 10):
-                await stream.send_all(payload[at : at + (256 << 10)])
-            await stream.aclose()
-
-        a.set_handler(SINK, serve)
-        with trio.fail_after(30):
-            await b.connect(a.peer_id, a.transport_addrs())
-            stream = await b.open_stream(a.peer_id, SINK)
-            got = hashlib.sha256()
-            received = 0
-            while data := await stream.receive_some(1 << 20):
-                got.update(data)
-                received += len(data)
-    assert received == len(payload) and got.digest() == hashlib.sha256(payload).digest()
+    assert await _send_over_one_stream(payload, 256 << 10) == payload
     assert 0 < len(updates) <= len(payload) // (yamux_tuning.RECEIVE_WINDOW // 4) + 2
     assert sum(updates) >= len(payload) - yamux_tuning.RECEIVE_WINDOW
-
 
 
 async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch):
     """8 MiB over one stream arrive intact through py-libp2p's own reader, while the sender
     makes one socket write per yamux frame of four Noise messages instead of one per
     message (at least 128 here; see mesh/noise_writes.py)."""
-    import hashlib
     import random
 
     from libp2p.network.connection.raw_connection import RawConnection
@@ -269,24 +270,7 @@ async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch
         await write(conn, data)
 
     monkeypatch.setattr(RawConnection, "write", counted)
-    async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
-        create_new_key_pair(), LOOPBACK
-    ) as b:
-
-        async def serve(stream) -> None:
-            await stream.send_all(payload)
-            await stream.aclose()
-
-        a.set_handler(SINK, serve)
-        with trio.fail_after(30):
-            await b.connect(a.peer_id, a.transport_addrs())
-            stream = await b.open_stream(a.peer_id, SINK)
-            got = hashlib.sha256()
-            received = 0
-            while data := await stream.receive_some(1 << 20):
-                got.update(data)
-                received += len(data)
-    assert received == len(payload) and got.digest() == hashlib.sha256(payload).digest()
+    assert await _send_over_one_stream(payload, len(payload)) == payload
     messages = len(payload) // MAX_PLAINTEXT_LENGTH
     assert len(bulk_writes) <= messages // 2, (len(bulk_writes), messages)
     assert max(bulk_writes) > 2 * MAX_PLAINTEXT_LENGTH
