@@ -368,8 +368,8 @@ class StorageService:
             self.gets_running -= 1
             with trio.CancelScope(shield=True):
                 await self.offload_io(memory.trim)
-        self._timed("get", file_id, max(0, m.size - first * m.segment_size), get=time.perf_counter() - start)
-        self.recent_ops[-1].update(segments=tally.segments, segments_decoded=tally.decoded)
+        self._timed("get", file_id, max(0, m.size - first * m.segment_size), get=time.perf_counter() - start,
+                    counts={"segments": tally.segments, "segments_decoded": tally.decoded})
         return m
 
     async def stat(self, file_id: bytes, *, verify: bool = False) -> FileHealth:
@@ -488,12 +488,16 @@ class StorageService:
         self.recent_errors.append({"at": round(time.time(), 3), "op": op,
                                    "file_id": integrity.to_hex(file_id), "error": str(exc)})
 
-    def _timed(self, op: str, file_id: bytes, size: int, **phases: float) -> None:
+    def _timed(
+        self, op: str, file_id: bytes, size: int, *, counts: dict[str, int] | None = None,
+        **phases: float,
+    ) -> None:
         seconds = sum(phases.values())
         self.recent_ops.append({"at": round(time.time(), 3), "op": op, "file_id": integrity.to_hex(file_id),
                                 "bytes": size, "seconds": round(seconds, 3),
                                 "MBps": round(size / max(seconds, 1e-9) / 1e6, 1),
-                                "phases_s": {k: round(v, 3) for k, v in phases.items()}})
+                                "phases_s": {k: round(v, 3) for k, v in phases.items()},
+                                **(counts or {})})
 
     def status(self) -> dict[str, Any]:
         """This service's section of ``/api/status`` (counters as of the last refresh)."""

@@ -29,6 +29,7 @@ from poolai.storage.transfers import DEFAULT_CONFIG, Offload, RaidConfig, ShareT
 Progress = Callable[[int, int], None]
 """``(bytes_done, bytes_total)`` of the file, called on the trio thread (for a progress bar)."""
 
+
 @dataclass(slots=True)
 class ReadTally:
     """What a read did, for its caller's records: segments handed over, and how many of
