@@ -25,6 +25,12 @@ In one run:
   first get meets the holders that left. ``degraded_primaries_lost_per_segment``
   says how much decoding that takes.
 
+Where the receiving processes' time goes (``/proc/PID/task/TID/schedstat``):
+``get_check_getter_main_cpu_ms_per_MB`` is the getting node's event loop alone,
+``*_cpu_wait_percent`` how long the check's loop and the reference's receiver
+were ready to run but waited for a CPU; ``*_segments_decoded_fraction`` how
+many segments of a healthy read zfec rebuilt (the node's record of the get).
+
 Ratios: ``get_*_vs_min_decode_kstreams`` is the target's (zfec decode from
 parity shares only, the worst case, against the k-streams reference);
 ``get_*_vs_kstreams`` is against the receiver alone, the stricter reading
