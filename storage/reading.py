@@ -22,9 +22,14 @@ import trio
 from poolai.storage import erasure, placement, segment_io
 from poolai.storage import manifest as manifest_mod
 from poolai.storage.errors import NotEnoughShares
+from poolai.storage.loop_load import LoopLoad
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
 from poolai.storage.transfers import DEFAULT_CONFIG, Offload, RaidConfig, ShareTransport, Transfers, short
+
+LOOP_LOAD = LoopLoad()
+"""How busy this process's event loop is; reads take fewer parity shares while it is the
+limit (``Transfers.fetch_segment``)."""
 
 Progress = Callable[[int, int], None]
 """``(bytes_done, bytes_total)`` of the file, called on the trio thread (for a progress bar)."""
@@ -149,7 +154,7 @@ async def _reading(
         raise ValueError("manifest does not belong to file_id")
     if not 0 <= first_segment <= m.segment_count:
         raise ValueError(f"first_segment {first_segment} is outside 0..{m.segment_count}")
-    return m, Transfers(transport, config, offload)
+    return m, Transfers(transport, config, offload, LOOP_LOAD)
 
 
 async def _deliver(

@@ -22,6 +22,7 @@ import trio
 
 from poolai.storage import integrity, placement
 from poolai.storage.errors import PeerError
+from poolai.storage.loop_load import LoopLoad
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
 
@@ -117,10 +118,14 @@ DEFAULT_CONFIG = RaidConfig()
 class Transfers:
     """One operation's transfer limiter, deadlines and fault containment (see the module doc)."""
 
-    def __init__(self, transport: ShareTransport, config: RaidConfig, offload: Offload) -> None:
+    def __init__(
+        self, transport: ShareTransport, config: RaidConfig, offload: Offload,
+        loop_load: LoopLoad | None = None,
+    ) -> None:
         self.transport = transport
         self.config = config
         self.offload = offload
+        self.loop_load = loop_load  # None: the load rule always applies (see fetch_segment)
         self.limiter = trio.CapacityLimiter(config.max_transfers)
         self.busy: collections.Counter[PeerId] = collections.Counter()  # fetches waiting or running
         self._present: tuple[Ring, Ring] | None = None  # (ring, ring.present()) of the last segment
@@ -285,9 +290,12 @@ class Transfers:
         # more than PRIMARY_EDGE more of this operation's fetches than a parity share's holder:
         # then that parity share is asked instead. Placement gives some holders more primaries
         # than others; without this, the busiest holder's uplink paced the whole read
-        # (docs/storage.md, "burst over capped uplinks").
+        # (docs/storage.md, "burst over capped uplinks"). Not while this thread is the limit
+        # of the read: then a rebuild costs more than a busy holder (see loop_load).
+        edge = 1 << 20 if self.loop_load is not None and self.loop_load.busy() else PRIMARY_EDGE
+
         def load(i: int) -> int:
-            return self.busy[walks[i][0]] + (0 if i < m.k else PRIMARY_EDGE) if walks[i] else 1 << 30
+            return self.busy[walks[i][0]] + (0 if i < m.k else edge) if walks[i] else 1 << 30
 
         def left(i: int) -> bool:
             return put_on_ring and holders[i] in ring.absent

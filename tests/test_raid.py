@@ -523,7 +523,8 @@ async def test_only_zfec_decoding_goes_to_a_thread_on_a_read_and_is_tallied(tmp_
 
 async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make_peers):
     """fetch_segment asks primaries (no decoding) unless a primary's holder already carries
-    more of the operation's fetches than a parity holder; then it asks the parity share."""
+    more of the operation's fetches than a parity holder; then it asks the parity share,
+    unless the reading thread is itself the limit of the read."""
     from poolai.storage.transfers import PRIMARY_EDGE, Transfers
 
     peers = make_peers(6)
@@ -532,9 +533,15 @@ async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make
     m, ring = result.manifest, peers.ring
     holders = placement.segment_holders(ring, result.file_id, 0, m.n)
 
-    async def asked(busy: dict[bytes, int]) -> set[int]:
+    class LoadedLoop:
+        """A reading thread that is the limit of the read: rebuilds would only slow it."""
+
+        def busy(self) -> bool:
+            return True
+
+    async def asked(busy: dict[bytes, int], loop_load: LoadedLoop | None = None) -> set[int]:
         peers.fetched.clear()
-        session = Transfers(peers, CONFIG, inline)
+        session = Transfers(peers, CONFIG, inline, loop_load)  # type: ignore[arg-type]
         session.busy.update(busy)
         shares = await session.fetch_segment(ring, result.file_id, m, 0)
         assert shares is not None and len(shares) == m.k
@@ -547,6 +554,7 @@ async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make
     assert 0 in await asked({holders[0]: PRIMARY_EDGE})  # busier, but within the edge
     spared = await asked({holders[0]: PRIMARY_EDGE + 1})
     assert 0 not in spared and spared & set(range(k, m.n))
+    assert 0 in await asked({holders[0]: PRIMARY_EDGE + 1}, LoadedLoop())  # no rebuild then
 
 
 async def test_a_read_after_holders_left_asks_only_peers_that_have_the_shares(tmp_path, make_peers):
