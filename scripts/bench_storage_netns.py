@@ -207,7 +207,10 @@ def main() -> None:
         local.start_nodes(base, args.nodes, env, nodes, wrap=lambda i, cmd: in_ns(i) + cmd,
                           listen=lambda i: f"/ip4/{address(i)}/tcp/{PORT}", sees=sees, watch=[1])
         src = base / "src.bin"
-        src.write_bytes(random.Random(2).randbytes(size))
+        rng = random.Random(2)
+        with src.open("wb") as out:  # in pieces: randbytes takes at most 2**31 bits at once
+            for at in range(0, size, 8 << 20):
+                out.write(rng.randbytes(min(8 << 20, size - at)))
         put = subprocess.run(in_ns(0) + local.poolai() + [
             "--data-dir", str(base / "node0"), "put", str(src), "--k", str(args.k), "--n", str(args.n),
             *(["--segment-mib", str(args.segment_mib)] if args.segment_mib else [])],
