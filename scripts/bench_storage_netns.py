@@ -208,9 +208,9 @@ def main() -> None:
                           listen=lambda i: f"/ip4/{address(i)}/tcp/{PORT}", sees=sees, watch=[1])
         src = base / "src.bin"
         rng = random.Random(2)
-        with src.open("wb") as out:  # in pieces: randbytes takes at most 2**31 bits at once
+        with src.open("wb") as handle:  # in pieces: randbytes takes at most 2**31 bits at once
             for at in range(0, size, 8 << 20):
-                out.write(rng.randbytes(min(8 << 20, size - at)))
+                handle.write(rng.randbytes(min(8 << 20, size - at)))
         put = subprocess.run(in_ns(0) + local.poolai() + [
             "--data-dir", str(base / "node0"), "put", str(src), "--k", str(args.k), "--n", str(args.n),
             *(["--segment-mib", str(args.segment_mib)] if args.segment_mib else [])],
