@@ -20,7 +20,6 @@ sequence number seen from the peer, and either returns the advert or raises
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 from collections.abc import Callable
@@ -253,10 +252,9 @@ def _unknown_fields(cls: type, raw: Any, where: str) -> list[str]:
     """Field names in ``raw`` that ``cls`` (and the messages nested in it) do not declare."""
     if not isinstance(raw, dict):
         return []  # a type error, reported by the schema check
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    out = [f"{where}.{k}" for k in raw if k != "type" and k not in names]
-    for name in names & set(raw):
+    hints = wire.field_hints(cls)  # resolving them anew per advert cost more than the rest
+    out = [f"{where}.{k}" for k in raw if k != "type" and k not in hints]
+    for name in hints.keys() & raw.keys():
         nested = _message_in(hints[name])
         if nested is None:
             continue

@@ -192,6 +192,11 @@ def _fields(cls: type) -> tuple[_FieldSpec, ...]:
     return result
 
 
+def field_hints(cls: type) -> dict[str, Any]:
+    """A message class's field names and their type hints (resolved once per class)."""
+    return {spec.name: spec.hint for spec in _fields(cls)}
+
+
 def to_wire(msg: Any) -> dict[str, Any]:
     """The msgpack-ready map of a message, including its type tag."""
     out: dict[str, Any] = {"type": type_name_of(msg)}

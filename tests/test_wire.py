@@ -124,3 +124,10 @@ def test_messages_are_frozen():
     msg = sample()
     with pytest.raises(AttributeError):
         msg.count = 4  # type: ignore[misc]
+
+
+def test_field_hints_are_the_resolved_annotations_in_field_order():
+    hints = wire.field_hints(Outer)
+    assert list(hints) == ["count", "ratio", "blob", "tags", "inner", "maybe", "flag"]
+    assert hints["inner"] is Inner and hints["maybe"] == int | None
+    assert hints["tags"] == tuple[str, ...]
