@@ -1,16 +1,20 @@
 """``poolai put / get / stat / pin / unpin``: the mesh's burst-RAID storage from the shell.
 
 Every command talks to the node running in the data directory, through its
-local API (found like ``poolai status`` finds it). Progress bars go to stderr
-when it is a terminal; the file id (put) and tables (stat) go to stdout.
+local API (found like ``poolai status`` finds it): over the API's Unix socket
+where this user can open it (a file's bytes then cost the node less than over
+loopback TCP, see ``poolai.node.api``), else over TCP. Progress bars go to
+stderr when it is a terminal; the file id (put) and tables (stat) go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
+import socket
 import sys
 import time
 import urllib.parse
@@ -65,18 +69,69 @@ def register(sub: Any) -> None:
 # ----------------------------------------------------------------------------- plumbing
 
 
-def _node(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalNode:
+    """How to reach the node in a data directory: ``api`` is its TCP base URL; ``socket``
+    its API's Unix socket when this user may open it (None: TCP only)."""
+
+    api: str
+    headers: dict[str, str]
+    socket: str | None = None
+
+    @property
+    def base(self) -> str:
+        """The base URL of requests that go over ``socket`` when there is one."""
+        return SOCKET_BASE if self.socket else self.api
+
+    def client(self) -> httpx.Client:
+        """An httpx client for transfers: over the socket when there is one."""
+        transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
+        return httpx.Client(timeout=_timeout(), transport=transport)
+
+    def connection(self) -> http.client.HTTPConnection:
+        """An unconnected http.client connection to ``base``."""
+        if self.socket:
+            return _UnixConnection(self.socket)
+        where = urllib.parse.urlsplit(self.api)
+        return http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port,
+                                          timeout=CONNECT_TIMEOUT)
+
+
+SOCKET_BASE = "http://localhost"  # a loopback Host name, as the API's Host check asks
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """http.client over a Unix stream socket."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=CONNECT_TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _node(args: argparse.Namespace) -> LocalNode:
     from poolai.node.node import read_runtime_file
 
     data_dir = config_mod.load(args.data_dir, {}).data_dir
     info = read_runtime_file(data_dir)
     if not info or not info.get("api"):
         raise CliError(f"no running node found in {data_dir} (start one with 'poolai node run')")
+    path = info.get("api_socket")
+    usable = isinstance(path, str) and os.access(path, os.R_OK | os.W_OK)
     try:
         from poolai.node.auth import auth_headers
     except ImportError:  # a node without an admin token
-        return info["api"], {}
-    return info["api"], auth_headers(data_dir)
+        return LocalNode(info["api"], {}, path if usable else None)
+    return LocalNode(info["api"], auth_headers(data_dir), path if usable else None)
 
 
 def _check_id(text: str) -> str:
@@ -154,7 +209,7 @@ def _timeout() -> httpx.Timeout:
 
 
 def _put(args: argparse.Namespace) -> int:
-    api, headers = _node(args)
+    node = _node(args)
     path: Path = args.file
     try:
         size = path.stat().st_size
@@ -179,8 +234,8 @@ def _put(args: argparse.Namespace) -> int:
             yield chunk
 
     with handle:
-        result = _follow("put", bar, "POST", f"{api}/api/files", params=params, content=body(),
-                         headers={**headers, "Content-Length": str(size)})
+        result = _follow(node, "put", bar, "POST", "/api/files", params=params, content=body(),
+                         headers={**node.headers, "Content-Length": str(size)})
     took = time.monotonic() - start
     bar.finish(f"put {size / MiB:.1f} MiB in {took:.1f} s ({size / max(took, 1e-6) / 1e6:.1f} MB/s), "
                f"{result['segments']} segments, {result['k']}-of-{result['n']}"
@@ -189,11 +244,11 @@ def _put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(what: str, bar: Bar, method: str, url: str, **request: Any) -> dict[str, Any]:
+def _follow(node: LocalNode, what: str, bar: Bar, method: str, path: str, **request: Any) -> dict[str, Any]:
     """Send a ``progress=1`` request and follow its NDJSON events on ``bar``; the ``done``
     event. CliError for an error event, a failed request or a connection that ends early."""
     try:
-        with httpx.Client(timeout=_timeout()) as client, client.stream(method, url, **request) as response:
+        with node.client() as client, client.stream(method, node.base + path, **request) as response:
             if response.status_code != 200:
                 raise _fail(response)
             for line in response.iter_lines():
@@ -217,12 +272,12 @@ def _follow(what: str, bar: Bar, method: str, url: str, **request: Any) -> dict[
 
 
 def _get(args: argparse.Namespace) -> int:
-    api, headers = _node(args)
+    node = _node(args)
     file_id = _check_id(args.file_id)
     if args.check:
         bar = Bar("check")
-        result = _follow("check", bar, "GET", f"{api}/api/files/{file_id}/check",
-                         params={"progress": "1"}, headers=headers)
+        result = _follow(node, "check", bar, "GET", f"/api/files/{file_id}/check",
+                         params={"progress": "1"}, headers=node.headers)
         bar.clear()
         print(f"{result['file_id']}: read and verified {result['size'] / MiB:.1f} MiB "
               f"({result['segments']} segments, {result['k']}-of-{result['n']}) in "
@@ -238,18 +293,18 @@ def _get(args: argparse.Namespace) -> int:
     progress = [have, 0]  # bytes in the part file, file size (once known)
     again = "re-run the same command to resume"
     try:
-        _download(f"{api}/api/files/{file_id}", headers, tmp, have, progress, bar)
+        _download(node, f"/api/files/{file_id}", tmp, have, progress, bar)
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
     except _NodeStopped:
         if progress[1]:
-            reason = _last_error(api, headers, file_id)
+            reason = _last_error(node, file_id)
             raise CliError(f"download stopped at {progress[0]} of {progress[1]} bytes: {reason}; "
                            f"{again}") from None
-        raise CliError(f"the node at {api} did not answer") from None
+        raise CliError(f"the node at {node.api} did not answer") from None
     received, size = progress
     if received != size:
-        reason = _last_error(api, headers, file_id)
+        reason = _last_error(node, file_id)
         raise CliError(f"download stopped at {received} of {size} bytes: {reason}; {again}")
     tmp.replace(out)
     took = time.monotonic() - start
@@ -257,7 +312,7 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _download(url: str, headers: dict[str, str], tmp: Path, have: int, progress: list[int],
+def _download(node: LocalNode, path: str, tmp: Path, have: int, progress: list[int],
               bar: Bar) -> None:
     """Append the file's bytes after the ``have`` already in ``tmp``; ``progress`` follows.
 
@@ -266,16 +321,14 @@ def _download(url: str, headers: dict[str, str], tmp: Path, have: int, progress:
     the machine with the node that serves it. Raises _NodeStopped when the connection fails
     or breaks, OSError for the file, CliError for an error reply.
     """
-    if have:
-        headers = {**headers, "Range": f"bytes={have}-"}
-    where = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=CONNECT_TIMEOUT)
+    headers = {**node.headers, "Range": f"bytes={have}-"} if have else node.headers
+    conn = node.connection()
     try:
         try:
             conn.connect()
             assert conn.sock is not None
             conn.sock.settimeout(READ_TIMEOUT)  # a silent node is an error; a slow file is not
-            conn.request("GET", where.path, headers=headers)
+            conn.request("GET", path, headers=headers)
             response = conn.getresponse()
             if response.status not in (200, 206):
                 body = response.read(64 << 10)
@@ -314,9 +367,9 @@ def _download(url: str, headers: dict[str, str], tmp: Path, have: int, progress:
         conn.close()
 
 
-def _last_error(api: str, headers: dict[str, str], file_id: str) -> str:
+def _last_error(node: LocalNode, file_id: str) -> str:
     try:
-        status = httpx.get(f"{api}/api/storage", headers=headers, timeout=5).json()
+        status = httpx.get(f"{node.api}/api/storage", headers=node.headers, timeout=5).json()
     except (httpx.HTTPError, ValueError):
         return "the node stopped sending"
     for error in reversed(status.get("recent_errors", [])):
@@ -336,10 +389,10 @@ def _request(method: str, url: str, headers: dict[str, str], timeout: float = 60
 
 
 def _stat(args: argparse.Namespace) -> int:
-    api, headers = _node(args)
+    node = _node(args)
     file_id = _check_id(args.file_id)
     query = "?verify=1" if args.verify else ""
-    data = _request("GET", f"{api}/api/files/{file_id}/stat{query}", headers)
+    data = _request("GET", f"{node.api}/api/files/{file_id}/stat{query}", node.headers)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -361,9 +414,9 @@ def _stat(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    api, headers = _node(args)
+    node = _node(args)
     file_id = _check_id(args.file_id)
-    data = _request("POST", f"{api}/api/files/{file_id}/{args.action}", headers)
+    data = _request("POST", f"{node.api}/api/files/{file_id}/{args.action}", node.headers)
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["lease_expiry"]))
     state = "pinned" if data["pinned"] else "unpinned (kept until its lease ends)"
     print(f"{data['file_id']} {state}; lease until {until}")

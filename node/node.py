@@ -8,9 +8,12 @@ on the way out so a restarted node can rejoin without its bootstrap list.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +27,7 @@ from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
-from poolai.node.api import serve_api
+from poolai.node.api import serve_api, socket_path_usable
 from poolai.node.config import Config, ConfigError
 from poolai.node.logring import LogRing
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "identity.key"
 PEERS_FILE = "peers.json"
 RUNTIME_FILE = "node.json"
+API_SOCKET = "api.sock"  # the local API's Unix socket, for the CLI (see poolai.node.api)
 SAVE_PEERS_EVERY = 30.0
 
 
@@ -63,6 +67,7 @@ class Node:
         self.book: PeerBook | None = None
         self.connections: ConnectionManager | None = None
         self.api_url: str | None = None
+        self.api_socket: Path | None = None
         self.admin_token = ""  # read or made by run(); see poolai.node.auth
         self.admin_token_created = False
         self.log_ring: LogRing | None = None  # the log tail the status page shows
@@ -112,9 +117,10 @@ class Node:
                     await nursery.start(self.connections.run)
                     for service in self.services:
                         await nursery.start(service.run)
-                    self.api_url = await nursery.start(
-                        serve_api, self, self.config.api_host, self.config.api_port
-                    )
+                    self.api_socket = self._socket_path()
+                    self.api_url = await nursery.start(functools.partial(
+                        serve_api, self, self.config.api_host, self.config.api_port,
+                        socket_path=self.api_socket))
                     nursery.start_soon(self._save_peers_periodically)
                     self.started_at = time.time()
                     self._write_runtime_file()
@@ -124,6 +130,7 @@ class Node:
             finally:
                 self._save_peers()
                 self._remove_runtime_file()
+                self._remove_socket()
                 self._stopped.set()
 
     def _build_services(self) -> list[NodeService]:
@@ -202,9 +209,24 @@ class Node:
             await trio.sleep(SAVE_PEERS_EVERY)
             self._save_peers()
 
+    def _socket_path(self) -> Path | None:
+        path = self.data_dir / API_SOCKET
+        if socket_path_usable(path):
+            return path
+        log.info("no API socket: its path %s is too long (the API is on TCP only)", path)
+        return None
+
+    def _remove_socket(self) -> None:
+        if self.api_socket is not None:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(self.api_socket.lstat().st_mode):
+                    self.api_socket.unlink()
+
     def _write_runtime_file(self) -> None:
         info = {"pid": os.getpid(), "peer_id": self.peer_id, "api": self.api_url,
                 "addrs": self.host.addrs() if self.host else []}
+        if self.api_socket is not None:
+            info["api_socket"] = str(self.api_socket)
         _atomic_write(self.data_dir / RUNTIME_FILE, json.dumps(info).encode())
 
     def _remove_runtime_file(self) -> None:

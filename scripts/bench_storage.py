@@ -11,7 +11,9 @@ In one run:
   loads the machine as it does during the get), once before the put and
   once after the gets; the reference is the faster of the two;
 * 10 ``poolai node run`` processes: put a random file through node 0's local
-  API and get it back through node 1's ``--gets`` times (timed end to end,
+  API and get it back through node 1's ``--gets`` times, over the API's Unix
+  socket as ``poolai put/get`` do (``get_api_tcp_*``: the same gets over
+  loopback TCP, as a browser or another program makes them; timed end to end,
   every byte compared with the source; the fastest get counts), with node
   1's peak resident memory during the gets (VmHWM, reset first), and the
   CPU the idle mesh burns (percent of one core, all nodes together);
@@ -45,7 +47,6 @@ CPU (Noise, hashing, zfec, HTTP) shared by every process, not a network.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
@@ -61,6 +62,8 @@ from pathlib import Path
 
 import httpx
 import zfec
+
+from poolai.node.cli_storage import LocalNode
 
 MiB = 1 << 20
 BENCH_PROTOCOL = "/poolai/bench-stream/1.0.0"
@@ -224,8 +227,11 @@ def start_nodes(
     sees = sees or api_peers
     nodes.append(node(0, []).wait_ready())
     nodes += [node(i, ["--bootstrap", nodes[0].info["listening"]]) for i in range(1, count)]
-    for p in nodes:
+    for i, p in enumerate(nodes):
         p.wait_ready()
+        runtime = json.loads((base / f"node{i}" / "node.json").read_text())
+        if runtime.get("api_socket"):
+            p.info["api_socket"] = runtime["api_socket"]
     ids = {p.info["peer id"] for p in nodes}
     watched = [nodes[i] for i in watch] if watch is not None else nodes
     deadline = time.monotonic() + 120
@@ -237,6 +243,12 @@ def start_nodes(
             pass
         time.sleep(0.5)
     raise SystemExit("the nodes did not connect to each other")
+
+
+def local_node(p: Proc, via: str = "socket") -> LocalNode:
+    """How ``poolai`` on this machine reaches node ``p``: over its API's Unix socket (as the
+    CLI does) with ``via="socket"``, else over TCP (as a browser or another program)."""
+    return LocalNode(p.info["api"], {}, p.info.get("api_socket") if via == "socket" else None)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -323,10 +335,12 @@ def bench_mesh(
             while chunk := handle.read(MiB):
                 yield chunk
 
+    putter = local_node(nodes[0])
     start = time.perf_counter()
-    response = httpx.post(nodes[0].info["api"] + "/api/files", content=upload(), timeout=timeout,
-                          params={"k": k, "n": n, "segment": segment},
-                          headers={"Content-Length": str(size)})
+    with putter.client() as client:
+        response = client.post(putter.base + "/api/files", content=upload(), timeout=timeout,
+                               params={"k": k, "n": n, "segment": segment},
+                               headers={"Content-Length": str(size)})
     put_s = time.perf_counter() - start
     if response.status_code != 201:
         raise SystemExit(f"put failed: {response.text}")
@@ -339,6 +353,11 @@ def bench_mesh(
     out.update(best)
     out["get_api_MBps_runs"] = [run["get_api_MBps"] for run in runs]
     out["get_node_peak_rss_MiB"] = max(run["get_node_peak_rss_MiB"] for run in runs)
+    tcp = [bench_get(nodes, src, file_id, size, idle_cpu, via="tcp") for _ in range(gets)]
+    out["get_api_tcp_MBps"] = max(run["get_api_MBps"] for run in tcp)
+    out["get_api_tcp_MBps_runs"] = [run["get_api_MBps"] for run in tcp]
+    out["get_api_tcp_getter_cpu_ms_per_MB"] = max(tcp, key=lambda run: run["get_api_MBps"])[
+        "get_getter_cpu_ms_per_MB"]
     checks = [bench_check(nodes, file_id, size) for _ in range(gets)]
     out.update(max(checks, key=lambda run: run["get_check_MBps"]))
     out["get_check_MBps_runs"] = [run["get_check_MBps"] for run in checks]
@@ -403,8 +422,10 @@ def bench_check(nodes: list[Proc], file_id: str, size: int) -> dict:
                 op.get("segments_decoded", 0) / max(1, op.get("segments", 0)), 2)}
 
 
-def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: float) -> dict:
-    """One get through node 1's API, bytes checked against ``src``; speed, CPU and memory."""
+def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: float,
+              via: str = "socket") -> dict:
+    """One get through node 1's API (``via`` its socket, as ``poolai get``, or TCP), bytes
+    checked against ``src``; speed, CPU and memory."""
     getter = nodes[1].proc.pid
     rss_before = vm_kib(getter, "VmRSS")
     reset_peak(getter)
@@ -416,8 +437,8 @@ def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: f
     # buffer (~0.1 ms of CPU per MB here; httpx's iter_raw costs ~1 ms per MB), and every
     # byte compared with the (cached) source as it arrives (~0.1 ms per MB; hashing would
     # cost ~0.5), because the client shares the cores with the nodes.
-    host, _, port = nodes[1].info["api"].removeprefix("http://").partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=600)
+    conn = local_node(nodes[1], via).connection()
+    conn.timeout = 600
     try:
         conn.request("GET", f"/api/files/{file_id}")
         reply = conn.getresponse()

@@ -7,7 +7,8 @@ One module-wide mesh of 10 nodes (upkeep only when a test asks for it):
   live shares, each proven (fetched and hash-checked, or audited);
 * a share whose bytes rot inside a holder's LMDB is reported and replaced;
 * a put into a node whose quota is full is refused clearly and leaves nothing;
-* a node SIGKILLed in the middle of a put reopens a store of whole shares.
+* a node SIGKILLed in the middle of a put reopens a store of whole shares;
+* the CLI moves files over the API's Unix socket, and over TCP without it.
 
 The file in the first test is 50 MiB unless ``POOLAI_TEST_STORAGE_MIB`` says
 otherwise.
@@ -16,9 +17,11 @@ otherwise.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
+import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -287,3 +290,35 @@ def test_cli_errors_are_one_line(mesh, tmp_path):
         assert result.returncode == 1 and len(lines) == 1, (args, result.stderr)
         assert lines[0].startswith("poolai: error: ") and "Traceback" not in result.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+def test_cli_uses_the_api_socket_and_falls_back_to_tcp(tmp_path):
+    node = NodeProcess(tmp_path / "s", env=ENV).start(timeout=60)
+    runtime = node.data_dir / "node.json"
+    try:
+        info = json.loads(runtime.read_text())
+        sock = Path(info["api_socket"])
+        assert sock.parent == node.data_dir and stat.S_ISSOCK(sock.stat().st_mode)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=30) as client:
+            assert client.get("http://localhost/api/status").json()["peer_id"] == node.peer_id
+            # the same rules as on TCP: an admin action needs the node's token, and no other
+            # site may drive the node
+            assert client.post("http://localhost/api/admin/capacity/load", json={}).status_code == 401
+            refused = client.post("http://localhost/api/storage/repair", headers={"Origin": "http://a.test"})
+            assert refused.status_code == 403
+
+        data = random.Random(5).randbytes(3 * MiB + 5)
+        src = tmp_path / "s.bin"
+        src.write_bytes(data)
+        # With the TCP address in the runtime file dead, put and get can only use the socket.
+        runtime.write_text(json.dumps({**info, "api": "http://127.0.0.1:9"}))
+        file_id = put(node, src, "--segment-mib", "1")
+        get_ok(node, file_id, tmp_path / "via-socket.bin", data)
+        # Without the socket they use TCP.
+        runtime.write_text(json.dumps(info))
+        sock.unlink()
+        get_ok(node, file_id, tmp_path / "via-tcp.bin", data)
+    finally:
+        stop_all([node])
+    assert not runtime.exists()
