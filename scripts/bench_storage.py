@@ -9,7 +9,9 @@ In one run:
   streams from k processes into one: what a receiving process can take.
   Measured while the node processes below are up (their background work
   loads the machine as it does during the get), once before the put and
-  once after the gets; the reference is the faster of the two;
+  once in each round of reads below; the reference is the fastest of them,
+  and each read is also compared with the reference of its own round
+  (``*_vs_kstreams_paired``, and their median);
 * 10 ``poolai node run`` processes: put a random file through node 0's local
   API and get it back through node 1's ``--gets`` times, over the API's Unix
   socket as ``poolai put/get`` do (``get_api_tcp_*``: the same gets over
@@ -38,7 +40,7 @@ parity shares only, the worst case, against the k-streams reference);
 ``get_*_vs_kstreams`` is against the receiver alone, the stricter reading
 for a healthy get, which takes primaries where it can and decodes little.
 
-    python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10] [--gets 2]
+    python scripts/bench_storage.py [--size 256] [--nodes 10] [--k 4] [--n 10] [--gets 3]
 
 ``--size`` is in MiB. Everything runs on this machine: the numbers measure
 CPU (Noise, hashing, zfec, HTTP) shared by every process, not a network.
@@ -52,6 +54,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -316,10 +319,12 @@ def reset_peak(pid: int) -> None:
 
 def bench_mesh(
     base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int, idle_cpu: float,
-    gets: int,
+    gets: int, stream: int,
 ) -> dict:
-    """Put through node 0's local API, then ``gets`` gets through node 1's; the fastest get
-    is reported (with every run's speed). ``idle_cpu``: cores the idle mesh uses."""
+    """Put through node 0's local API, then ``gets`` rounds of: the k-streams reference
+    (``stream`` bytes), a get through node 1's API over its socket, one over TCP, a check.
+    The fastest of each is reported (with every run's speed), and each read's ratio to the
+    reference of its round. ``idle_cpu``: cores the idle mesh uses."""
     src = base / "src.bin"
     rng = random.Random(2)
     with src.open("wb") as handle:
@@ -348,20 +353,33 @@ def bench_mesh(
     put_op = last_op(nodes[0], "put")
     out = {"put_api_MBps": mbps(size, put_s), "put_phases_s": put_op["phases_s"],
            "put_store_phase_MBps": mbps(size, put_op["phases_s"]["store"])}
-    runs = [bench_get(nodes, src, file_id, size, idle_cpu) for _ in range(gets)]
+    # Rounds of reference, get over the socket, get over TCP, check, back to back: each read
+    # is compared with the reference measured next to it (the machine's speed drifts).
+    refs, runs, tcp, checks = [], [], [], []
+    for _ in range(gets):
+        refs.append(bench_baseline(k, stream))
+        runs.append(bench_get(nodes, src, file_id, size, idle_cpu))
+        tcp.append(bench_get(nodes, src, file_id, size, idle_cpu, via="tcp"))
+        checks.append(bench_check(nodes, file_id, size))
     best = max(runs, key=lambda run: run["get_api_MBps"])
     out.update(best)
     out["get_api_MBps_runs"] = [run["get_api_MBps"] for run in runs]
     out["get_node_peak_rss_MiB"] = max(run["get_node_peak_rss_MiB"] for run in runs)
-    tcp = [bench_get(nodes, src, file_id, size, idle_cpu, via="tcp") for _ in range(gets)]
     out["get_api_tcp_MBps"] = max(run["get_api_MBps"] for run in tcp)
     out["get_api_tcp_MBps_runs"] = [run["get_api_MBps"] for run in tcp]
     out["get_api_tcp_getter_cpu_ms_per_MB"] = max(tcp, key=lambda run: run["get_api_MBps"])[
         "get_getter_cpu_ms_per_MB"]
-    checks = [bench_check(nodes, file_id, size) for _ in range(gets)]
     out.update(max(checks, key=lambda run: run["get_check_MBps"]))
     out["get_check_MBps_runs"] = [run["get_check_MBps"] for run in checks]
+    kstreams = f"streams_{k}_into_1_MBps"
+    out[f"{kstreams}_runs"] = [ref[kstreams] for ref in refs]
+    for key, series in (("api", runs), ("api_tcp", tcp), ("check", checks)):
+        speed = "get_check_MBps" if key == "check" else "get_api_MBps"
+        out[f"get_{key}_vs_kstreams_paired"] = [
+            round(run[speed] / ref[kstreams], 2) for run, ref in zip(series, refs, strict=True)]
+        out[f"get_{key}_vs_kstreams_paired_median"] = statistics.median(out[f"get_{key}_vs_kstreams_paired"])
     out["file_id"] = file_id
+    out["round_baselines"] = refs
     return out
 
 
@@ -526,7 +544,8 @@ def main() -> None:
     ap.add_argument("--stream-mib", type=int, default=256,
                     help="MiB moved by each baseline (one stream; k streams together); at 64 the "
                          "4-stream reference lasted ~0.15 s and varied by a third between runs")
-    ap.add_argument("--gets", type=int, default=2, help="gets of the file (the fastest counts)")
+    ap.add_argument("--gets", type=int, default=3,
+                    help="rounds of reads (reference, get, get over TCP, check); the fastest counts")
     ap.add_argument("--stream-source", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stream_source is not None:
@@ -549,16 +568,16 @@ def main() -> None:
         out["load_before"] = round(os.getloadavg()[0], 2)
         before = bench_baseline(args.k, stream)
         out.update(bench_mesh(base, nodes, size, args.k, args.n, segment,
-                              out["mesh_idle_cpu_percent"] / 100, args.gets))
-        after = bench_baseline(args.k, stream)
+                              out["mesh_idle_cpu_percent"] / 100, args.gets, stream))
+        baselines = [before, *out.pop("round_baselines")]
         out.update(bench_degraded(nodes, base / "src.bin", out.pop("file_id"), size, args.k,
                                   args.n, out["mesh_idle_cpu_percent"] / 100, args.gets))
-        out["baseline_before_get"], out["baseline_after_get"] = before, after
-        # Speeds: the better of the two (what the receiver can take, as the get reports its
-        # fastest run); CPU per MB: the mean.
+        out["baseline_before_put"] = before
+        # Speeds: the best of all (what the receiver can take, as the get reports its fastest
+        # run); CPU per MB: the mean.
         for key in before:
-            pick = max if key.endswith("MBps") else lambda a, b: (a + b) / 2
-            out[key] = round(pick(before[key], after[key]), 2)
+            values = [b[key] for b in baselines]
+            out[key] = round(max(values) if key.endswith("MBps") else statistics.fmean(values), 2)
     finally:
         for p in nodes:
             p.stop()
