@@ -207,18 +207,16 @@ def fetch_local(data_dir: Path, path: str, timeout: float) -> Any:
 
     Sends the node's admin token when this user can read it, so admin routes work too.
     """
-    from poolai.node.auth import auth_headers
-    from poolai.node.node import read_runtime_file
+    from poolai.node.local_api import find_node
 
-    info = read_runtime_file(data_dir)
-    if not info or not info.get("api"):
-        raise CliError(f"no running node found in {data_dir} (start one with 'poolai node run')")
+    node = find_node(data_dir)
     try:
-        response = httpx.get(info["api"] + path, timeout=timeout, headers=auth_headers(data_dir))
+        with node.client(timeout, headers=node.headers) as client:
+            response = client.get(node.base + path)
         response.raise_for_status()
         return response.json()
     except httpx.HTTPError as exc:
-        raise CliError(f"the node at {info['api']} did not answer: {exc}") from None
+        raise CliError(f"the node at {node.api} did not answer: {exc}") from None
 
 
 def _config_show(args: argparse.Namespace) -> int:

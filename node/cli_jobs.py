@@ -91,20 +91,10 @@ def register(sub: Any) -> None:
 
 class _Node:
     def __init__(self, args: argparse.Namespace) -> None:
-        from poolai.node.cli import CliError
-        from poolai.node.node import read_runtime_file
+        from poolai.node.local_api import find_node
 
-        cfg = config_mod.load(args.data_dir, {})
-        info = read_runtime_file(cfg.data_dir)
-        if not info or not info.get("api"):
-            raise CliError(f"no running node found in {cfg.data_dir} (start one with 'poolai node run')")
-        try:
-            from poolai.node.auth import auth_headers
-
-            headers = auth_headers(cfg.data_dir)
-        except ImportError:
-            headers = {}
-        self.client = httpx.Client(base_url=info["api"], headers=headers, timeout=30.0)
+        node = find_node(config_mod.load(args.data_dir, {}).data_dir)
+        self.client = node.client(30.0, base_url=node.base, headers=node.headers)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         from poolai.node.cli import CliError

@@ -1,23 +1,19 @@
 """``poolai put / get / stat / pin / unpin``: the mesh's burst-RAID storage from the shell.
 
 Every command talks to the node running in the data directory, through its
-local API (found like ``poolai status`` finds it): over the API's Unix socket
-where this user can open it (a file's bytes then cost the node less than over
-loopback TCP, see ``poolai.node.api``), else over TCP. Progress bars go to
-stderr when it is a terminal; the file id (put) and tables (stat) go to stdout.
+local API (:mod:`poolai.node.local_api`): files move over the API's Unix
+socket where this user can open it, else over TCP. Progress bars go to stderr
+when it is a terminal; the file id (put) and tables (stat) go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import http.client
 import json
 import os
-import socket
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +22,11 @@ import httpx
 
 from poolai.node import config as config_mod
 from poolai.node.cli import CliError
+from poolai.node.local_api import LocalNode, find_node
 
 MiB = 1 << 20
 CHUNK = 1 << 20
-CONNECT_TIMEOUT = 5.0  # seconds to reach the local node
+CONNECT_TIMEOUT = 5.0  # seconds to reach the local node (see also local_api)
 READ_TIMEOUT = 300.0  # seconds the node may stay silent during a transfer
 
 
@@ -69,69 +66,8 @@ def register(sub: Any) -> None:
 # ----------------------------------------------------------------------------- plumbing
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LocalNode:
-    """How to reach the node in a data directory: ``api`` is its TCP base URL; ``socket``
-    its API's Unix socket when this user may open it (None: TCP only)."""
-
-    api: str
-    headers: dict[str, str]
-    socket: str | None = None
-
-    @property
-    def base(self) -> str:
-        """The base URL of requests that go over ``socket`` when there is one."""
-        return SOCKET_BASE if self.socket else self.api
-
-    def client(self) -> httpx.Client:
-        """An httpx client for transfers: over the socket when there is one."""
-        transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
-        return httpx.Client(timeout=_timeout(), transport=transport)
-
-    def connection(self) -> http.client.HTTPConnection:
-        """An unconnected http.client connection to ``base``."""
-        if self.socket:
-            return _UnixConnection(self.socket)
-        where = urllib.parse.urlsplit(self.api)
-        return http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port,
-                                          timeout=CONNECT_TIMEOUT)
-
-
-SOCKET_BASE = "http://localhost"  # a loopback Host name, as the API's Host check asks
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """http.client over a Unix stream socket."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=CONNECT_TIMEOUT)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def _node(args: argparse.Namespace) -> LocalNode:
-    from poolai.node.node import read_runtime_file
-
-    data_dir = config_mod.load(args.data_dir, {}).data_dir
-    info = read_runtime_file(data_dir)
-    if not info or not info.get("api"):
-        raise CliError(f"no running node found in {data_dir} (start one with 'poolai node run')")
-    path = info.get("api_socket")
-    usable = isinstance(path, str) and os.access(path, os.R_OK | os.W_OK)
-    try:
-        from poolai.node.auth import auth_headers
-    except ImportError:  # a node without an admin token
-        return LocalNode(info["api"], {}, path if usable else None)
-    return LocalNode(info["api"], auth_headers(data_dir), path if usable else None)
+    return find_node(config_mod.load(args.data_dir, {}).data_dir)
 
 
 def _check_id(text: str) -> str:
@@ -248,7 +184,8 @@ def _follow(node: LocalNode, what: str, bar: Bar, method: str, path: str, **requ
     """Send a ``progress=1`` request and follow its NDJSON events on ``bar``; the ``done``
     event. CliError for an error event, a failed request or a connection that ends early."""
     try:
-        with node.client() as client, client.stream(method, node.base + path, **request) as response:
+        url = node.base + path
+        with node.client(_timeout()) as client, client.stream(method, url, **request) as response:
             if response.status_code != 200:
                 raise _fail(response)
             for line in response.iter_lines():

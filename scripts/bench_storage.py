@@ -66,7 +66,7 @@ from pathlib import Path
 import httpx
 import zfec
 
-from poolai.node.cli_storage import LocalNode
+from poolai.node.local_api import LocalNode
 
 MiB = 1 << 20
 BENCH_PROTOCOL = "/poolai/bench-stream/1.0.0"
