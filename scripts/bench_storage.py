@@ -342,8 +342,8 @@ def bench_mesh(
 
     putter = local_node(nodes[0])
     start = time.perf_counter()
-    with putter.client() as client:
-        response = client.post(putter.base + "/api/files", content=upload(), timeout=timeout,
+    with putter.client(timeout) as client:
+        response = client.post(putter.base + "/api/files", content=upload(),
                                params={"k": k, "n": n, "segment": segment},
                                headers={"Content-Length": str(size)})
     put_s = time.perf_counter() - start
