@@ -13,8 +13,11 @@ checks).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,24 +73,43 @@ def build_app(node: Node) -> Starlette:
 MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path, without the NUL (Linux sun_path)
 
 
-def socket_path_usable(path: Path) -> bool:
-    """Whether a Unix socket can be bound at ``path`` (its name fits in sun_path)."""
-    return len(os.fsencode(path)) <= MAX_SOCKET_PATH
+def open_unix_listener(path: Path) -> socket.socket | None:
+    """A Unix stream socket bound at ``path`` with mode 0600, not yet listening; None (and a
+    log line) where one cannot be made there: the API then stays on TCP alone.
+
+    A socket file left by a node that was killed is replaced; any other file is left alone.
+    Nobody can connect before ``listen()`` (which the server calls), so the mode is set
+    before the first connection without touching the process-wide umask.
+    """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        log.info("no API socket: its path %s is too long (the API is on TCP only)", path)
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        sock.bind(os.fspath(path))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        sock.close()
+        log.warning("no API socket at %s: %s (the API is on TCP only)", path, exc.strerror or exc)
+        return None
+    return sock
 
 
 async def serve_api(
-    node: Node, host: str, port: int, *, socket_path: Path | None = None,
+    node: Node, host: str, port: int, *, unix_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; reports the bound base URL (the real port when ``port`` is 0).
+    """Serve until cancelled; reports the bound TCP base URL (the real port when ``port`` is 0).
 
-    With ``socket_path`` the same app is also served on a Unix socket there, which only
-    this user may open (a stale socket left by a killed node is replaced)."""
+    With ``unix_listener`` (from :func:`open_unix_listener`, which this takes over) the same
+    app is also served on that Unix socket."""
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    if socket_path is not None:
-        config.bind.append(f"unix:{socket_path}")
-        config.umask = 0o177  # hypercorn binds under this umask: the socket is created 0600
+    if unix_listener is not None:
+        config.bind.append(f"fd://{unix_listener.detach()}")  # hypercorn now owns the descriptor
     config.graceful_timeout = 0.5
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")

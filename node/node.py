@@ -27,7 +27,7 @@ from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
-from poolai.node.api import serve_api, socket_path_usable
+from poolai.node.api import open_unix_listener, serve_api
 from poolai.node.config import Config, ConfigError
 from poolai.node.logring import LogRing
 
@@ -117,10 +117,11 @@ class Node:
                     await nursery.start(self.connections.run)
                     for service in self.services:
                         await nursery.start(service.run)
-                    self.api_socket = self._socket_path()
+                    listener = open_unix_listener(self.data_dir / API_SOCKET)
+                    self.api_socket = self.data_dir / API_SOCKET if listener else None
                     self.api_url = await nursery.start(functools.partial(
                         serve_api, self, self.config.api_host, self.config.api_port,
-                        socket_path=self.api_socket))
+                        unix_listener=listener))
                     nursery.start_soon(self._save_peers_periodically)
                     self.started_at = time.time()
                     self._write_runtime_file()
@@ -208,13 +209,6 @@ class Node:
         while True:
             await trio.sleep(SAVE_PEERS_EVERY)
             self._save_peers()
-
-    def _socket_path(self) -> Path | None:
-        path = self.data_dir / API_SOCKET
-        if socket_path_usable(path):
-            return path
-        log.info("no API socket: its path %s is too long (the API is on TCP only)", path)
-        return None
 
     def _remove_socket(self) -> None:
         if self.api_socket is not None:
