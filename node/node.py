@@ -9,6 +9,7 @@ on the way out so a restarted node can rejoin without its bootstrap list.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "identity.key"
 PEERS_FILE = "peers.json"
 RUNTIME_FILE = "node.json"
+LOCK_FILE = "node.lock"  # flock()ed by the node running in the directory
 API_SOCKET = "api.sock"  # the local API's Unix socket, for the CLI (see poolai.node.api)
 SAVE_PEERS_EVERY = 30.0
 
@@ -94,13 +96,17 @@ class Node:
                               f"then needs the admin token)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
-        self.admin_token, self.admin_token_created = auth.load_or_create_token(self.data_dir)
-        self.log_ring = LogRing()
-        logging.getLogger().addHandler(self.log_ring)
+        lock = _lock_data_dir(self.data_dir)
         try:
-            await self._run(task_status)
+            self.admin_token, self.admin_token_created = auth.load_or_create_token(self.data_dir)
+            self.log_ring = LogRing()
+            logging.getLogger().addHandler(self.log_ring)
+            try:
+                await self._run(task_status)
+            finally:
+                logging.getLogger().removeHandler(self.log_ring)
         finally:
-            logging.getLogger().removeHandler(self.log_ring)
+            os.close(lock)  # releases the lock
 
     async def _run(self, task_status: trio.TaskStatus[Node]) -> None:
         key_pair, created = identity.load_or_create(self.data_dir / KEY_FILE)
@@ -230,6 +236,20 @@ class Node:
                 path.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold ``data_dir`` for this node (an open descriptor; closing it, or the process
+    ending in any way, lets go). ConfigError when another node holds it: two nodes on one
+    directory would share an identity, stores and the API socket."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        info = read_runtime_file(data_dir) or {}
+        raise ConfigError(f"another node is running in {data_dir} (pid {info.get('pid', '?')})") from None
+    return fd
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -71,6 +71,26 @@ def test_cli_errors_are_one_line(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+def test_a_second_node_on_a_running_nodes_directory_refuses_to_start(tmp_path):
+    first = NodeProcess(tmp_path / "a").start()
+    try:
+        result = subprocess.run(
+            poolai_cmd("--data-dir", str(first.data_dir), "node", "run", "--api-port", "0",
+                       "--listen", "/ip4/127.0.0.1/tcp/0"),
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"poolai: error: another node is running in {first.data_dir} "
+                         f"(pid {first.proc.pid})"], result.stderr
+        # the first node kept its runtime file and API socket
+        status = subprocess.run(poolai_cmd("--data-dir", str(first.data_dir), "status", "--json"),
+                                capture_output=True, text=True, timeout=30, check=True)
+        assert json.loads(status.stdout)["peer_id"] == first.peer_id
+        assert (first.data_dir / "api.sock").exists()
+    finally:
+        stop_all([first])
+
+
 def test_corrupt_identity_refuses_to_start(tmp_path):
     (tmp_path / "identity.key").write_bytes(b"garbage")
     (tmp_path / "identity.key").chmod(0o600)
