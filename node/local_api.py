@@ -80,6 +80,21 @@ def find_node(data_dir: Path) -> LocalNode:
     info = read_runtime_file(data_dir)
     if not info or not isinstance(info.get("api"), str):
         raise CliError(f"no running node found in {data_dir} (start one with 'poolai node run')")
+    pid = info.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        raise CliError(f"no running node found in {data_dir}: the last one (pid {pid}) ended "
+                       f"without cleaning up (start one with 'poolai node run')")
     path = info.get("api_socket")
     usable = isinstance(path, str) and os.access(path, os.R_OK | os.W_OK)
     return LocalNode(info["api"], auth_headers(data_dir), path if usable else None)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a node killed with SIGKILL leaves its node.json)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

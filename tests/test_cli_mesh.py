@@ -91,6 +91,28 @@ def test_a_second_node_on_a_running_nodes_directory_refuses_to_start(tmp_path):
         stop_all([first])
 
 
+def test_commands_after_a_sigkilled_node_say_it_is_gone(tmp_path):
+    node = NodeProcess(tmp_path / "k").start()
+    pid = node.proc.pid
+    node.kill()
+    assert (node.data_dir / "node.json").exists()  # nobody removed it
+    for args in (("status",), ("get", "ab" * 32, "-o", str(tmp_path / "x")), ("job", "list")):
+        result = subprocess.run(poolai_cmd("--data-dir", str(node.data_dir), *args),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result
+        assert result.stderr.strip().splitlines() == [
+            f"poolai: error: no running node found in {node.data_dir}: the last one (pid {pid}) "
+            f"ended without cleaning up (start one with 'poolai node run')"], result.stderr
+    # the next node starts over the leftovers (node.json, api.sock) and answers on its socket
+    again = NodeProcess(node.data_dir).start()
+    try:
+        status = subprocess.run(poolai_cmd("--data-dir", str(node.data_dir), "status", "--json"),
+                                capture_output=True, text=True, timeout=30, check=True)
+        assert json.loads(status.stdout)["peer_id"] == node.peer_id
+    finally:
+        stop_all([again])
+
+
 def test_corrupt_identity_refuses_to_start(tmp_path):
     (tmp_path / "identity.key").write_bytes(b"garbage")
     (tmp_path / "identity.key").chmod(0o600)
