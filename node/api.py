@@ -86,9 +86,7 @@ def open_unix_listener(path: Path) -> socket.socket | None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()
+        remove_socket(path)
         sock.bind(os.fspath(path))
         os.chmod(path, 0o600)
     except OSError as exc:
@@ -96,6 +94,14 @@ def open_unix_listener(path: Path) -> socket.socket | None:
         log.warning("no API socket at %s: %s (the API is on TCP only)", path, exc.strerror or exc)
         return None
     return sock
+
+
+def remove_socket(path: Path) -> None:
+    """Remove the Unix socket file at ``path``, if that is what is there (any other file
+    stays). Raises OSError when a socket there cannot be removed."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
 
 
 async def serve_api(

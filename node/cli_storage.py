@@ -22,11 +22,10 @@ import httpx
 
 from poolai.node import config as config_mod
 from poolai.node.cli import CliError
-from poolai.node.local_api import LocalNode, find_node
+from poolai.node.local_api import CONNECT_TIMEOUT, LocalNode, find_node
 
 MiB = 1 << 20
 CHUNK = 1 << 20
-CONNECT_TIMEOUT = 5.0  # seconds to reach the local node (see also local_api)
 READ_TIMEOUT = 300.0  # seconds the node may stay silent during a transfer
 
 

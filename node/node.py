@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
-from poolai.node.api import open_unix_listener, serve_api
+from poolai.node.api import open_unix_listener, remove_socket, serve_api
 from poolai.node.config import Config, ConfigError
 from poolai.node.logring import LogRing
 
@@ -219,8 +218,7 @@ class Node:
     def _remove_socket(self) -> None:
         if self.api_socket is not None:
             with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(self.api_socket.lstat().st_mode):
-                    self.api_socket.unlink()
+                remove_socket(self.api_socket)
 
     def _write_runtime_file(self) -> None:
         info = {"pid": os.getpid(), "peer_id": self.peer_id, "api": self.api_url,
