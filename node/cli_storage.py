@@ -305,7 +305,8 @@ def _download(node: LocalNode, path: str, tmp: Path, have: int, progress: list[i
 
 def _last_error(node: LocalNode, file_id: str) -> str:
     try:
-        status = httpx.get(f"{node.api}/api/storage", headers=node.headers, timeout=5).json()
+        with node.client(CONNECT_TIMEOUT, headers=node.headers) as client:
+            status = client.get(f"{node.base}/api/storage").json()
     except (httpx.HTTPError, ValueError):
         return "the node stopped sending"
     for error in reversed(status.get("recent_errors", [])):
@@ -314,9 +315,10 @@ def _last_error(node: LocalNode, file_id: str) -> str:
     return "the node stopped sending (see its log)"
 
 
-def _request(method: str, url: str, headers: dict[str, str], timeout: float = 600.0) -> Any:
+def _request(node: LocalNode, method: str, path: str, timeout: float = 600.0) -> Any:
     try:
-        response = httpx.request(method, url, headers=headers, timeout=timeout)
+        with node.client(timeout, headers=node.headers) as client:
+            response = client.request(method, node.base + path)
     except httpx.HTTPError as exc:
         raise CliError(f"the node did not answer: {exc}") from None
     if response.status_code >= 300:
@@ -328,7 +330,7 @@ def _stat(args: argparse.Namespace) -> int:
     node = _node(args)
     file_id = _check_id(args.file_id)
     query = "?verify=1" if args.verify else ""
-    data = _request("GET", f"{node.api}/api/files/{file_id}/stat{query}", node.headers)
+    data = _request(node, "GET", f"/api/files/{file_id}/stat{query}")
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -352,7 +354,7 @@ def _stat(args: argparse.Namespace) -> int:
 def _pin(args: argparse.Namespace) -> int:
     node = _node(args)
     file_id = _check_id(args.file_id)
-    data = _request("POST", f"{node.api}/api/files/{file_id}/{args.action}", node.headers)
+    data = _request(node, "POST", f"/api/files/{file_id}/{args.action}")
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["lease_expiry"]))
     state = "pinned" if data["pinned"] else "unpinned (kept until its lease ends)"
     print(f"{data['file_id']} {state}; lease until {until}")
