@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from poolai.node.payout import parse_payout_setting
+from poolai.node.credits.payout import parse_payout_setting
 
 CONFIG_FILE = "config.toml"
 

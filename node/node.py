@@ -27,9 +27,9 @@ from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
-from poolai.node.api import open_unix_listener, remove_socket, serve_api
 from poolai.node.config import Config, ConfigError
 from poolai.node.logring import LogRing
+from poolai.node.web.server import open_unix_listener, remove_socket, serve_api
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ KEY_FILE = "identity.key"
 PEERS_FILE = "peers.json"
 RUNTIME_FILE = "node.json"
 LOCK_FILE = "node.lock"  # flock()ed by the node running in the directory
-API_SOCKET = "api.sock"  # the local API's Unix socket, for the CLI (see poolai.node.api)
+API_SOCKET = "api.sock"  # the local API's Unix socket, for the CLI (see poolai.node.web.server)
 SAVE_PEERS_EVERY = 30.0
 
 
@@ -141,11 +141,11 @@ class Node:
 
     def _build_services(self) -> list[NodeService]:
         """The node's services, in start order (each may use the ones before it)."""
-        from poolai.node.capacity_service import CapacityService
-        from poolai.node.credits_service import CreditsService
-        from poolai.node.job_service import JobService
-        from poolai.node.overlay_service import OverlayService
-        from poolai.node.storage_service import StorageService
+        from poolai.node.capacity.service import CapacityService
+        from poolai.node.credits.service import CreditsService
+        from poolai.node.files.service import StorageService
+        from poolai.node.jobs.service import JobService
+        from poolai.node.overlay.service import OverlayService
 
         services: list[NodeService] = [OverlayService(self)]
         services.append(CapacityService(self))

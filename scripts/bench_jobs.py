@@ -18,7 +18,7 @@ Starts ``n`` node processes on 127.0.0.1 (node 0 submits, every node runs jobs),
 * **burst**: ``--jobs`` jobs submitted back to back; latency submit → accepted and
   submit → running (which includes waiting for a slot), and jobs per second from the
   first submit to the last result;
-* **in process**: the same job through ``poolai.node.worker.execute`` in this process
+* **in process**: the same job through ``poolai.node.jobs.worker.execute`` in this process
   (torch imported once), and through ``run_job`` (one sandboxed worker process per job,
   what a worker node does), sequentially.
 
@@ -46,7 +46,7 @@ import httpx
 
 def poolai() -> list[str]:
     exe = Path(sys.executable).with_name("poolai")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli.main"]
 
 
 class Node:
@@ -98,8 +98,8 @@ def make_job(tmp: Path) -> tuple[Any, dict[str, bytes], dict[str, Any]]:
     import torch
     from safetensors.torch import save_file
 
-    from poolai.node.jobspec import BuiltinProgram, FileRef, JobSpec, MLPConfig
-    from poolai.node.models import build_model
+    from poolai.node.jobs.models import build_model
+    from poolai.node.jobs.spec import BuiltinProgram, FileRef, JobSpec, MLPConfig
 
     torch.manual_seed(0)
     config = MLPConfig(4, (8,), 2)
@@ -129,8 +129,8 @@ def in_process(job: Any, files: dict[str, bytes], tmp: Path, n: int, subprocesse
                ) -> dict[str, Any]:
     import trio
 
-    from poolai.node.runner import WorkerPolicy, run_job
-    from poolai.node.worker import execute
+    from poolai.node.jobs.runner import WorkerPolicy, run_job
+    from poolai.node.jobs.worker import execute
 
     files_dir = tmp / "files"
     files_dir.mkdir()

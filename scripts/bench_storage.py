@@ -66,7 +66,7 @@ from pathlib import Path
 import httpx
 import zfec
 
-from poolai.node.local_api import LocalNode
+from poolai.node.cli.local_api import LocalNode
 
 MiB = 1 << 20
 BENCH_PROTOCOL = "/poolai/bench-stream/1.0.0"
@@ -169,7 +169,7 @@ def bench_streams(sources: list[str], size: int) -> tuple[float, float, float]:
 
 def poolai() -> list[str]:
     exe = Path(sys.executable).with_name("poolai")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli.main"]
 
 
 class Proc:

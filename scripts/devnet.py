@@ -23,7 +23,7 @@ from pathlib import Path
 
 def poolai() -> list[str]:
     exe = Path(sys.executable).with_name("poolai")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli.main"]
 
 
 class DevNode:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def import_poolai() -> None:
     """Make ``poolai.mesh`` and ``poolai.node`` importable from the checkout if not installed."""
     try:
-        importlib.import_module("poolai.node.inventory")
+        importlib.import_module("poolai.node.capacity.inventory")
         return
     except ImportError:
         pass
@@ -51,8 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     import_poolai()
     from poolai.mesh import adverts, wire
-    from poolai.node import inventory
-    from poolai.node.capacity import LocalState, make_advert
+    from poolai.node.capacity import inventory
+    from poolai.node.capacity.rules import LocalState, make_advert
 
     started = time.perf_counter()
     provider = inventory.NvmlProvider(Path.cwd())

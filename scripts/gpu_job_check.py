@@ -47,8 +47,8 @@ def main() -> int:
     from safetensors.torch import load_file, save_file
 
     from poolai.node.auth import auth_headers
-    from poolai.node.jobspec import MLPConfig
-    from poolai.node.models import build_model, forward
+    from poolai.node.jobs.models import build_model, forward
+    from poolai.node.jobs.spec import MLPConfig
 
     with tempfile.TemporaryDirectory(prefix="poolai-gpu-check-") as tmp_name:
         tmp = Path(tmp_name)

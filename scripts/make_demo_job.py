@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from poolai.node.sanitise import UnsafeProgram, sanitise_pt2
+from poolai.node.jobs.sanitise import UnsafeProgram, sanitise_pt2
 
 
 class ResidualMLP(torch.nn.Module):

@@ -16,7 +16,7 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from poolai.mesh.host import MeshHost, open_host
-from poolai.node.credits_service import CreditsService
+from poolai.node.credits.service import CreditsService
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 

@@ -25,12 +25,13 @@ from typing import Any
 import trio
 
 from poolai.mesh import wire
-from poolai.node import credits_service, job_service
-from poolai.node import ledger as lg
-from poolai.node.credits import EARNER_DOMAIN, PAYER_DOMAIN, JobClaim, Receipt, start_receipt
-from poolai.node.job_executor import Executor
-from poolai.node.jobspec import FileRef, JobSpec, JobStatus
-from poolai.node.runner import JobOutcome, WorkerPolicy, run_job
+from poolai.node.credits import ledger as lg
+from poolai.node.credits import service as credits_service
+from poolai.node.credits.receipts import EARNER_DOMAIN, PAYER_DOMAIN, JobClaim, Receipt, start_receipt
+from poolai.node.jobs import service as job_service
+from poolai.node.jobs.executor import Executor
+from poolai.node.jobs.runner import JobOutcome, WorkerPolicy, run_job
+from poolai.node.jobs.spec import FileRef, JobSpec, JobStatus
 
 H100 = "NVIDIA H100 80GB HBM3"
 FORGED_JOB = "forged"  # job ids of forged claims start with this
@@ -98,7 +99,7 @@ def command(*args: str) -> list[str]:
 def main() -> int:
     job_service.Executor = CorruptingExecutor  # type: ignore[misc]
     credits_service.CreditsService._handle = forging_handle  # type: ignore[method-assign]
-    from poolai.node.cli import main as poolai_main
+    from poolai.node.cli.main import main as poolai_main
 
     return poolai_main(sys.argv[1:])
 

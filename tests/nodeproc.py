@@ -26,7 +26,7 @@ POOLAI = Path(sys.executable).with_name("poolai")
 def poolai_cmd(*args: str) -> list[str]:
     if POOLAI.exists():
         return [str(POOLAI), *args]
-    return [sys.executable, "-m", "poolai.node.cli", *args]
+    return [sys.executable, "-m", "poolai.node.cli.main", *args]
 
 
 class NodeProcess:

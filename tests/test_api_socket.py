@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from poolai.node.api import MAX_SOCKET_PATH, open_unix_listener
+from poolai.node.web.server import MAX_SOCKET_PATH, open_unix_listener
 
 
 def test_the_socket_is_private_before_it_listens(tmp_path):

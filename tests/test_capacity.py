@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from test_adverts import advert, gpu
 
-from poolai.node import capacity
-from poolai.node.capacity import CapacityTable, LocalState, Requirements, rank
-from poolai.node.inventory import Gpu, Inventory
+from poolai.node.capacity import rules as capacity
+from poolai.node.capacity.inventory import Gpu, Inventory
+from poolai.node.capacity.rules import CapacityTable, LocalState, Requirements, rank
 
 GiB = 1 << 30
 

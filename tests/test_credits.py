@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from poolai.mesh import wire
 from poolai.mesh.adverts import peer_id_from_public_key
-from poolai.node import credit_policy as cp
-from poolai.node.balances import Tally, compute_balances
-from poolai.node.credits import (
+from poolai.node.credits import policy as cp
+from poolai.node.credits.balances import Tally, compute_balances
+from poolai.node.credits.receipts import (
     CPU_WEIGHT,
     EPOCH_S,
     GIB,
@@ -36,8 +36,8 @@ from poolai.node.credits import (
     device_weight,
     start_receipt,
 )
-from poolai.node.job_queue import WorkerLimits, WorkItem, WorkQueue
-from poolai.node.jobspec import Requirements
+from poolai.node.jobs.queue import WorkerLimits, WorkItem, WorkQueue
+from poolai.node.jobs.spec import Requirements
 
 
 def key(seed: int) -> SigningKey:

@@ -31,8 +31,8 @@ from nodeproc import NodeProcess, stop_all, wait_until
 from safetensors.torch import load_file, save_file
 
 from poolai.node.auth import auth_headers
-from poolai.node.jobspec import MLPConfig
-from poolai.node.models import build_model, forward
+from poolai.node.jobs.models import build_model, forward
+from poolai.node.jobs.spec import MLPConfig
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -34,10 +34,11 @@ from safetensors.torch import load_file, save_file
 from poolai.mesh import wire
 from poolai.mesh.errors import RemoteError
 from poolai.node import config as config_mod
-from poolai.node import ledger as lg
-from poolai.node.balances import Account, compute_balances
-from poolai.node.credit_policy import Outcome
-from poolai.node.credits import (
+from poolai.node.credits import ledger as lg
+from poolai.node.credits.balances import Account, compute_balances
+from poolai.node.credits.payout import b58encode
+from poolai.node.credits.policy import Outcome
+from poolai.node.credits.receipts import (
     EPOCH_S,
     GIB,
     PAYER_DOMAIN,
@@ -46,11 +47,10 @@ from poolai.node.credits import (
     Receipt,
     start_receipt,
 )
-from poolai.node.jobspec import MLPConfig
-from poolai.node.models import build_model, forward
+from poolai.node.jobs.models import build_model, forward
+from poolai.node.jobs.runner import run_job
+from poolai.node.jobs.spec import MLPConfig
 from poolai.node.node import Node, open_node
-from poolai.node.payout import b58encode
-from poolai.node.runner import run_job
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.integrity import audit_digest
 
@@ -246,7 +246,7 @@ async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
         assert nodes[1].service("capacity").table.get(me.peer_id).advert.payout_address == address
 
         data_dir = str(nodes[0].data_dir)
-        cli = [sys.executable, "-m", "poolai.node.cli", "--data-dir", data_dir, "credits"]
+        cli = [sys.executable, "-m", "poolai.node.cli.main", "--data-dir", data_dir, "credits"]
         shown = json.loads((await trio.run_process([*cli, "--json"], capture_stdout=True)).stdout)
         status = nodes[0].status()["credits"]
         keys = ("earned", "spent", "balance", "earned_milli", "balance_milli", "receipts", "payout_address")

@@ -1,4 +1,4 @@
-"""What a submitter does with the runs of one job (node/job_runs.py, pure), fed by the credits
+"""What a submitter does with the runs of one job (node/jobs/runs.py, pure), fed by the credits
 service's real replica check; and how reputation moves a peer in the capacity ranking."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import trio
 from test_adverts import advert
 from test_jobs import FakeRunner, MemoryFiles, Submitter, offer_to, until
 
-from poolai.node import capacity as cap
-from poolai.node import credit_policy as cp
-from poolai.node import job_protocol as jp
-from poolai.node.job_executor import Executor
-from poolai.node.job_queue import WorkerLimits
-from poolai.node.job_runs import Check, Report, RunEnd, RunPlan, StartRun
-from poolai.node.jobspec import FileRef, JobResult, JobStatus
+from poolai.node.capacity import rules as cap
+from poolai.node.credits import policy as cp
+from poolai.node.jobs import protocol as jp
+from poolai.node.jobs.executor import Executor
+from poolai.node.jobs.queue import WorkerLimits
+from poolai.node.jobs.runs import Check, Report, RunEnd, RunPlan, StartRun
+from poolai.node.jobs.spec import FileRef, JobResult, JobStatus
 
 GOOD, BAD = "a" * 64, "b" * 64
 

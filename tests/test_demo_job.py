@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from poolai.node.jobspec import FileRef, JobSpec, JobStatus, Pt2Program
-from poolai.node.worker import OUTPUT_FILE, execute
+from poolai.node.jobs.spec import FileRef, JobSpec, JobStatus, Pt2Program
+from poolai.node.jobs.worker import OUTPUT_FILE, execute
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_demo_job.py"
 

@@ -21,8 +21,8 @@ from poolai.mesh.gossip import ACCEPT, PenaltyBox, open_gossip
 from poolai.mesh.host import open_host
 from poolai.node import config
 from poolai.node.auth import auth_headers
-from poolai.node.capacity import LocalState, make_advert
-from poolai.node.inventory import Inventory
+from poolai.node.capacity.inventory import Inventory
+from poolai.node.capacity.rules import LocalState, make_advert
 from poolai.node.node import open_node
 
 GiB = 1 << 30

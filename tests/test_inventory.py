@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from poolai.node import inventory
-from poolai.node.capacity import LocalState, make_advert
-from poolai.node.inventory import FileProvider, InventoryError, NvmlProvider
+from poolai.node.capacity import inventory
+from poolai.node.capacity.inventory import FileProvider, InventoryError, NvmlProvider
+from poolai.node.capacity.rules import LocalState, make_advert
 
 GiB = 1 << 30
 
@@ -140,7 +140,7 @@ def test_unsupported_optional_fields_are_none(tmp_path):
 def test_no_driver_means_cpu_only_with_one_log_line(tmp_path, caplog):
     nvml = FakeNvml([], init_error=FakeNvml.NVMLError_LibraryNotFound("NVML Shared Library Not Found"))
     p = provider(tmp_path, nvml, retry_after=60.0)
-    with caplog.at_level(logging.WARNING, logger="poolai.node.inventory"):
+    with caplog.at_level(logging.WARNING, logger="poolai.node.capacity.inventory"):
         first, second = p.read(), p.read()
     assert first.gpus == () and second.gpus == () and first.torch_cuda is False
     assert "NVML Shared Library Not Found" in first.note and first.note == second.note
@@ -191,9 +191,9 @@ def test_torch_cuda_is_derived(gpus, driver, build, expected):
 
 
 def test_reading_torchs_build_does_not_import_torch():
-    code = ("import sys; from poolai.node.inventory import torch_cuda_build, NvmlProvider; "
+    code = ("import sys; from poolai.node.capacity.inventory import torch_cuda_build, NvmlProvider; "
             "from pathlib import Path; b = torch_cuda_build(); NvmlProvider(Path('.')).read(); "
-            "import poolai.node.capacity_service, poolai.node.cli; "
+            "import poolai.node.capacity.service, poolai.node.cli.main; "
             "assert 'torch' not in sys.modules, 'torch imported'; print(repr(b))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -245,7 +245,7 @@ def test_a_broken_edit_keeps_the_last_good_reading(tmp_path, caplog):
     write(path, SIM)
     p = FileProvider(path, tmp_path)
     path.write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="poolai.node.inventory"):
+    with caplog.at_level(logging.WARNING, logger="poolai.node.capacity.inventory"):
         assert p.read().gpus[0].memory_free == 70 * GiB
     assert "keeping the last reading" in caplog.text
 

@@ -15,11 +15,8 @@ from polling import poll_until
 
 from poolai.mesh import wire
 from poolai.mesh.errors import PeerUnreachable, SchemaError
-from poolai.node import job_protocol as jp
-from poolai.node.job_executor import STATE_FILE, Executor
-from poolai.node.job_files import CachedFiles
-from poolai.node.job_queue import GpuSlot, WorkerLimits, WorkItem, WorkQueue, incapable_reason
-from poolai.node.jobs import (
+from poolai.node.jobs import protocol as jp
+from poolai.node.jobs.dispatch import (
     Dispatch,
     FindWorkers,
     Finished,
@@ -32,7 +29,11 @@ from poolai.node.jobs import (
     Wait,
     WorkState,
 )
-from poolai.node.jobspec import (
+from poolai.node.jobs.executor import STATE_FILE, Executor
+from poolai.node.jobs.files import CachedFiles
+from poolai.node.jobs.queue import GpuSlot, WorkerLimits, WorkItem, WorkQueue, incapable_reason
+from poolai.node.jobs.runner import JobOutcome, ProcessOutcome
+from poolai.node.jobs.spec import (
     BuiltinProgram,
     Device,
     FileRef,
@@ -46,7 +47,6 @@ from poolai.node.jobspec import (
     encode_job,
     result_to_dict,
 )
-from poolai.node.runner import JobOutcome, ProcessOutcome
 
 CFG = SubmitterConfig(lease_s=3.0, dead_s=8.0, requery_s=0.25, max_requery_s=4.0, seek_timeout_s=30.0)
 OUT = FileRef("output.safetensors", "ab" * 32, 10)
@@ -664,7 +664,7 @@ async def test_the_file_cache_serves_repeats_and_evicts_the_least_recently_used(
 
 
 def test_node_side_job_modules_do_not_import_torch() -> None:
-    code = ("import sys, poolai.node.job_service, poolai.node.job_api, poolai.node.cli_jobs; "
+    code = ("import sys, poolai.node.jobs.service, poolai.node.jobs.api, poolai.node.jobs.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.stdout.strip() == b"[]", proc.stderr.decode()[-2000:]

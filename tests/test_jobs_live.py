@@ -23,8 +23,8 @@ from nodeproc import NodeProcess, stop_all, wait_until
 from safetensors.torch import load_file, save_file
 
 from poolai.node.auth import auth_headers
-from poolai.node.jobspec import MLPConfig, TrainSpec
-from poolai.node.models import build_model, forward, train_steps
+from poolai.node.jobs.models import build_model, forward, train_steps
+from poolai.node.jobs.spec import MLPConfig, TrainSpec
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -111,7 +111,7 @@ class Mesh:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"poolai.node.worker" in cmdline and marker in cmdline:
+            if b"poolai.node.jobs.worker" in cmdline and marker in cmdline:
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:

@@ -29,7 +29,7 @@ from nodeproc import stop_all, wait_until
 from test_jobs_live import GPU_BIG, GPU_SMALL, MLP, Mesh, by_peer, program, same, spec
 
 from poolai.mesh import identity
-from poolai.node.models import forward
+from poolai.node.jobs.models import forward
 
 pytestmark = pytest.mark.timeout(400)
 

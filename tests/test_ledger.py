@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from poolai.mesh.adverts import peer_id_from_public_key
 from poolai.mesh.errors import RemoteError
-from poolai.node import ledger as lg
-from poolai.node.credit_policy import Event, Standing
-from poolai.node.credits import (
+from poolai.node.credits import ledger as lg
+from poolai.node.credits.policy import Event, Standing
+from poolai.node.credits.receipts import (
     JobClaim,
     SigningKey,
     add_signature,
@@ -91,8 +91,8 @@ WRITER = textwrap.dedent("""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     from poolai.mesh.adverts import peer_id_from_public_key
-    from poolai.node.credits import JobClaim, SigningKey, add_signature, check_receipt, start_receipt
-    from poolai.node.ledger import Ledger
+    from poolai.node.credits.receipts import JobClaim, SigningKey, add_signature, check_receipt, start_receipt
+    from poolai.node.credits.ledger import Ledger
 
     def key(seed):
         private = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)

@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from poolai.node.jobspec import (
+from poolai.node.jobs.models import build_model, forward, load_weights, train_steps
+from poolai.node.jobs.sanitise import parse_safetensors_header, safetensors_header_length, sanitise_pt2
+from poolai.node.jobs.spec import (
     Activation,
     BuiltinProgram,
     Device,
@@ -39,8 +41,6 @@ from poolai.node.jobspec import (
     result_to_dict,
     weight_signature,
 )
-from poolai.node.models import build_model, forward, load_weights, train_steps
-from poolai.node.sanitise import parse_safetensors_header, safetensors_header_length, sanitise_pt2
 
 SHA = "0" * 64
 MLP = MLPConfig(in_features=8, hidden=(16, 16), out_features=3, activation=Activation.GELU)

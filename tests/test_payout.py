@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from poolai.node import config as config_mod
-from poolai.node.payout import (
+from poolai.node.credits.payout import (
     PayoutAddressError,
     b58decode,
     b58encode,

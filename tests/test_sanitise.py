@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from poolai.node.sanitise import (
+from poolai.node.jobs.sanitise import (
     ALLOWED_OPS,
     Pt2Limits,
     UnsafeProgram,
@@ -302,7 +302,7 @@ def test_refusals_happen_without_torch(mlp_pt2, tmp_path: Path) -> None:
 import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
 from pathlib import Path
-from poolai.node.sanitise import UnsafeProgram, sanitise_pt2
+from poolai.node.jobs.sanitise import UnsafeProgram, sanitise_pt2
 d = Path({str(tmp_path)!r})
 for i in range({len(ATTACKS)}):
     try:

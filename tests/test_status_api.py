@@ -13,11 +13,12 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
-from poolai.node import auth, cli, metrics
+from poolai.node import auth
 from poolai.node import config as config_mod
-from poolai.node.api import build_app
+from poolai.node.cli import main as cli
 from poolai.node.node import Node, open_node
-from poolai.node.web import view
+from poolai.node.web import metrics, view
+from poolai.node.web.server import build_app
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

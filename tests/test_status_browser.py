@@ -195,7 +195,7 @@ class FakeNode:
 
 def serve_in_thread(node: FakeNode) -> tuple[str, Any]:
     """Serve ``build_app(node)`` on hypercorn in a trio thread; returns (url, stop)."""
-    from poolai.node.api import serve_api
+    from poolai.node.web.server import serve_api
 
     started: queue.Queue = queue.Queue()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from poolai.node.credits import EPOCH_S, MAX_AUDITS
-from poolai.node.storage_credits import AuditLedger
+from poolai.node.credits.receipts import EPOCH_S, MAX_AUDITS
+from poolai.node.files.audits import AuditLedger
 from poolai.storage.upkeep import AuditProof
 
 ME, A, B = b"me", b"holder-a", b"holder-b"

@@ -24,9 +24,9 @@ from poolai.mesh.host import open_host, peer_id_bytes, peer_id_text
 from poolai.mesh.links import DEFAULT_CONFIG
 from poolai.mesh.overlay_net import DriverConfig, OverlayNode, scaled
 from poolai.mesh.peers import PeerBook
-from poolai.node.credits import EPOCH_S, MAX_AUDITS
-from poolai.node.storage_ring import RingSource, ring_of
-from poolai.node.storage_service import StorageService
+from poolai.node.credits.receipts import EPOCH_S, MAX_AUDITS
+from poolai.node.files.ring import RingSource, ring_of
+from poolai.node.files.service import StorageService
 from poolai.storage import integrity, placement
 from poolai.storage.erasure import ErasureParams
 
@@ -332,8 +332,8 @@ async def test_audits_not_yet_claimed_survive_a_restart(tmp_path):
 async def test_cli_get_resumes_a_partial_download_through_the_api(tmp_path, capsys):
     """Two in-process nodes with their local APIs; ``poolai get`` finds a part file and asks
     only for the rest (HTTP Range), which the node fetches from the segment holding it."""
-    from poolai.node import cli
     from poolai.node import config as config_mod
+    from poolai.node.cli import main as cli
     from poolai.node.node import open_node
 
     def config(name: str, **flags: Any):
@@ -460,7 +460,7 @@ async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebu
 
 
 async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
-    from poolai.node.credits import ReceiptRejected
+    from poolai.node.credits.receipts import ReceiptRejected
 
     class Refusing(RecordingCredits):
         async def storage_audited(self, **kwargs: Any) -> bytes:

@@ -14,7 +14,7 @@ import time
 import pytest
 import trio
 
-from poolai.node.storage_files import FileEntry, FileRegistry
+from poolai.node.files.catalog import FileEntry, FileRegistry
 from poolai.storage import integrity, raid, upkeep
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.placement import Ring

@@ -21,7 +21,15 @@ import torch
 import trio
 from safetensors.torch import load_file, save_file
 
-from poolai.node.jobspec import (
+from poolai.node.jobs.models import build_model
+from poolai.node.jobs.runner import (
+    ProcessLimits,
+    WorkerPolicy,
+    run_isolated,
+    run_job,
+    worker_argv,
+)
+from poolai.node.jobs.spec import (
     BuiltinProgram,
     FileRef,
     JobSpec,
@@ -35,15 +43,7 @@ from poolai.node.jobspec import (
     TransformerConfig,
     job_to_dict,
 )
-from poolai.node.models import build_model
-from poolai.node.runner import (
-    ProcessLimits,
-    WorkerPolicy,
-    run_isolated,
-    run_job,
-    worker_argv,
-)
-from poolai.node.worker import OUTPUT_FILE, execute
+from poolai.node.jobs.worker import OUTPUT_FILE, execute
 
 MLP = MLPConfig(16, (32,), 4)
 GPT = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=16)
@@ -326,7 +326,7 @@ async def test_sandbox_timeout_and_cancellation_kill_the_process(tmp_path: Path)
 
 
 def test_node_side_modules_do_not_import_torch() -> None:
-    code = ("import sys, poolai.node.runner, poolai.node.worker, poolai.node.sanitise; "
+    code = ("import sys, poolai.node.jobs.runner, poolai.node.jobs.worker, poolai.node.jobs.sanitise; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.stdout.strip() == b"[]", proc.stderr.decode()[-2000:]

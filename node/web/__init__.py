@@ -154,7 +154,6 @@ def web_routes(node: Node) -> list[BaseRoute]:
 def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
     """A minimal OpenAPI description: every route, its methods and its docstring's first line."""
     from poolai.node import __version__
-
     paths: dict[str, Any] = {}
     for route in routes:
         if not isinstance(route, Route) or not route.include_in_schema:

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from poolai.mesh.errors import MeshError
-from poolai.node.jobspec import InvalidJob, MLPConfig, Mode, input_signature, weight_signature
+from poolai.node.jobs.spec import InvalidJob, MLPConfig, Mode, input_signature, weight_signature
 
 if TYPE_CHECKING:
     from poolai.node.node import Node

@@ -1,0 +1,1 @@
+"""Capacity: this machine's inventory, signed adverts of peers' capacity, ranking of capable peers."""

@@ -1,0 +1,1 @@
+"""Credits: signed receipts, the ledger, balances, reputation and payout addresses."""

@@ -1,0 +1,1 @@
+"""Jobs: specs, dispatch to the nearest capable peer, execution in isolated workers."""

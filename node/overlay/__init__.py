@@ -1,0 +1,1 @@
+"""Overlay: the node's driver of the small-world overlay (poolai.mesh.overlay)."""
