@@ -4,12 +4,23 @@ Start order: admin token and in-memory log ring → identity → libp2p host →
 protocol services → connection manager → local API → runtime file. Stop order
 is the reverse, driven by cancelling the node's nursery; the peer book is saved
 on the way out so a restarted node can rejoin without its bootstrap list.
+
+The services are built by :func:`build_services` in dependency order, each given the
+:class:`~poolai.node.context.NodeContext` and the services it uses, typed; nothing
+below this module imports it (``tests/test_import_cycles.py``). Who uses whom:
+
+- capacity: the overlay (this node's coordinate), credits (reputation ranks peers);
+- credits: the capacity table (what a worker advertised bounds what it may claim);
+- storage: the overlay (the ring shares are placed on), credits (audits are paid);
+- jobs: capacity (where to offer), storage (job files), credits (checks and pay).
+
+The capacity table is made first and handed to both capacity and credits, so neither
+service needs the other to exist first. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -17,8 +28,9 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -27,35 +39,23 @@ from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
+from poolai.node.capacity.rules import advert_table
+from poolai.node.capacity.service import CapacityService
 from poolai.node.config import Config, ConfigError
+from poolai.node.context import NodeContext, NodeService
+from poolai.node.credits.service import CreditsService
+from poolai.node.files.service import StorageService
+from poolai.node.jobs.service import JobService
 from poolai.node.logring import LogRing
+from poolai.node.overlay.service import OverlayService
+from poolai.node.runtime import API_SOCKET, RUNTIME_FILE, lock_data_dir
 from poolai.node.web.server import open_unix_listener, remove_socket, serve_api
 
 log = logging.getLogger(__name__)
 
 KEY_FILE = "identity.key"
 PEERS_FILE = "peers.json"
-RUNTIME_FILE = "node.json"
-LOCK_FILE = "node.lock"  # flock()ed by the node running in the directory
-API_SOCKET = "api.sock"  # the local API's Unix socket, for the CLI (see poolai.node.web.server)
 SAVE_PEERS_EVERY = 30.0
-
-
-class NodeService(Protocol):
-    """A long-running part of the node (overlay, capacity, storage, jobs ...).
-
-    ``run`` serves until cancelled and calls ``task_status.started()`` once it is
-    ready; ``status`` returns this service's section of ``/api/status``; ``routes``
-    returns the Starlette routes it adds to the local API.
-    """
-
-    name: str
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def routes(self) -> list[Any]: ...
 
 
 class Node:
@@ -72,7 +72,12 @@ class Node:
         self.admin_token = ""  # read or made by run(); see poolai.node.auth
         self.admin_token_created = False
         self.log_ring: LogRing | None = None  # the log tail the status page shows
-        self.services: list[NodeService] = []
+        self.services: list[NodeService] = []  # in start order; the same objects as below
+        self.overlay: OverlayService | None = None
+        self.capacity: CapacityService | None = None
+        self.credits: CreditsService | None = None
+        self.files: StorageService | None = None
+        self.jobs: JobService | None = None
         self.started_at = 0.0
         self._stopped = trio.Event()
 
@@ -95,7 +100,7 @@ class Node:
                               f"then needs the admin token)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
-        lock = _lock_data_dir(self.data_dir)
+        lock = lock_data_dir(self.data_dir)
         try:
             self.admin_token, self.admin_token_created = auth.load_or_create_token(self.data_dir)
             self.log_ring = LogRing()
@@ -116,7 +121,10 @@ class Node:
             self.book = PeerBook(host.peer_id)
             self._load_peers()
             self.connections = ConnectionManager(host, self.book, target_peers=self.config.max_peers)
-            self.services = self._build_services()
+            built = build_services(NodeContext(self.config, self.data_dir, host, self.book))
+            self.overlay, self.capacity, self.credits = built.overlay, built.capacity, built.credits
+            self.files, self.jobs = built.files, built.jobs
+            self.services = built.in_start_order()
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.connections.run)
@@ -138,28 +146,6 @@ class Node:
                 self._remove_runtime_file()
                 self._remove_socket()
                 self._stopped.set()
-
-    def _build_services(self) -> list[NodeService]:
-        """The node's services, in start order (each may use the ones before it)."""
-        from poolai.node.capacity.service import CapacityService
-        from poolai.node.credits.service import CreditsService
-        from poolai.node.files.service import StorageService
-        from poolai.node.jobs.service import JobService
-        from poolai.node.overlay.service import OverlayService
-
-        services: list[NodeService] = [OverlayService(self)]
-        services.append(CapacityService(self))
-        services.append(StorageService(self))
-        services.append(JobService(self))
-        services.append(CreditsService(self))
-        return services
-
-    def service(self, name: str) -> Any:
-        """The running service called ``name``; KeyError if this node has none."""
-        for service in self.services:
-            if service.name == name:
-                return service
-        raise KeyError(name)
 
     # ------------------------------------------------------------------ state for API and CLI
     def status(self) -> dict[str, Any]:
@@ -236,20 +222,6 @@ class Node:
             pass
 
 
-def _lock_data_dir(data_dir: Path) -> int:
-    """Hold ``data_dir`` for this node (an open descriptor; closing it, or the process
-    ending in any way, lets go). ConfigError when another node holds it: two nodes on one
-    directory would share an identity, stores and the API socket."""
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        info = read_runtime_file(data_dir) or {}
-        raise ConfigError(f"another node is running in {data_dir} (pid {info.get('pid', '?')})") from None
-    return fd
-
-
 def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -261,6 +233,35 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Services:
+    """A node's services, each built with what it depends on."""
+
+    overlay: OverlayService
+    capacity: CapacityService
+    credits: CreditsService
+    files: StorageService
+    jobs: JobService
+
+    def in_start_order(self) -> list[NodeService]:
+        """Each service starts after those it uses are ready (credits' ledger before the
+        adverts that rank by it, storage before the jobs that move files through it)."""
+        return [self.overlay, self.credits, self.capacity, self.files, self.jobs]
+
+
+def build_services(ctx: NodeContext) -> Services:
+    """The node's services, wired: the capacity table is made first and shared, so credits
+    (which bounds claims by adverts) and capacity (which ranks by credits' reputation)
+    need not know each other."""
+    overlay = OverlayService(ctx)
+    table = advert_table(ctx.config.capacity_heartbeat, ctx.config.capacity_expiry)
+    credits = CreditsService(ctx, adverts=table)
+    capacity = CapacityService(ctx, table=table, overlay=overlay.overlay, reputation=credits)
+    files = StorageService(ctx, overlay=overlay.overlay, credits=credits)
+    jobs = JobService(ctx, capacity=capacity, storage=files, credits=credits)
+    return Services(overlay, capacity, credits, files, jobs)
+
+
 @asynccontextmanager
 async def open_node(config: Config) -> AsyncIterator[Node]:
     """Run a node for the duration of the block (in-process; used by tests and tools)."""
@@ -270,12 +271,3 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
             yield node
         finally:
             nursery.cancel_scope.cancel()
-
-
-def read_runtime_file(data_dir: Path) -> dict[str, Any] | None:
-    """What a running node in ``data_dir`` published about itself, or None."""
-    try:
-        info = json.loads((data_dir / RUNTIME_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from poolai.mesh.host import MeshHost, open_host
+from poolai.mesh.host import open_host
+from poolai.node.context import NodeContext
 from poolai.node.credits.service import CreditsService
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -28,16 +28,6 @@ class FakeConfig:
     payout_address: str = ""
 
 
-class FakeNode:
-    """What CreditsService reads from its node: host, config, data_dir and service lookup."""
-
-    def __init__(self, host: MeshHost, data_dir: Path, config: FakeConfig) -> None:
-        self.host = host
-        self.data_dir = data_dir
-        self.config = config
-
-    def service(self, name: str) -> Any:
-        raise KeyError(name)
 
 
 @asynccontextmanager
@@ -51,7 +41,8 @@ async def credit_mesh(tmp_path: Path, n: int, config: FakeConfig = FakeConfig()
                 for b in hosts[i + 1:]:
                     await a.connect(b.peer_id, b.transport_addrs())
         async with trio.open_nursery() as nursery:
-            services = [CreditsService(FakeNode(h, tmp_path / f"n{i}", config), durable=False)  # type: ignore[arg-type]
+            services = [CreditsService(NodeContext(config, tmp_path / f"n{i}", h),  # type: ignore[arg-type]
+                                       durable=False)
                         for i, h in enumerate(hosts)]
             for service in services:
                 await nursery.start(service.run)

@@ -102,10 +102,10 @@ async def test_every_node_agrees_and_cheats_gain_nothing(tmp_path):
     inventory.write_text(json.dumps({"gpus": [{"name": H100, "memory_total": "80GiB",
                                                "compute_capability": "9.0"}]}))
     async with mesh(tmp_path, 5, {1: {"POOLAI_INVENTORY_FILE": str(inventory)}}) as nodes:
-        credits = [n.service("credits") for n in nodes]
+        credits = [n.credits for n in nodes]
         a, b, c, d, e = credits  # e forges
         ids = [x.peer_id for x in credits]
-        await wait_for(lambda: nodes[0].service("capacity").table.get(b.peer_id) is not None,
+        await wait_for(lambda: nodes[0].capacity.table.get(b.peer_id) is not None,
                        "A to see B's capacity advert")
 
         # ---- honest jobs: the submitter checks the output, then the worker claims
@@ -196,8 +196,8 @@ async def test_storage_audited_by_upkeep_earns_credit_that_every_node_agrees_on(
     """The whole storage path: a real put, real upkeep audits of the holders' LMDB shares,
     the owner's claims once the epoch is over, the holders' countersignatures, a sync."""
     async with mesh(tmp_path, 5) as nodes:
-        owner = nodes[0].service("storage")
-        credits = [n.service("credits") for n in nodes]
+        owner = nodes[0].files
+        credits = [n.credits for n in nodes]
         src = tmp_path / "data.bin"
         src.write_bytes(random.Random(7).randbytes(96 << 20))
         epoch = int(time.time()) // EPOCH_S
@@ -233,7 +233,7 @@ async def test_storage_audited_by_upkeep_earns_credit_that_every_node_agrees_on(
 async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
     address = payout_address()
     async with mesh(tmp_path, 2, {0: {"POOLAI_PAYOUT_ADDRESS": address}}) as nodes:
-        me, peer = (n.service("credits") for n in nodes)
+        me, peer = (n.credits for n in nodes)
         for i in range(3):
             peer.job_checked(job_id=f"j{i}", worker=me.peer_id, result_hash=GOOD, device="cpu",
                              max_seconds=60.0)
@@ -241,9 +241,9 @@ async def test_status_page_and_cli_show_the_same_numbers(tmp_path):
                                      seconds=10.0 * (i + 1), result_hash=GOOD)
             with trio.fail_after(15):
                 await me.wait_signed(key)
-        await wait_for(lambda: getattr(nodes[1].service("capacity").table.get(me.peer_id), "advert", None)
+        await wait_for(lambda: getattr(nodes[1].capacity.table.get(me.peer_id), "advert", None)
                        is not None, "the payout address to be advertised")
-        assert nodes[1].service("capacity").table.get(me.peer_id).advert.payout_address == address
+        assert nodes[1].capacity.table.get(me.peer_id).advert.payout_address == address
 
         data_dir = str(nodes[0].data_dir)
         cli = [sys.executable, "-m", "poolai.node.cli.main", "--data-dir", data_dir, "credits"]
@@ -298,10 +298,10 @@ async def test_an_output_that_fails_its_check_is_run_again_and_never_paid(tmp_pa
     torch.set_num_threads(1)
     async with mesh(tmp_path, 3, env) as nodes:
         submitter, liar, honest = nodes
-        liar.service("jobs").executor.runner = lying
-        jobs = submitter.service("jobs")
-        credits = [n.service("credits") for n in nodes]
-        await wait_for(lambda: submitter.service("capacity").table.get(liar.peer_id) is not None,
+        liar.jobs.executor.runner = lying
+        jobs = submitter.jobs
+        credits = [n.credits for n in nodes]
+        await wait_for(lambda: submitter.capacity.table.get(liar.peer_id) is not None,
                        "the liar's capacity advert")
         config = MLPConfig(16, (32,), 4)
         torch.manual_seed(5)

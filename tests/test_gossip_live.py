@@ -52,7 +52,7 @@ async def test_bad_adverts_are_dropped_and_the_sender_banned(tmp_path):
 
     with trio.fail_after(50):
         async with open_node(cfg) as node, open_host(attacker_keys, LOOPBACK) as host:
-            service = node.service("capacity")
+            service = node.capacity
             state = LocalState(host.peer_id, "poolai/0.1.0", job_slots=1)
 
             def attacker_advert(seq: int):

@@ -40,13 +40,10 @@ def admin_requests(node) -> list[tuple[str, str]]:
 
 def mutable_state(node) -> dict:
     """What any admin action could change."""
-    jobs = node.service("jobs")
+    jobs = node.jobs
     state = {"jobs": list(jobs.jobs), "held": list(jobs.executor.held),
              "draining": getattr(jobs, "draining", None), "paused": getattr(jobs, "paused", None)}
-    try:
-        state["storage"] = json.dumps(node.service("storage").status(), sort_keys=True, default=str)
-    except KeyError:
-        pass
+    state["storage"] = json.dumps(node.files.status(), sort_keys=True, default=str)
     return state
 
 

@@ -150,15 +150,13 @@ class FakeJobs:
         held = [{"job_id": "b" * 16, "submitter": "12D3KooWpeer0042", "state": "running"}]
         self.executor = SimpleNamespace(
             snapshot=lambda: {"slots": 2, "running": 1, "queue_length": 0, "held": held})
+        self.dir = Path("/nonexistent/jobs")  # the jobs API's routes are built, none is called
 
     def job_json(self, job: dict) -> dict:
         return job
 
     def status(self) -> dict:
         return {"submitted_by_state": {"done": 1000, "running": 1}}
-
-    def routes(self) -> list:
-        return []
 
 
 class FakeNode:
@@ -168,14 +166,9 @@ class FakeNode:
         self.config = SimpleNamespace(api_host="127.0.0.1")
         self.admin_token = "t" * 43
         self.log_ring = LogRing()
-        self.services = [FakeJobs(now)]
+        self.jobs = FakeJobs(now)
+        self.overlay = self.capacity = self.credits = self.files = None
         self.now = now
-
-    def service(self, name: str) -> Any:
-        for service in self.services:
-            if service.name == name:
-                return service
-        raise KeyError(name)
 
     def status(self) -> dict:
         peers = [{"peer_id": f"12D3KooWpeer{i:04d}", "addrs": [f"/ip4/10.0.{i // 250}.{i % 250}/tcp/4001"]}
@@ -190,7 +183,7 @@ class FakeNode:
                 "overlay": {"position": "8000000000000000", "size_estimate": 212.0, "incoming": 9,
                             "coordinate": {"error": 0.2}, "successors": links[:4], "predecessors": links[4:8],
                             "long": links[8:10], "proximity": links[10:12]},
-                "jobs": self.services[0].status()}
+                "jobs": self.jobs.status()}
 
 
 def serve_in_thread(node: FakeNode) -> tuple[str, Any]:

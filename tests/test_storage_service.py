@@ -24,6 +24,7 @@ from poolai.mesh.host import open_host, peer_id_bytes, peer_id_text
 from poolai.mesh.links import DEFAULT_CONFIG
 from poolai.mesh.overlay_net import DriverConfig, OverlayNode, scaled
 from poolai.mesh.peers import PeerBook
+from poolai.node.context import NodeContext
 from poolai.node.credits.receipts import EPOCH_S, MAX_AUDITS
 from poolai.node.files.ring import RingSource, ring_of
 from poolai.node.files.service import StorageService
@@ -53,16 +54,8 @@ class RecordingCredits:
         return b"k" * 32
 
 
-class FakeNode:
-    def __init__(self, host, data_dir: Path, config: FakeConfig = FakeConfig()) -> None:
-        self.host = host
-        self.data_dir = data_dir
-        self.config = config
-        self.book = PeerBook(host.peer_id)
-        self.services: dict[str, Any] = {}
-
-    def service(self, name: str) -> Any:
-        return self.services[name]
+def context(host, data_dir: Path, config: FakeConfig = FakeConfig()) -> NodeContext:
+    return NodeContext(config, data_dir, host, PeerBook(host.peer_id))  # type: ignore[arg-type]
 
 
 @asynccontextmanager
@@ -73,7 +66,7 @@ async def storage_mesh(tmp_path: Path, count: int, *, overlay: bool = False, sta
     async with AsyncExitStack() as stack:
         hosts = [await stack.enter_async_context(open_host(create_new_key_pair(), LOOPBACK))
                  for _ in range(count)]
-        nodes = [FakeNode(h, tmp_path / f"n{i}", (configs or {}).get(i, FakeConfig()))
+        nodes = [context(h, tmp_path / f"n{i}", (configs or {}).get(i, FakeConfig()))
                  for i, h in enumerate(hosts)]
         with trio.fail_after(30):
             for i, a in enumerate(hosts):
@@ -82,15 +75,15 @@ async def storage_mesh(tmp_path: Path, count: int, *, overlay: bool = False, sta
                     nodes[hosts.index(b)].book.add(a.peer_id, a.transport_addrs())
                     nodes[i].book.add(b.peer_id, b.transport_addrs())
         async with trio.open_nursery() as nursery:
+            overlays: list[OverlayNode | None] = [None] * len(nodes)
             if overlay:
-                for node in nodes:
-                    o = OverlayNode(node.host, node.book, config=scaled(DEFAULT_CONFIG, 0.05),
-                                    driver=DriverConfig(tick=0.1))
-                    node.services["overlay"] = type("Svc", (), {"overlay": o})()
-                    await nursery.start(o.run)
-            services = [StorageService(node) for node in nodes]  # type: ignore[arg-type]
-            for node, service in zip(nodes, services, strict=True):
-                node.services["storage"] = service
+                for i, node in enumerate(nodes):
+                    assert node.book is not None
+                    overlays[i] = OverlayNode(node.host, node.book, config=scaled(DEFAULT_CONFIG, 0.05),
+                                              driver=DriverConfig(tick=0.1))
+                    await nursery.start(overlays[i].run)
+            services = [StorageService(node, overlay=o) for node, o in zip(nodes, overlays, strict=True)]
+            for service in services:
                 await nursery.start(service.run)
             try:
                 yield nodes, services
@@ -247,7 +240,7 @@ async def test_passed_audits_are_reported_once_per_holder_after_the_epoch(tmp_pa
     async with storage_mesh(tmp_path, 5) as (nodes, services):
         owner = services[0]
         credits = RecordingCredits()
-        nodes[0].services["credits"] = credits
+        services[0].credits = credits
         epoch = 500_000
         owner.clock = lambda: epoch * EPOCH_S + 10.0
         with trio.fail_after(60):
@@ -302,8 +295,7 @@ async def test_set_quota_holds_across_restart_until_the_configured_quota_changes
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(open_host(create_new_key_pair(), LOOPBACK))
         for config, expected in ((FakeConfig(), 5 << 20), (FakeConfig(storage_quota=9 << 20), 9 << 20)):
-            node = FakeNode(host, tmp_path / "n0", config)
-            service = StorageService(node)  # type: ignore[arg-type]
+            service = StorageService(context(host, tmp_path / "n0", config))
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)
                 assert service.quota == service.store.quota_bytes == expected
@@ -322,7 +314,7 @@ async def test_audits_not_yet_claimed_survive_a_restart(tmp_path):
         assert len(owner.ledger) >= 1  # holders audited in an epoch not over yet
     async with AsyncExitStack() as stack:
         host = await stack.enter_async_context(open_host(create_new_key_pair(), LOOPBACK))
-        service = StorageService(FakeNode(host, tmp_path / "n0"))  # type: ignore[arg-type]
+        service = StorageService(context(host, tmp_path / "n0"))
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             assert service.ledger.to_bytes() == saved
@@ -344,8 +336,8 @@ async def test_cli_get_resumes_a_partial_download_through_the_api(tmp_path, caps
     data = src.read_bytes()
     with trio.fail_after(90):
         async with open_node(config("a")) as a, open_node(config("b", bootstrap=[a.host.addrs()[0]])) as b:
-            await wait_for(lambda: len(b.service("storage").ring_view()) == 2)
-            put = await a.service("storage").put(src, params=PARAMS)
+            await wait_for(lambda: len(b.files.ring_view()) == 2)
+            put = await a.files.put(src, params=PARAMS)
             file_id = integrity.to_hex(put.file_id)
             out = tmp_path / "out"
             part = tmp_path / f"out.{file_id[:16]}.part"
@@ -390,9 +382,9 @@ async def test_api_download_sends_a_range_from_memory_and_stops_when_its_client_
 
     with trio.fail_after(90):
         async with open_node(config("a")) as a, open_node(config("b", bootstrap=[a.host.addrs()[0]])) as b:
-            storage = b.service("storage")
+            storage = b.files
             await wait_for(lambda: len(storage.ring_view()) == 2)
-            put = await a.service("storage").put(src, params=PARAMS)
+            put = await a.files.put(src, params=PARAMS)
             url = f"{b.api_url}/api/files/{integrity.to_hex(put.file_id)}"
             offset = 5 * PARAMS.segment_size + 12_345
             status, body = await trio.to_thread.run_sync(download, url, {"Range": f"bytes={offset}-"})
@@ -430,9 +422,9 @@ async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebu
 
     with trio.fail_after(90):
         async with open_node(config("a")) as a, open_node(config("b", bootstrap=[a.host.addrs()[0]])) as b:
-            storage = b.service("storage")
+            storage = b.files
             await wait_for(lambda: len(storage.ring_view()) == 2)
-            put = await a.service("storage").put(src, params=PARAMS)
+            put = await a.files.put(src, params=PARAMS)
             m = put.manifest
             url = f"{b.api_url}/api/files/{integrity.to_hex(put.file_id)}/check"
             fetched = storage.transport.statistics().requests
@@ -452,7 +444,7 @@ async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebu
 
             for node in (a, b):  # segment 5 loses every share
                 for share_id in m.segment_share_ids(5):
-                    await trio.to_thread.run_sync(node.service("storage").store.delete, share_id)
+                    await trio.to_thread.run_sync(node.files.store.delete, share_id)
             reply = await trio.to_thread.run_sync(get, url)
             assert reply.status_code == 503
             assert reply.json()["error"]["code"] == "unavailable"
@@ -469,7 +461,7 @@ async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
 
     async with storage_mesh(tmp_path, 3) as (nodes, services):
         owner, credits = services[0], Refusing()
-        nodes[0].services["credits"] = credits
+        services[0].credits = credits
         owner.clock = lambda: 500_000 * EPOCH_S + 5.0
         with trio.fail_after(60):
             await owner.put(write(tmp_path, "src", 100_000, 5), params=PARAMS)

@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 from poolai.node import config as config_mod
 from poolai.node.capacity.inventory import format_size
 from poolai.node.capacity.rules import Requirements
+from poolai.node.cli.errors import CliError
+from poolai.node.cli.local_api import fetch_local
 
 
 def register(sub: Any) -> None:
@@ -46,8 +48,6 @@ def query_of(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from poolai.node.cli.main import CliError, fetch_local
-
     cfg = config_mod.load(args.data_dir, {})
     if args.capable:
         query = query_of(args)

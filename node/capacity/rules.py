@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from poolai.mesh.adverts import ADVERT_VERSION, MAX_MODELS, Advert, CoordAdvert, GpuAdvert
 from poolai.node.capacity.inventory import Inventory, parse_size
@@ -56,6 +56,19 @@ class Entry:
     @property
     def peer_id(self) -> str:
         return self.advert.peer_id
+
+
+class Reputation(Protocol):
+    """This node's score of peers (the credits service keeps it), for ranking."""
+
+    def reputation_of(self, peer_id: str) -> float: ...
+
+
+def advert_table(heartbeat: float, expiry: int) -> CapacityTable:
+    """The table for a node whose adverts live ``heartbeat * expiry`` seconds: peers may run
+    longer heartbeats than ours, but none may pin an entry for more than ten minutes, or
+    four of our lifetimes."""
+    return CapacityTable(max_ttl=max(600.0, 4 * heartbeat * expiry))
 
 
 class CapacityTable:

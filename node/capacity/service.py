@@ -23,9 +23,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import trio
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from poolai.mesh import adverts
 from poolai.mesh.coords import Coord, predicted_rtt
@@ -47,7 +44,8 @@ from poolai.node.capacity.rules import (
 from poolai.node.credits.policy import NEUTRAL
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.mesh.overlay_net import OverlayNode
+    from poolai.node.context import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +60,22 @@ RTT_ALPHA = 0.3  # weight of a new ping in the moving average
 class CapacityService:
     name = "capacity"
 
-    def __init__(self, node: Node, *, provider: InventoryProvider | None = None,
-                 rng: random.Random | None = None) -> None:
-        assert node.host is not None
-        cfg = node.config
-        self.node = node
-        self.host = node.host
-        self.peer_id = node.host.peer_id
+    def __init__(self, ctx: NodeContext, *, table: CapacityTable | None = None,
+                 overlay: OverlayNode | None = None, reputation: cap.Reputation | None = None,
+                 provider: InventoryProvider | None = None, rng: random.Random | None = None) -> None:
+        """``table`` is shared with the services that read adverts (credits); ``overlay``
+        gives this node's coordinate; ``reputation`` (the credits service) ranks peers.
+        Each may be None: then a table of its own, no coordinate, everyone neutral."""
+        cfg = ctx.config
+        self.ctx = ctx
+        self.host = ctx.host
+        self.peer_id = ctx.host.peer_id
         self.heartbeat = cfg.capacity_heartbeat
         self.ttl = cfg.capacity_heartbeat * cfg.capacity_expiry
-        # Peers may run longer heartbeats than ours, but none may pin an entry for an hour.
-        self.table = CapacityTable(max_ttl=max(600.0, 4 * self.ttl))
+        self.table = table if table is not None else cap.advert_table(cfg.capacity_heartbeat,
+                                                                      cfg.capacity_expiry)
+        self.overlay = overlay
+        self.reputation = reputation
         self.state = LocalState(peer_id=self.peer_id, software=f"poolai/{__version__}",
                                 job_slots=cfg.job_slots, payout_address=cfg.payout_address)
         self._provider = provider
@@ -92,9 +95,9 @@ class CapacityService:
     # ------------------------------------------------------------------ NodeService
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._provider is None:
-            cfg = self.node.config
+            cfg = self.ctx.config
             quota = getattr(cfg, "storage_quota", None)  # what this node offers, capped by the disk
-            self._provider = open_provider(cfg.inventory_file, self.node.data_dir, quota)
+            self._provider = open_provider(cfg.inventory_file, self.ctx.data_dir, quota)
         provider = self._provider
         try:
             self._inventory = await trio.to_thread.run_sync(provider.read)
@@ -128,13 +131,6 @@ class CapacityService:
             "gossip": self._gossip.statistics().to_json() if self._gossip else None,
         }
 
-    def routes(self) -> list[Route]:
-        return [
-            Route("/api/capacity", self._get_table),
-            Route("/api/capacity/capable", self._get_capable),
-            Route("/api/admin/capacity/load", self._post_load, methods=["POST"]),
-        ]
-
     # ------------------------------------------------------------------ for other services
     @property
     def inventory(self) -> Inventory | None:
@@ -148,11 +144,9 @@ class CapacityService:
 
     def reputation_of(self, peer_id: str) -> float:
         """This node's reputation score for ``peer_id`` (neutral without a credits service)."""
-        try:
-            credits = self.node.service("credits")
-        except KeyError:
+        if self.reputation is None:
             return NEUTRAL
-        return float(credits.reputation_of(peer_id))
+        return float(self.reputation.reputation_of(peer_id))
 
     def distrust_ms(self, peer_id: str) -> float | None:
         """What distrust of ``peer_id`` adds to its routing cost; None: route nothing to it."""
@@ -296,11 +290,9 @@ class CapacityService:
 
     def _local_coord(self) -> Coord | None:
         """This node's Vivaldi coordinate from the overlay service, when it runs one."""
-        try:
-            overlay = self.node.service("overlay")
-        except KeyError:
+        if self.overlay is None:
             return None
-        coord = getattr(getattr(getattr(overlay, "overlay", None), "table", None), "coord", None)
+        coord = self.overlay.table.coord
         return coord if isinstance(coord, Coord) else None
 
     # ------------------------------------------------------------------ API
@@ -325,41 +317,3 @@ class CapacityService:
             "payout_address": a.payout_address,
             "rtt_ms": None if rtt is None else round(rtt, 3),
         }
-
-    async def _get_table(self, request: Request) -> JSONResponse:
-        now = time.time()
-        return JSONResponse({"self": self.peer_id, **self.status(),
-                             "entries": [self.entry_json(e, now) for e in self.table.entries(now)]})
-
-    async def _get_capable(self, request: Request) -> JSONResponse:
-        try:
-            req = Requirements.from_query(dict(request.query_params))
-            limit = int(request.query_params.get("limit", "20"))
-            if not 1 <= limit <= 1000:
-                raise ValueError("limit must be in 1..1000")
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        found = self.capable(req, limit)
-        return JSONResponse({"requirements": req.to_json(), "candidates": [c.to_json() for c in found]})
-
-    async def _post_load(self, request: Request) -> JSONResponse:
-        """Admin: ``{"busy_slots": n, "queue_length": n, "models": [...]}`` (each optional)."""
-        try:
-            body = await request.json()
-            if not isinstance(body, dict) or set(body) - {"busy_slots", "queue_length", "models"}:
-                raise ValueError("expected busy_slots, queue_length and/or models")
-            busy, queue, models = body.get("busy_slots"), body.get("queue_length"), body.get("models")
-            for value in (busy, queue):
-                if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                          or value < 0):
-                    raise ValueError("busy_slots and queue_length are non-negative integers")
-            if models is not None and not (isinstance(models, list) and len(models) <= adverts.MAX_MODELS
-                                           and all(isinstance(m, str) for m in models)):
-                raise ValueError(f"models is a list of at most {adverts.MAX_MODELS} names")
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        self.set_load(busy_slots=busy, queue_length=queue,
-                      models=tuple(models) if models is not None else None)
-        return JSONResponse({"busy_slots": self.state.busy_slots,
-                             "queue_length": self.state.queue_length,
-                             "free_slots": self.state.job_slots - self.state.busy_slots})

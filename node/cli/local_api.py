@@ -16,10 +16,11 @@ import os
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from poolai.node.cli.main import CliError
+from poolai.node.cli.errors import CliError
 
 SOCKET_BASE = "http://localhost"  # a loopback Host name, as the API's Host check asks
 CONNECT_TIMEOUT = 5.0  # seconds to reach the local node
@@ -75,7 +76,7 @@ class _UnixConnection(http.client.HTTPConnection):
 def find_node(data_dir: Path) -> LocalNode:
     """The node running in ``data_dir``; CliError when there is none."""
     from poolai.node.auth import auth_headers
-    from poolai.node.node import read_runtime_file
+    from poolai.node.runtime import read_runtime_file
 
     info = read_runtime_file(data_dir)
     if not info or not isinstance(info.get("api"), str):
@@ -98,3 +99,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def fetch_local(data_dir: Path, path: str, timeout: float) -> Any:
+    """GET ``path`` from the node running in ``data_dir``; CliError when there is none.
+
+    Sends the node's admin token when this user can read it, so admin routes work too.
+    """
+    node = find_node(data_dir)
+    try:
+        with node.client(timeout, headers=node.headers) as client:
+            response = client.get(node.base + path)
+        response.raise_for_status()
+        return response.json()
+    except httpx.HTTPError as exc:
+        raise CliError(f"the node at {node.api} did not answer: {exc}") from None

@@ -15,24 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
 from poolai.mesh.errors import MeshError
 from poolai.node import __version__
 from poolai.node import config as config_mod
+from poolai.node.cli.errors import EXIT_ERROR, CliError
+from poolai.node.cli.local_api import fetch_local
 from poolai.node.logs import setup as setup_logging
 from poolai.storage.errors import StoreError
 
 log = logging.getLogger("poolai")
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A failure to report as one line."""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poolai", description="PoolAI: a volunteer GPU pool.")
@@ -166,7 +159,7 @@ def _node_id(args: argparse.Namespace) -> int:
 
 def _node_url(args: argparse.Namespace) -> int:
     from poolai.node.auth import TOKEN_FILE, read_token
-    from poolai.node.node import read_runtime_file
+    from poolai.node.runtime import read_runtime_file
 
     config = config_mod.load(args.data_dir, {})
     info = read_runtime_file(config.data_dir)
@@ -202,23 +195,6 @@ def _status(args: argparse.Namespace) -> int:
         for group in ("successors", "predecessors", "long", "proximity"):
             print(f"  {group:<12} {ids(group)}")
     return 0
-
-
-def fetch_local(data_dir: Path, path: str, timeout: float) -> Any:
-    """GET ``path`` from the node running in ``data_dir``; CliError when there is none.
-
-    Sends the node's admin token when this user can read it, so admin routes work too.
-    """
-    from poolai.node.cli.local_api import find_node
-
-    node = find_node(data_dir)
-    try:
-        with node.client(timeout, headers=node.headers) as client:
-            response = client.get(node.base + path)
-        response.raise_for_status()
-        return response.json()
-    except httpx.HTTPError as exc:
-        raise CliError(f"the node at {node.api} did not answer: {exc}") from None
 
 
 def _config_show(args: argparse.Namespace) -> int:

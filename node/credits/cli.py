@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from poolai.node import config as config_mod
+from poolai.node.cli.errors import CliError
+from poolai.node.cli.local_api import fetch_local
 
 SHOWN_ROWS = 10
 
@@ -29,8 +31,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from poolai.node.cli.main import CliError, fetch_local
-
     if args.output is not None and args.export is None:
         raise CliError("-o/--output needs --export csv or --export json")
     cfg = config_mod.load(args.data_dir, {})
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(doc: dict[str, Any], fmt: str, output: Path | None) -> None:
-    from poolai.node.cli.main import CliError
     from poolai.node.credits.api import statement_csv
 
     text = statement_csv(doc["statement"]) if fmt == "csv" else json.dumps(doc, indent=2) + "\n"

@@ -60,7 +60,8 @@ from poolai.node.credits.receipts import (
 )
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.capacity.rules import CapacityTable
+    from poolai.node.context import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,17 @@ class _Pending:
 class CreditsService:
     name = "credits"
 
-    def __init__(self, node: Node, *, rng: random.Random | None = None, durable: bool = True) -> None:
-        assert node.host is not None
-        self.node = node
-        self.host = node.host
-        self.peer_id = node.host.peer_id
-        pair = node.host.key_pair
+    def __init__(self, ctx: NodeContext, *, adverts: CapacityTable | None = None,
+                 rng: random.Random | None = None, durable: bool = True) -> None:
+        """``adverts`` (the capacity table) tells which GPUs a worker advertised, to bound
+        what it may claim; without it claims are checked against the job alone."""
+        self.ctx = ctx
+        self.host = ctx.host
+        self.peer_id = ctx.host.peer_id
+        self.adverts = adverts
+        pair = ctx.host.key_pair
         self.key = SigningKey(self.peer_id, pair.public_key.to_bytes(), pair.private_key.sign)
-        cfg = node.config
+        cfg = ctx.config
         self.policy = RedundancyPolicy(fraction=cfg.redundancy_fraction)
         self.sync_interval = cfg.credits_sync_interval
         self.payout_address = cfg.payout_address
@@ -118,7 +122,7 @@ class CreditsService:
 
     # ------------------------------------------------------------------ NodeService
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        path = self.node.data_dir / "ledger"
+        path = self.ctx.data_dir / "ledger"
         ledger = await trio.to_thread.run_sync(lambda: lg.Ledger(path, durable=self._durable))
         try:
             self.ledger = ledger
@@ -161,10 +165,6 @@ class CreditsService:
             "reputation": {peer: round(reputation(s), 4) for peer, s in worst},
         }
 
-    def routes(self) -> list[Any]:
-        from poolai.node.credits.api import routes
-
-        return routes(self)
 
     # ------------------------------------------------------------------ seams for other services
     def balance_of(self, peer: str) -> int:
@@ -474,11 +474,9 @@ class CreditsService:
         return {peer: self._standings[peer] for peer in dirty}
 
     def _advertised_gpus(self, peer: str) -> set[str] | None:
-        try:
-            table = self.node.service("capacity").table
-        except (KeyError, AttributeError):
+        if self.adverts is None:
             return None
-        entry = table.get(peer)
+        entry = self.adverts.get(peer)
         return None if entry is None else {g.name for g in entry.advert.gpus}
 
     async def _sync_loop(self) -> None:

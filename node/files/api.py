@@ -156,7 +156,7 @@ def health_json(health: FileHealth) -> dict[str, Any]:
     }
 
 
-def storage_routes(service: StorageService) -> list[Route]:
+def routes(service: StorageService) -> list[Route]:
     """The routes above, bound to ``service``."""
 
     async def receive_body(request: Request, path: Path) -> int:

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from poolai.node import config as config_mod
+from poolai.node.cli.errors import CliError
 from poolai.node.cli.local_api import CONNECT_TIMEOUT, LocalNode, find_node
-from poolai.node.cli.main import CliError
 
 MiB = 1 << 20
 CHUNK = 1 << 20

@@ -85,7 +85,9 @@ from poolai.storage.store import ShareStore, StoreStatistics
 from poolai.storage.transport import Libp2pShareTransport
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.mesh.overlay_net import OverlayNode
+    from poolai.node.context import NodeContext
+    from poolai.node.files.upkeep import AuditSink
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +151,19 @@ class StorageService:
 
     name = "storage"
 
-    def __init__(self, node: Node) -> None:
-        assert node.host is not None
-        self.node = node
-        self.host = node.host
-        cfg = node.config
+    def __init__(self, ctx: NodeContext, *, overlay: OverlayNode | None = None,
+                 credits: AuditSink | None = None) -> None:
+        """``overlay`` gives the ring shares are placed on (without it: this node's
+        connections); ``credits`` is paid for holders' passed audits (without it the
+        evidence is dropped)."""
+        self.ctx = ctx
+        self.host = ctx.host
+        self.credits = credits
+        cfg = ctx.config
         self.quota = cfg.storage_quota
         self.lease_s = cfg.storage_lease
         self.interval = cfg.storage_interval
-        self.root = node.data_dir / "storage"
+        self.root = ctx.data_dir / "storage"
         self.store: ShareStore | None = None
         self.server: ShareServer | None = None
         self.transport: Libp2pShareTransport | None = None
@@ -174,8 +180,8 @@ class StorageService:
         self.rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self.clock: Callable[[], float] = time.time  # stamps audits for credits
-        # overlay: see run; departed peers are kept in the reading ring for two upkeep passes
-        self.rings = RingSource(self.host, None, getattr(node, "book", None),
+        # departed peers are kept in the reading ring for two upkeep passes
+        self.rings = RingSource(self.host, overlay, ctx.book,
                                 departed_s=2 * self.interval)
         self.ledger = AuditLedger(self.rings.me)
         self.raid_config = RAID
@@ -188,10 +194,6 @@ class StorageService:
         for scratch in ("uploads", "downloads"):  # leftovers of a crash (downloads: older versions)
             await self.offload_io(shutil.rmtree, self.root / scratch, True)
         await self.offload_io(lambda p: p.mkdir(parents=True, exist_ok=True), self.root / "uploads")
-        try:  # services are built in order; the overlay (if any) exists by the time we run
-            self.rings.overlay = self.node.service("overlay").overlay
-        except KeyError:  # a node without the overlay places on its connections
-            self.rings.overlay = None
         loaded = await self.offload_io(self.files.load)
         self.ledger = await self.offload_io(load_audit_ledger, self.root / AUDITS_FILE, self.rings.me)
         self.quota = await self.offload_io(load_quota, self.root / QUOTA_FILE, self.quota,
@@ -199,7 +201,7 @@ class StorageService:
         # The LMDB map is sized for MAP_CEILING (address space, not disk) so that set_quota
         # can raise the quota later without reopening; the quota itself is the attribute.
         self.store = await self.offload_io(
-            lambda: ShareStore(self.node.data_dir / "shares", quota_bytes=max(self.quota, MAP_CEILING))
+            lambda: ShareStore(self.ctx.data_dir / "shares", quota_bytes=max(self.quota, MAP_CEILING))
         )
         self.store.quota_bytes = self.quota
         try:
@@ -435,11 +437,11 @@ class StorageService:
         be saved (the quota is then unchanged).
         """
         assert self.store is not None
-        ceiling = max(self.node.config.storage_quota, MAP_CEILING)
+        ceiling = max(self.ctx.config.storage_quota, MAP_CEILING)
         if not 1 << 20 <= quota_bytes <= ceiling:
             raise ValueError(f"quota must be between 1 MiB and {ceiling} bytes without a restart")
         await self.offload_io(save_quota, self.root / QUOTA_FILE, quota_bytes,
-                              self.node.config.storage_quota)
+                              self.ctx.config.storage_quota)
         self.quota = self.store.quota_bytes = quota_bytes
         log.info("storage quota set to %d bytes", quota_bytes)
         await self.refresh_statistics()
@@ -521,10 +523,6 @@ class StorageService:
             out["transport"] = dataclasses.asdict(self.transport.statistics())
         return out
 
-    def routes(self) -> list[Any]:
-        from poolai.node.files.api import storage_routes
-
-        return storage_routes(self)
 
 
 def _phase(progress: PhaseProgress | None, phase: str) -> raid.Progress | None:

@@ -22,8 +22,10 @@ import bisect
 import collections
 import dataclasses
 import logging
+import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from poolai.mesh.errors import MeshError
 from poolai.mesh.host import peer_id_text
@@ -33,11 +35,59 @@ from poolai.storage.errors import ShareNotFound
 from poolai.storage.manifest import Manifest
 
 if TYPE_CHECKING:
-    from poolai.node.files.service import StorageService
+    from poolai.node.credits.receipts import AuditEvidence
+    from poolai.node.files.audits import AuditLedger
+    from poolai.node.files.catalog import FileRegistry
+    from poolai.storage.placement import Ring
+    from poolai.storage.raid import RaidConfig
+    from poolai.storage.store import ShareStore
+    from poolai.storage.transfers import ShareTransport
 
 log = logging.getLogger(__name__)
 
 SCRUB_PER_PASS = 256  # held shares hash-checked per upkeep pass
+
+
+class StorageService(Protocol):
+    """What an upkeep pass uses of the storage service (:mod:`poolai.node.files.service`):
+    its parts (read) and the counters and cursor that a pass moves on (written)."""
+
+    health: dict[bytes, FileHealth]
+    credit_claims: int
+    scrub_cursor: bytes
+
+    @property
+    def store(self) -> ShareStore | None: ...
+    @property
+    def transport(self) -> ShareTransport | None: ...
+    @property
+    def files(self) -> FileRegistry: ...
+    @property
+    def ledger(self) -> AuditLedger: ...
+    @property
+    def credits(self) -> AuditSink | None: ...
+    @property
+    def lease_s(self) -> int: ...
+    @property
+    def raid_config(self) -> RaidConfig: ...
+    @property
+    def rng(self) -> random.Random: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    async def ring(self, *, fresh: bool = False) -> Ring: ...
+
+    def offload_io(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
+
+    def offload_cpu(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
+
+
+class AuditSink(Protocol):
+    """Where an owner's evidence of holders' passed audits goes to be paid (the credits
+    service). Raises ValueError, MeshError or OSError when a claim is refused or not kept."""
+
+    async def storage_audited(self, *, holder: str, epoch: int, bytes_held: int, shares: int,
+                              audits: Sequence[AuditEvidence]) -> bytes: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,9 +189,8 @@ async def _claim_credits(svc: StorageService) -> int:
     claims = svc.ledger.due(svc.clock())
     if not claims:
         return 0
-    try:
-        credits = svc.node.service("credits")
-    except KeyError:  # a node without the credits service: the evidence is dropped
+    credits = svc.credits
+    if credits is None:  # a node without the credits service: the evidence is dropped
         return 0
     made = 0
     for claim in claims:

@@ -29,20 +29,13 @@ from poolai.node.jobs.spec import Device, InvalidJob, JobStatus
 from poolai.node.jobs.submission import Run, Submission
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.capacity.rules import CapacityTable
+    from poolai.node.credits.service import CreditsService
 
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 600.0  # fetching a worker's output to check it
 HASH_CHUNK = 1 << 20
-
-
-def credits_of(node: Node) -> Any:
-    """The node's credits service, or None on a node that keeps no ledger."""
-    try:
-        return node.service("credits")
-    except KeyError:
-        return None
 
 
 class OutputChecks:
@@ -52,9 +45,13 @@ class OutputChecks:
     to the user is moved to ``outputs/<job>.safetensors`` (the output route serves it).
     """
 
-    def __init__(self, node: Node, files: Files, jobs_dir: Path) -> None:
-        self.node = node
-        self.peer_id = node.host.peer_id if node.host is not None else ""
+    def __init__(self, peer_id: str, files: Files, jobs_dir: Path, *,
+                 credits: CreditsService | None = None, adverts: CapacityTable | None = None) -> None:
+        """``credits`` hears every check (None: nobody is paid); ``adverts`` gives a
+        worker's advertised cores, to bound the CPU-seconds it may claim (None: one core)."""
+        self.peer_id = peer_id
+        self.credits = credits
+        self.adverts = adverts
         self.files = files
         self.dir = jobs_dir / "outputs"
 
@@ -86,7 +83,7 @@ class OutputChecks:
                 f"not the {result.output.sha256[:16]}… and {result.output.size} its result names")
         except (FileTransferError, MeshError, OSError, trio.TooSlowError) as exc:
             problem = f"could not fetch the output: {exc}"
-        credits = credits_of(self.node)
+        credits = self.credits
         if problem:
             log.warning("job %s: the output of %s failed its check: %s", sub.spec.job_id,
                         worker[-8:], problem)
@@ -104,7 +101,7 @@ class OutputChecks:
 
     def pay(self, sub: Submission, run: Run) -> None:
         """Pay ``run``'s worker as for an unreplicated job (a replica check that could not finish)."""
-        credits = credits_of(self.node)
+        credits = self.credits
         result = run.dispatch.result
         if credits is not None and result is not None and result.output is not None:
             credits.job_checked(job_id=sub.spec.job_id, worker=run.worker,
@@ -123,23 +120,19 @@ class OutputChecks:
         seen = max(0.0, (run.received_at or trio.current_time()) - since)
         if gpu:
             return {"device": "gpu", "max_seconds": seen}
-        try:
-            entry = self.node.service("capacity").table.get(run.worker)
-        except KeyError:
-            entry = None
+        entry = self.adverts.get(run.worker) if self.adverts is not None else None
         cores = entry.advert.cpu_cores if entry is not None else 1
         return {"device": "cpu", "max_seconds": seen * max(1, cores)}
 
 
-async def claim_credit(node: Node, submitter: str, msg: jp.Result) -> None:
+async def claim_credit(credits: CreditsService | None, me: str, submitter: str, msg: jp.Result) -> None:
     """Worker side: ``submitter`` accepted our result ``msg``; claim credit for the work.
 
     GPU-seconds for a job that ran on a CUDA device, CPU-seconds otherwise (a simulated
     GPU is CPU work). The claim goes to the submitter for its countersignature, which it
     gives only once it has checked the output (credits_service).
     """
-    credits = credits_of(node)
-    if credits is None or node.host is None or submitter == node.host.peer_id:
+    if credits is None or submitter == me:
         return
     try:
         result = jp.parse_result(msg)

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from poolai.node import config as config_mod
+from poolai.node.cli.errors import CliError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -97,8 +98,6 @@ class _Node:
         self.client = node.client(30.0, base_url=node.base, headers=node.headers)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
-        from poolai.node.cli.main import CliError
-
         try:
             response = self.client.request(method, path, **kw)
         except httpx.HTTPError as exc:
@@ -112,8 +111,6 @@ class _Node:
         return response
 
     def upload(self, path: Path, name: str) -> dict[str, Any]:
-        from poolai.node.cli.main import CliError
-
         try:
             with open(path, "rb") as f:
                 return self.request("POST", "/api/admin/jobs/files", params={"name": name}, content=f,
@@ -139,7 +136,6 @@ class _Node:
 def job_map(args: argparse.Namespace, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The spec map (without id and submitter) the flags describe; ``refs`` by file name."""
     from poolai.node.capacity.inventory import parse_size
-    from poolai.node.cli.main import CliError
 
     def ref(name: str) -> dict[str, Any]:
         return {k: refs[name][k] for k in ("name", "sha256", "size")}

@@ -15,7 +15,7 @@ import secrets
 import shutil
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -25,7 +25,7 @@ from poolai.storage.erasure import DEFAULT_PARAMS
 from poolai.storage.errors import StorageError
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.files.service import StorageService
 
 FILE_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -126,16 +126,16 @@ def _link_cached(cached: Path, path: Path) -> bool:
 
 
 class StorageFiles:
-    """The node's storage service (looked up when first used) as :class:`Files`."""
+    """The node's storage service as :class:`Files` (None: a node that stores nothing,
+    whose every transfer fails with FileTransferError)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, storage: StorageService | None) -> None:
+        self.storage = storage
 
-    def _storage(self) -> Any:
-        try:
-            return self.node.service("storage")
-        except KeyError:
-            raise FileTransferError("this node runs no storage service") from None
+    def _storage(self) -> StorageService:
+        if self.storage is None:
+            raise FileTransferError("this node runs no storage service")
+        return self.storage
 
     async def put(self, path: Path) -> str:
         try:

@@ -39,7 +39,7 @@ import trio
 from poolai.mesh import rpc
 from poolai.mesh.errors import MeshError, RemoteError, RequestTimeout
 from poolai.node.jobs import protocol as jp
-from poolai.node.jobs.checks import OutputChecks, claim_credit, credits_of
+from poolai.node.jobs.checks import OutputChecks, claim_credit
 from poolai.node.jobs.dispatch import (
     DEFAULT_SUBMITTER,
     Dispatch,
@@ -69,7 +69,10 @@ from poolai.node.jobs.spec import (
 from poolai.node.jobs.submission import RUN_STRIDE, Run, Submission
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.capacity.service import CapacityService
+    from poolai.node.context import NodeContext
+    from poolai.node.credits.service import CreditsService
+    from poolai.node.files.service import StorageService
 
 log = logging.getLogger(__name__)
 
@@ -85,28 +88,34 @@ class JobService:
 
     name = "jobs"
 
-    def __init__(self, node: Node, *, files: Files | None = None,
-                 config: SubmitterConfig = DEFAULT_SUBMITTER) -> None:
-        assert node.host is not None
+    def __init__(self, ctx: NodeContext, *, capacity: CapacityService | None = None,
+                 storage: StorageService | None = None, credits: CreditsService | None = None,
+                 files: Files | None = None, config: SubmitterConfig = DEFAULT_SUBMITTER) -> None:
+        """``capacity`` ranks workers and hears this node's load (None: offers go to this
+        node and its connections); ``storage`` moves job files unless ``files`` replaces it;
+        ``credits`` pays and is paid (None: no checks are paid, no run is replicated)."""
         if config.max_offers >= RUN_STRIDE:
             raise ValueError("max_offers must stay below RUN_STRIDE (attempt numbers name the run)")
-        self.node = node
-        self.host = node.host
-        self.peer_id = node.host.peer_id
+        self.ctx = ctx
+        self.host = ctx.host
+        self.peer_id = ctx.host.peer_id
+        self.capacity = capacity
+        self.credits = credits
         self.config = config
-        self.dir = node.data_dir / "jobs"
-        self.files: Files = files if files is not None else StorageFiles(node)
+        self.dir = ctx.data_dir / "jobs"
+        self.files: Files = files if files is not None else StorageFiles(storage)
         self.cache = CachedFiles(self.files, self.dir / "cache")
         self.executor = Executor(self.peer_id, self.dir, self.cache, self.call, self._limits,
                                  on_load=self._advertise_load, priority_of=self._priority_of,
-                                 on_accepted=functools.partial(claim_credit, node))
-        self.checks = OutputChecks(node, self.files, self.dir)
+                                 on_accepted=functools.partial(claim_credit, credits, self.peer_id))
+        self.checks = OutputChecks(self.peer_id, self.files, self.dir, credits=credits,
+                                   adverts=capacity.table if capacity is not None else None)
         self.jobs: OrderedDict[str, Submission] = OrderedDict()
         self._nursery: trio.Nursery | None = None
 
     def _priority_of(self, submitter: str) -> int:
         """Contributors' jobs first: the credits service ranks submitters by balance."""
-        credits = credits_of(self.node)
+        credits = self.credits
         return 0 if credits is None else int(credits.priority_of(submitter))
 
     # ------------------------------------------------------------------ NodeService
@@ -128,10 +137,6 @@ class JobService:
         worker = self.executor.snapshot()
         return {"submitted_by_state": submitted, **worker}
 
-    def routes(self) -> list[Any]:
-        from poolai.node.jobs.api import routes
-
-        return routes(self)
 
     # ------------------------------------------------------------------ submitting
     def submit(self, job: dict[str, Any], files: dict[str, str]) -> Submission:
@@ -152,7 +157,7 @@ class JobService:
         spec = job_from_dict({"version": SPEC_VERSION, **job, "id": secrets.token_hex(8),
                               "submitter": self.peer_id})
         jp.parse_offer(jp.Offer(spec=encode_job(spec), files=files, attempt=1), self.peer_id)
-        credits = credits_of(self.node)
+        credits = self.credits
         max_runs = MAX_RUNS if credits is None else min(credits.policy.max_runs,
                                                         jp.MAX_ATTEMPT // RUN_STRIDE)
         # Drawn for every job, so the draw reveals nothing; a check needs two other peers.
@@ -325,9 +330,8 @@ class JobService:
 
     def _candidates(self, req: Requirements) -> list[str]:
         """Capable peers, best first: the capacity table's ranking; then peers that would queue."""
-        try:
-            capacity = self.node.service("capacity")
-        except KeyError:
+        capacity = self.capacity
+        if capacity is None:
             return [self.peer_id, *self.host.connected_peers()]
         from poolai.node.capacity import rules as cap
         creq = cap.Requirements()
@@ -431,12 +435,9 @@ class JobService:
 
     # ------------------------------------------------------------------ worker-side plumbing
     def _limits(self) -> WorkerLimits:
-        cfg = self.node.config
+        cfg = self.ctx.config
         gpus: tuple[GpuSlot, ...] = ()
-        try:
-            inventory = self.node.service("capacity").inventory
-        except KeyError:
-            inventory = None
+        inventory = self.capacity.inventory if self.capacity is not None else None
         if inventory is not None:
             gpus = tuple(GpuSlot(g.index, g.name, g.memory_total >> 20, g.compute_capability,
                                  inventory.simulated) for g in inventory.gpus)
@@ -444,10 +445,8 @@ class JobService:
                             memory_mib=getattr(cfg, "job_memory_mib", 4096), gpus=gpus)
 
     def _advertise_load(self, running: int, queued: int) -> None:
-        try:
-            self.node.service("capacity").set_load(busy_slots=running, queue_length=queued)
-        except KeyError:
-            pass
+        if self.capacity is not None:
+            self.capacity.set_load(busy_slots=running, queue_length=queued)
 
 
 def _unlink(path: Path) -> None:

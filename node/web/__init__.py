@@ -23,7 +23,7 @@ from poolai.node.web.admin import admin_routes
 from poolai.node.web.playground import playground_routes
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.web.context import NodeView
 
 STATIC = {  # name -> media type; nothing else is served
     "index.html": "text/html; charset=utf-8",
@@ -52,17 +52,16 @@ def _offset(request: Request, key: str) -> int:
     return int(raw)
 
 
-def capacity_entries(node: Node) -> list[dict[str, Any]]:
+def capacity_entries(node: NodeView) -> list[dict[str, Any]]:
     """Every live capacity advert as JSON (this node's own included); empty without the service."""
-    try:
-        capacity = node.service("capacity")
-    except KeyError:
+    capacity = node.capacity
+    if capacity is None:
         return []
     now = time.time()
     return [capacity.entry_json(entry, now) for entry in capacity.table.entries(now)]
 
 
-def page_document(node: Node, peers_offset: int = 0, jobs_offset: int = 0) -> dict[str, Any]:
+def page_document(node: NodeView, peers_offset: int = 0, jobs_offset: int = 0) -> dict[str, Any]:
     """The ``/api/page`` document for ``node`` right now."""
     status = node.status()
     ring = node.log_ring
@@ -77,11 +76,10 @@ def page_document(node: Node, peers_offset: int = 0, jobs_offset: int = 0) -> di
     )
 
 
-def jobs_input(node: Node) -> dict[str, Any] | None:
+def jobs_input(node: NodeView) -> dict[str, Any] | None:
     """Rows of every job this node submitted or runs, plus the jobs service's flags; None without it."""
-    try:
-        jobs = node.service("jobs")
-    except KeyError:
+    jobs = node.jobs
+    if jobs is None:
         return None
     submitted = [jobs.job_json(sub) for sub in list(jobs.jobs.values())]
     worker = jobs.executor.snapshot()
@@ -92,11 +90,10 @@ def jobs_input(node: Node) -> dict[str, Any] | None:
             "paused": bool(getattr(jobs, "paused", False))}
 
 
-def placed_files(node: Node) -> list[dict[str, Any]] | None:
+def placed_files(node: NodeView) -> list[dict[str, Any]] | None:
     """The files this node looks after, with their last health check; None without storage."""
-    try:
-        storage = node.service("storage")
-    except KeyError:
+    storage = node.files
+    if storage is None:
         return None
     out = []
     for entry in storage.files.entries():
@@ -107,7 +104,7 @@ def placed_files(node: Node) -> list[dict[str, Any]] | None:
     return out
 
 
-def web_routes(node: Node) -> list[BaseRoute]:
+def web_routes(node: NodeView) -> list[BaseRoute]:
     """Routes of the page, its JSON, the OpenAPI description and the admin actions."""
 
     async def page(request: Request) -> Response:

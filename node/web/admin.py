@@ -23,7 +23,7 @@ from starlette.routing import Route
 from poolai.node.capacity.inventory import parse_size
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.web.context import NodeView
 
 MAX_BODY = 4096
 
@@ -50,14 +50,13 @@ async def _body(request: Request) -> dict[str, Any]:
     return value
 
 
-def admin_routes(node: Node) -> list[Route]:
+def admin_routes(node: NodeView) -> list[Route]:
     """The ``/api/admin/*`` routes of ``node``."""
 
     def method(service_name: str, action: str) -> Callable[..., Any]:
-        try:
-            service = node.service(service_name)
-        except KeyError:
-            raise _NotAvailable(f"this node runs no {service_name} service") from None
+        service = {"jobs": node.jobs, "storage": node.files}[service_name]
+        if service is None:
+            raise _NotAvailable(f"this node runs no {service_name} service")
         fn = getattr(service, action, None)
         if not callable(fn):
             raise _NotAvailable(f"the {service_name} service has no {action} action yet")

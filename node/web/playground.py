@@ -27,7 +27,7 @@ from poolai.mesh.errors import MeshError
 from poolai.node.jobs.spec import InvalidJob, MLPConfig, Mode, input_signature, weight_signature
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.web.context import NodeView
 
 DEMO_CONFIG = MLPConfig(in_features=8, hidden=(16,), out_features=4)
 DEMO_BATCH = 4
@@ -89,12 +89,11 @@ def demo_job(files: Mapping[str, bytes]) -> dict[str, Any]:
     }
 
 
-def playground_routes(node: Node) -> list[Route]:
+def playground_routes(node: NodeView) -> list[Route]:
     async def demo(request: Request) -> JSONResponse:
         """Submit the built-in demo job (a small MLP forward pass); answers the job's status."""
-        try:
-            jobs = node.service("jobs")
-        except KeyError:
+        jobs = node.jobs
+        if jobs is None:
             return JSONResponse({"error": "this node runs no jobs service"}, 501)
         files = demo_files(secrets.randbits(32))
         staging = node.data_dir / "playground"

@@ -30,15 +30,36 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from poolai.node.auth import AuthMiddleware, Policy
+from poolai.node.capacity import api as capacity_api
+from poolai.node.credits import api as credits_api
+from poolai.node.files import api as files_api
+from poolai.node.jobs import api as jobs_api
+from poolai.node.overlay import api as overlay_api
 from poolai.node.web import metrics, web_routes
 
 if TYPE_CHECKING:
-    from poolai.node.node import Node
+    from poolai.node.web.context import NodeView
 
 log = logging.getLogger(__name__)
 
 
-def build_app(node: Node) -> Starlette:
+def service_routes(node: NodeView) -> list[BaseRoute]:
+    """The routes of every service ``node`` runs, from each capability's ``api`` module."""
+    routes: list[BaseRoute] = []
+    if node.overlay is not None:
+        routes += overlay_api.routes(node.overlay)
+    if node.capacity is not None:
+        routes += capacity_api.routes(node.capacity)
+    if node.files is not None:
+        routes += files_api.routes(node.files)
+    if node.jobs is not None:
+        routes += jobs_api.routes(node.jobs)
+    if node.credits is not None:
+        routes += credits_api.routes(node.credits)
+    return routes
+
+
+def build_app(node: NodeView) -> Starlette:
     """The ASGI app of ``node``: core routes, every service's routes, the page, the admin API."""
 
     async def status(request: Request) -> JSONResponse:
@@ -60,8 +81,7 @@ def build_app(node: Node) -> Starlette:
         Route("/api/peers", peers),
         Route("/metrics", metrics_text),
     ]
-    for service in node.services:
-        routes.extend(service.routes())
+    routes.extend(service_routes(node))
     routes.extend(web_routes(node))
     app = Starlette(routes=routes)
     # Always installed: a node without a token (never the case once run() started) refuses admin calls.
@@ -104,7 +124,7 @@ def remove_socket(path: Path) -> None:
 
 
 async def serve_api(
-    node: Node, host: str, port: int, *, unix_listener: socket.socket | None = None,
+    node: NodeView, host: str, port: int, *, unix_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; reports the bound TCP base URL (the real port when ``port`` is 0).
