@@ -183,6 +183,31 @@ def test_ranking_is_deterministic_for_a_seed_and_honours_limit():
     assert [c.peer_id for c in one] == [c.peer_id for c in two] and len(one) == 3
 
 
+def test_offer_order_tries_capable_peers_then_those_that_would_queue():
+    table = table_of(
+        advert("free-far"), advert("free-near"),
+        advert("full-idle", job_slots=2, free_slots=0),  # both slots busy, nothing queued
+        advert("full-queue", job_slots=2, free_slots=0, queue_length=4),
+        advert("no-slots", job_slots=0, free_slots=0), cpu_advert("cpu-only"),
+        advert("distrusted"),
+    )
+    rtt = rtts(**{"free-far": 50.0, "free-near": 5.0, "full-idle": 1.0, "full-queue": 1.0,
+                  "distrusted": 1.0})
+    order = capacity.offer_order(table.entries(1.0), Requirements(gpus=1), rtt=rtt, rng=random.Random(1),
+                                 reputation=lambda p: 0.0 if p == "distrusted" else capacity.NEUTRAL)
+    assert order == ["free-near", "free-far", "full-idle", "full-queue"]
+
+
+def test_offer_order_spreads_a_burst_by_offers_already_out():
+    table = table_of(advert("a"), advert("b"), advert("c"))
+    order = capacity.offer_order(table.entries(1.0), Requirements(gpus=1), rtt=rtts(a=1.0, b=2.0, c=3.0),
+                                 rng=random.Random(1), given={"a": 2, "b": 1})
+    assert order == ["c", "b", "a"]
+    excluded = capacity.offer_order(table.entries(1.0), Requirements(gpus=1, exclude=frozenset({"c"})),
+                                    rtt=rtts(a=1.0, b=2.0, c=3.0), rng=random.Random(1))
+    assert excluded == ["a", "b"]
+
+
 # --------------------------------------------------------------------------- our own advert
 
 

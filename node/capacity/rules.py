@@ -307,6 +307,35 @@ def rank(entries: Iterable[Entry], req: Requirements, *, rtt: RttFn, rng: random
     return ordered[:limit] if limit is not None else ordered
 
 
+def offer_order(entries: Iterable[Entry], req: Requirements, *, rtt: RttFn, rng: random.Random,
+                reputation: ReputationFn | None = None, given: Mapping[str, int] | None = None
+                ) -> list[str]:
+    """The peers to offer a job needing ``req`` to, in order: the capable peers as :func:`rank`
+    orders them; then, for when every one of those is busy, the peers that could run it
+    once a slot frees (all their slots, not just the free ones), least loaded first, then
+    nearest. ``given`` counts the jobs this node has just offered each peer: adverts trail
+    by up to a heartbeat, so a burst is spread by it (fewest first; the sort is stable)."""
+    entries = list(entries)
+    ranked = [c.peer_id for c in rank(entries, req, rtt=rtt, rng=rng, reputation=reputation)]
+    seen = set(ranked)
+    queueing = []
+    for entry in entries:
+        advert = entry.advert
+        if advert.job_slots == 0 or advert.peer_id in seen or advert.peer_id in req.exclude:
+            continue
+        if matching_gpus(dataclasses.replace(advert, free_slots=advert.job_slots), req) is None:
+            continue
+        distrust = distrust_ms(NEUTRAL if reputation is None else reputation(advert.peer_id))
+        if distrust is None:
+            continue  # a peer this node no longer trusts with jobs
+        measured = rtt(advert.peer_id)
+        queueing.append((load_of(advert), (DEFAULT_RTT_MS if measured is None else measured) + distrust,
+                         advert.peer_id))
+    ordered = ranked + [p for *_, p in sorted(queueing)]
+    given = given or {}
+    return sorted(ordered, key=lambda p: given.get(p, 0))
+
+
 # --------------------------------------------------------------------------- our own advert
 
 

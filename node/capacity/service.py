@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -141,6 +142,11 @@ class CapacityService:
         """Peers (this node included) that can run a job needing ``requirements``, best first."""
         return self.table.capable(requirements, now=time.time(), rtt=self.rtt_ms, rng=self._rng,
                                   limit=limit, reputation=self.reputation_of)
+
+    def offer_order(self, requirements: Requirements, given: Mapping[str, int]) -> list[str]:
+        """Peers to offer a job to, in order (see :func:`~poolai.node.capacity.rules.offer_order`)."""
+        return cap.offer_order(self.table.entries(time.time()), requirements, rtt=self.rtt_ms,
+                               rng=self._rng, reputation=self.reputation_of, given=given)
 
     def reputation_of(self, peer_id: str) -> float:
         """This node's reputation score for ``peer_id`` (neutral without a credits service)."""

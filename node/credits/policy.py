@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from poolai.node.credits.receipts import MILLI, JobClaim
+from poolai.node.credits.receipts import EPOCH_S, MILLI, Checked, JobClaim, StorageClaim
 
 # ----------------------------------------------------------------------------- paying
 
@@ -77,6 +77,47 @@ def payer_refusal(claim: JobClaim, expected: Expectation, *, now: float,
     if claim.device == "gpu" and advertised is not None and claim.device_class not in advertised:
         return f"{claim.device_class!r} is not a GPU the worker advertises"
     return None
+
+
+# ----------------------------------------------------------------------------- countersigning
+
+
+class Countersign(StrEnum):
+    """What to do with a peer's request to countersign a receipt (:func:`countersign_rule`)."""
+
+    SIGN = "sign"  # add our signature and keep the receipt
+    CHECK_JOB = "check_job"  # we pay for a job: sign once our own check of its output agrees
+    RESEND = "resend"  # we signed this very receipt before and the reply was lost
+    REFUSED = "refused"  # with the reason to send back
+
+
+def countersign_rule(checked: Checked, *, me: str, peer: str, held: Checked | None,
+                     now: float) -> tuple[Countersign, str]:
+    """Whether this node (``me``) countersigns ``checked`` for ``peer``, and why not.
+
+    Only a party to the receipt signs it, and only at the other party's request; a claim
+    already paid by a receipt is not paid again (the same receipt is sent back: its reply
+    was lost); each role signs in its turn: the earner of storage credit countersigns the
+    owner's claim, the payer of a job countersigns the worker's claim once its check of
+    the output agrees (``CHECK_JOB``); a storage epoch may not begin in the future (beyond
+    :data:`MAX_SKEW_S` of clock skew, as for job claims).
+    """
+    parties = (checked.earner, checked.payer)
+    if me not in parties or peer not in parties:
+        return Countersign.REFUSED, "only the other party may ask for a signature"
+    if held is not None:
+        if held.receipt.body == checked.receipt.body:
+            return Countersign.RESEND, ""
+        return Countersign.REFUSED, "this claim is already paid by another receipt"
+    if checked.complete:
+        return Countersign.REFUSED, "the receipt is already signed by both parties"
+    if isinstance(checked.claim, JobClaim) and checked.payer == me:
+        return Countersign.CHECK_JOB, ""
+    if not (isinstance(checked.claim, StorageClaim) and checked.earner == me):
+        return Countersign.REFUSED, "this role signs first, it does not countersign"
+    if checked.claim.epoch * EPOCH_S > now + MAX_SKEW_S:
+        return Countersign.REFUSED, "the epoch has not begun"
+    return Countersign.SIGN, ""
 
 
 # ----------------------------------------------------------------------------- redundancy

@@ -34,18 +34,19 @@ from poolai.mesh.errors import MeshError, ProtocolError, RemoteError
 from poolai.node.credits import ledger as lg
 from poolai.node.credits.balances import Tally, check_all
 from poolai.node.credits.policy import (
+    Countersign,
     Event,
     Expectation,
     PayerBook,
     RedundancyPolicy,
     Standing,
     Verdict,
+    countersign_rule,
     payer_refusal,
     priority_for,
     reputation,
 )
 from poolai.node.credits.receipts import (
-    EPOCH_S,
     MILLI,
     AuditEvidence,
     Checked,
@@ -74,7 +75,6 @@ SEND_FANOUT = 8  # claims sent for signing at once
 RETRY_MAX_S = 600.0
 MAX_TRIES = 24  # a claim nobody signs is dropped after this many sends (about 3 hours)
 MAX_EXPECTED = 10_000  # checked results (and replicated jobs) remembered for workers' claims
-MAX_SKEW_S = 300.0  # a storage claim's epoch may begin this far in the future
 
 
 @dataclass
@@ -371,22 +371,16 @@ class CreditsService:
             checked = check_receipt(data, complete=False)
         except ReceiptRejected as exc:
             raise rpc.RemoteFault("bad_request", str(exc)) from None
-        if self.peer_id not in (checked.earner, checked.payer) or peer not in (checked.earner,
-                                                                                checked.payer):
-            raise rpc.RemoteFault("refused", "only the other party may ask for a signature")
         held = self.tally.counted(checked.claim_key)
-        if held is not None:
-            if held.receipt.body == checked.receipt.body:
-                return held.raw  # signed before; the reply was lost
-            raise rpc.RemoteFault("refused", "this claim is already paid by another receipt")
-        if checked.complete:
-            raise rpc.RemoteFault("refused", "the receipt is already signed by both parties")
-        if isinstance(checked.claim, JobClaim) and checked.payer == self.peer_id:
-            await self._check_job_claim(checked.claim)
-        elif not (isinstance(checked.claim, StorageClaim) and checked.earner == self.peer_id):
-            raise rpc.RemoteFault("refused", "this role signs first, it does not countersign")
-        elif checked.claim.epoch * EPOCH_S > time.time() + MAX_SKEW_S:
-            raise rpc.RemoteFault("refused", "the epoch has not begun")
+        action, reason = countersign_rule(checked, me=self.peer_id, peer=peer, held=held, now=time.time())
+        if action is Countersign.RESEND:
+            assert held is not None
+            return held.raw
+        if action is Countersign.REFUSED:
+            raise rpc.RemoteFault("refused", reason)
+        if action is Countersign.CHECK_JOB:
+            assert isinstance(checked.claim, JobClaim)
+            await self._check_job_claim(checked.claim)  # raises RemoteFault when it disagrees
         done = check_receipt(add_signature(data, self.key))
         await self._store([done])
         return done.raw

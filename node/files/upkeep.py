@@ -52,28 +52,20 @@ class StorageService(Protocol):
     """What an upkeep pass uses of the storage service (:mod:`poolai.node.files.service`):
     its parts (read) and the counters and cursor that a pass moves on (written)."""
 
+    store: ShareStore | None
+    files: FileRegistry
+    ledger: AuditLedger
+    credits: AuditSink | None
     health: dict[bytes, FileHealth]
     credit_claims: int
     scrub_cursor: bytes
+    lease_s: int
+    raid_config: RaidConfig
+    rng: random.Random
+    clock: Callable[[], float]
 
     @property
-    def store(self) -> ShareStore | None: ...
-    @property
-    def transport(self) -> ShareTransport | None: ...
-    @property
-    def files(self) -> FileRegistry: ...
-    @property
-    def ledger(self) -> AuditLedger: ...
-    @property
-    def credits(self) -> AuditSink | None: ...
-    @property
-    def lease_s(self) -> int: ...
-    @property
-    def raid_config(self) -> RaidConfig: ...
-    @property
-    def rng(self) -> random.Random: ...
-    @property
-    def clock(self) -> Callable[[], float]: ...
+    def transport(self) -> ShareTransport | None: ...  # read only: the service's is the libp2p one
 
     async def ring(self, *, fresh: bool = False) -> Ring: ...
 

@@ -23,7 +23,6 @@ download an output.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -338,30 +337,12 @@ class JobService:
         if req.device is Device.GPU:
             creq = cap.Requirements(gpus=1, gpu_mem=req.min_gpu_memory_mib << 20,
                                     compute_capability=req.min_compute_capability)
-        ranked = [c.peer_id for c in capacity.capable(creq)]
-        # Every capable peer busy: those that can queue it, least loaded first.
-        now = time.time()
-        queueing = []
-        for entry in capacity.table.entries(now):
-            advert = entry.advert
-            if advert.job_slots == 0 or advert.peer_id in ranked:
-                continue
-            if cap.matching_gpus(dataclasses.replace(advert, free_slots=advert.job_slots), creq) is None:
-                continue
-            distrust = capacity.distrust_ms(advert.peer_id)
-            if distrust is None:
-                continue  # a peer the credits service no longer trusts with jobs
-            rtt = capacity.rtt_ms(advert.peer_id)
-            queueing.append((cap.load_of(advert), (cap.DEFAULT_RTT_MS if rtt is None else rtt) + distrust,
-                             advert.peer_id))
-        # Adverts trail by up to a heartbeat: spread a burst by what this node already gave out.
-        given: dict[str, int] = {}
+        given: dict[str, int] = {}  # offers out now, to spread a burst (see offer_order)
         for other in self.jobs.values():
             for run in other.runs:
                 if (cur := run.dispatch.current) is not None:
                     given[cur.peer] = given.get(cur.peer, 0) + 1
-        ordered = ranked + [p for *_, p in sorted(queueing)]
-        return sorted(ordered, key=lambda p: given.get(p, 0))
+        return capacity.offer_order(creq, given)
 
     # ------------------------------------------------------------------ messages
     async def call(self, peer: str, request: Any, reply_types: tuple[type, ...],
