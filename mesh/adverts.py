@@ -5,7 +5,8 @@ An advert travels as a signed envelope::
     capacity.signed { body: bytes, public_key: bytes[32], signature: bytes[64] }
 
 ``body`` is the msgpack encoding of a :class:`Advert` exactly as the signer
-produced it, and ``signature`` is Ed25519 over ``SIGNING_DOMAIN + body``.
+produced it, and ``signature`` is Ed25519 over ``SIGNING_DOMAIN + body``: a
+:class:`~poolai.mesh.envelope.Role` of the envelope layer that receipts share.
 Signing the bytes rather than a re-encoding of the decoded fields means a
 receiver never has to reproduce the sender's encoder to check a signature, and
 a body is only parsed after its signature holds. The peer id inside the body
@@ -21,12 +22,14 @@ sequence number seen from the peer, and either returns the advert or raises
 from __future__ import annotations
 
 import math
-import typing
 from collections.abc import Callable
 from typing import Any
 
-from poolai.mesh import base58, wire
-from poolai.mesh.errors import ProtocolError
+from poolai.mesh import wire
+from poolai.mesh.envelope import KEY_LEN, SIG_LEN, Role, SealRejected, peer_id_from_public_key
+from poolai.mesh.errors import ProtocolError, SchemaError, UnknownField
+
+__all__ = ["peer_id_from_public_key"]  # re-exported: it used to live here
 
 TOPIC = "poolai/capacity/1"
 ADVERT_VERSION = 1  # the schema version, also the topic's suffix
@@ -41,8 +44,9 @@ MAX_TTL_S = 3600.0
 MAX_BYTES = 1 << 60  # any memory or storage size
 MAX_SEQ = (1 << 63) - 1
 SIGNING_DOMAIN = b"poolai/capacity/advert/1\x00"
-ED25519_KEY_LEN = 32
-ED25519_SIG_LEN = 64
+ADVERT_ROLE = Role("advert", SIGNING_DOMAIN)
+ED25519_KEY_LEN = KEY_LEN
+ED25519_SIG_LEN = SIG_LEN
 
 # Why an advert was refused. Those in IGNORED can happen to an honest sender
 # (reordering on two mesh paths, a slow path) and cost the forwarder nothing;
@@ -145,21 +149,6 @@ class SignedAdvert:
     signature: bytes = wire.field(max_len=ED25519_SIG_LEN)
 
 
-# --------------------------------------------------------------------------- identity
-
-# libp2p's protobuf PublicKey{Type: Ed25519, Data: <32 bytes>} header, and the
-# identity-multihash header (code 0x00, length 36) a peer id wraps it in.
-_ED25519_PROTO_PREFIX = b"\x08\x01\x12\x20"
-_IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
-
-
-def peer_id_from_public_key(public_key: bytes) -> str:
-    """The libp2p peer id (base58) of a raw 32-byte Ed25519 public key."""
-    if len(public_key) != ED25519_KEY_LEN:
-        raise ValueError("an Ed25519 public key is 32 bytes")
-    return base58.encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + public_key)
-
-
 # --------------------------------------------------------------------------- sign and verify
 
 
@@ -174,7 +163,7 @@ def sign(advert: Advert, signer: Callable[[bytes], bytes], public_key: bytes) ->
     body = wire.encode(advert)
     if len(body) > MAX_BODY:
         raise ValueError(f"advert body of {len(body)} bytes exceeds {MAX_BODY}")
-    envelope = wire.encode(SignedAdvert(body, public_key, signer(SIGNING_DOMAIN + body)))
+    envelope = wire.encode(SignedAdvert(body, public_key, signer(ADVERT_ROLE.domain + body)))
     if len(envelope) > MAX_ADVERT:  # only a wrong ENVELOPE_OVERHEAD could get here
         raise ValueError(f"signed advert of {len(envelope)} bytes exceeds {MAX_ADVERT}")
     return envelope
@@ -199,11 +188,10 @@ def verify(
     if len(data) > MAX_ADVERT:
         raise AdvertRejected("oversize", f"{len(data)} bytes, limit {MAX_ADVERT}")
     envelope = _decode(SignedAdvert, data)
-    if len(envelope.public_key) != ED25519_KEY_LEN:
-        raise AdvertRejected("bad_key", f"public key of {len(envelope.public_key)} bytes")
-    if len(envelope.signature) != ED25519_SIG_LEN:
-        raise AdvertRejected("bad_signature", f"signature of {len(envelope.signature)} bytes")
-    _check_signature(envelope)
+    try:
+        ADVERT_ROLE.verify(envelope.body, envelope.public_key, envelope.signature)
+    except SealRejected as exc:
+        raise AdvertRejected(exc.reason, exc.detail) from None
     advert = _decode(Advert, envelope.body)
     if advert.peer_id != peer_id_from_public_key(envelope.public_key):
         raise AdvertRejected("peer_mismatch", f"{advert.peer_id} is not the signing key's peer id")
@@ -219,58 +207,15 @@ def verify(
     return advert
 
 
-def _check_signature(envelope: SignedAdvert) -> None:
-    # Imported here: building and printing adverts (scripts/gpu_inventory.py on a
-    # bare GPU host) needs no cryptography, only verifying does.
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        key = Ed25519PublicKey.from_public_bytes(envelope.public_key)
-        key.verify(envelope.signature, SIGNING_DOMAIN + envelope.body)
-    except InvalidSignature:
-        raise AdvertRejected("bad_signature", "signature does not match") from None
-    except ValueError as exc:
-        raise AdvertRejected("bad_key", str(exc)) from None
-
-
 def _decode(cls: type, data: bytes) -> Any:
     try:
-        raw = wire.unpack(data, len(data))
+        return wire.decode(data, cls)
+    except UnknownField as exc:
+        raise AdvertRejected("unknown_field", str(exc)) from None
+    except SchemaError as exc:
+        raise AdvertRejected("schema", str(exc)) from None
     except ProtocolError as exc:
         raise AdvertRejected("malformed", str(exc)) from None
-    unknown = _unknown_fields(cls, raw, wire.type_name_of(cls))
-    if unknown:
-        raise AdvertRejected("unknown_field", ", ".join(unknown[:4]))
-    try:
-        return wire.from_wire(cls, raw)
-    except ProtocolError as exc:
-        raise AdvertRejected("schema", str(exc)) from None
-
-
-def _unknown_fields(cls: type, raw: Any, where: str) -> list[str]:
-    """Field names in ``raw`` that ``cls`` (and the messages nested in it) do not declare."""
-    if not isinstance(raw, dict):
-        return []  # a type error, reported by the schema check
-    hints = wire.field_hints(cls)  # resolving them anew per advert cost more than the rest
-    out = [f"{where}.{k}" for k in raw if k != "type" and k not in hints]
-    for name in hints.keys() & raw.keys():
-        nested = _message_in(hints[name])
-        if nested is None:
-            continue
-        value = raw[name]
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items[:MAX_GPUS]):
-            out += _unknown_fields(nested, item, f"{where}.{name}[{i}]")
-    return out
-
-
-def _message_in(hint: Any) -> type | None:
-    """The wire message class inside ``X``, ``X | None`` or ``tuple[X, ...]``, if any."""
-    for candidate in (hint, *typing.get_args(hint)):
-        if isinstance(candidate, type) and hasattr(candidate, "__wire_type__"):
-            return candidate
-    return None
 
 
 def _check_consistent(advert: Advert) -> None:

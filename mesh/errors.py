@@ -30,6 +30,10 @@ class SchemaError(ProtocolError):
     """A decoded message has a wrong type, a missing or unknown field, or a value out of range."""
 
 
+class UnknownField(SchemaError):
+    """A decoded message has a field (at any level) that its schema does not declare."""
+
+
 class RemoteError(MeshError):
     """The peer answered with an error reply (it understood us and said no)."""
 

@@ -1,11 +1,12 @@
-"""Wire format shared by every PoolAI protocol: frames, msgpack codec and message schemas.
+"""Wire format shared by every PoolAI protocol: frames and the msgpack codec.
 
 A frame is an unsigned LEB128 varint length followed by that many bytes of
 msgpack. The length is checked against the caller's limit *before* any buffer
 is allocated for the body. The body is one msgpack map whose ``"type"`` key
 names the message; every other key is a field of a frozen dataclass declared
-with :func:`message`. Decoding rejects unknown, missing, mistyped and
-oversized fields with :class:`~poolai.mesh.errors.SchemaError`.
+with :func:`message`. Declaring and checking messages is :mod:`poolai.mesh.schema`
+(re-exported here): decoding rejects unknown, missing, mistyped and oversized
+fields with :class:`~poolai.mesh.errors.SchemaError`.
 
 This module does no I/O: :class:`FrameDecoder` turns bytes into frames, and
 :mod:`poolai.mesh.rpc` drives it over trio streams.
@@ -13,24 +14,29 @@ This module does no I/O: :class:`FrameDecoder` turns bytes into frames, and
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 
-from poolai.mesh.errors import FrameTooLarge, ProtocolError, SchemaError, TruncatedFrame
+from poolai.mesh.errors import FrameTooLarge, ProtocolError, TruncatedFrame
+from poolai.mesh.schema import (  # noqa: F401 - the schema API, re-exported
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_STR,
+    MAX_TYPE_LEN,
+    Limits,
+    decode_message,
+    field,
+    field_hints,
+    from_wire,
+    is_message,
+    message,
+    to_wire,
+    type_name_of,
+)
 
 MAX_VARINT_BYTES = 10
 DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB: control messages; bulk data moves on raw streams
-MAX_TYPE_LEN = 64
-DEFAULT_MAX_STR = 4096
-DEFAULT_MAX_BYTES = 1 << 20
-DEFAULT_MAX_ITEMS = 1024
-
-T = TypeVar("T")
 
 # --------------------------------------------------------------------------- framing
 
@@ -110,215 +116,6 @@ class FrameDecoder:
         return None
 
 
-# --------------------------------------------------------------------------- schemas
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-field bounds, given with :func:`field`."""
-
-    max_len: int | None = None  # str/bytes length, or item count of a list/dict
-    min: float | None = None
-    max: float | None = None
-
-
-def field(
-    *,
-    max_len: int | None = None,
-    min: float | None = None,  # noqa: A002 - reads naturally at the call site
-    max: float | None = None,  # noqa: A002
-    default: Any = dataclasses.MISSING,
-    default_factory: Any = dataclasses.MISSING,
-) -> Any:
-    """A dataclass field with wire limits, e.g. ``name: str = field(max_len=64)``."""
-    meta = {"wire": Limits(max_len=max_len, min=min, max=max)}
-    if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-_REGISTRY_ATTR = "__wire_type__"
-_FIELDS_ATTR = "__wire_fields__"
-
-
-def message(type_name: str) -> Callable[[type[T]], type[T]]:
-    """Declare a wire message: wraps the class as a frozen, slotted dataclass with a type tag."""
-    if not type_name or len(type_name) > MAX_TYPE_LEN:
-        raise ValueError("message type name must be 1..64 characters")
-
-    def wrap(cls: type[T]) -> type[T]:
-        dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
-        setattr(dc, _REGISTRY_ATTR, type_name)
-        return dc
-
-    return wrap
-
-
-def type_name_of(cls_or_obj: Any) -> str:
-    name = getattr(cls_or_obj, _REGISTRY_ATTR, None)
-    if name is None:
-        raise TypeError(f"{cls_or_obj!r} is not a wire message")
-    return name
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _FieldSpec:
-    name: str
-    hint: Any
-    limits: Limits
-    required: bool
-    default: Any
-
-
-def _fields(cls: type) -> tuple[_FieldSpec, ...]:
-    cached = cls.__dict__.get(_FIELDS_ATTR)
-    if cached is not None:
-        return cached
-    hints = typing.get_type_hints(cls)
-    specs = []
-    for f in dataclasses.fields(cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory
-        specs.append(
-            _FieldSpec(f.name, hints[f.name], f.metadata.get("wire", Limits()), required, default)
-        )
-    result = tuple(specs)
-    # Slotted frozen dataclasses refuse new attributes on instances, not on the class.
-    type.__setattr__(cls, _FIELDS_ATTR, result)
-    return result
-
-
-def field_hints(cls: type) -> dict[str, Any]:
-    """A message class's field names and their type hints (resolved once per class)."""
-    return {spec.name: spec.hint for spec in _fields(cls)}
-
-
-def to_wire(msg: Any) -> dict[str, Any]:
-    """The msgpack-ready map of a message, including its type tag."""
-    out: dict[str, Any] = {"type": type_name_of(msg)}
-    for spec in _fields(type(msg)):
-        out[spec.name] = _dump(getattr(msg, spec.name))
-    return out
-
-
-def _dump(value: Any) -> Any:
-    if hasattr(value, _REGISTRY_ATTR):
-        return to_wire(value)
-    if isinstance(value, tuple | list):
-        return [_dump(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _dump(v) for k, v in value.items()}
-    return value
-
-
-def from_wire(cls: type[T], data: Any, *, path: str = "") -> T:
-    """Validate a decoded map against ``cls`` and build it; raises SchemaError."""
-    where = path or type_name_of(cls)
-    if not isinstance(data, dict):
-        raise SchemaError(f"{where}: expected a map, got {type(data).__name__}")
-    tag = data.get("type")
-    if tag != type_name_of(cls):
-        raise SchemaError(f"{where}: expected message type {type_name_of(cls)!r}, got {tag!r}")
-    specs = _fields(cls)
-    known = {s.name for s in specs} | {"type"}
-    unknown = sorted(str(k) for k in data if k not in known)
-    if unknown:
-        raise SchemaError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    kwargs = {}
-    for spec in specs:
-        if spec.name not in data:
-            if spec.required:
-                raise SchemaError(f"{where}: missing field {spec.name!r}")
-            continue
-        kwargs[spec.name] = _check(spec.hint, spec.limits, data[spec.name], f"{where}.{spec.name}")
-    return cls(**kwargs)
-
-
-def _check(hint: Any, limits: Limits, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _check(option, limits, value, where)
-            except SchemaError as exc:
-                errors.append(str(exc))
-        raise SchemaError(errors[0] if len(errors) == 1 else f"{where}: no variant matched")
-    if hint is Any:
-        return value
-    if isinstance(hint, type) and hasattr(hint, _REGISTRY_ATTR):
-        return from_wire(hint, value, path=where)
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
-        _check_len(len(value), limits.max_len or DEFAULT_MAX_ITEMS, where, "items")
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise SchemaError(f"{where}: expected {len(args)} items, got {len(value)}")
-            pairs = enumerate(zip(args, value, strict=True))
-            return tuple(_check(a, Limits(), v, f"{where}[{i}]") for i, (a, v) in pairs)
-        item = args[0] if args else Any
-        items = [_check(item, Limits(), v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SchemaError(f"{where}: expected a map, got {type(value).__name__}")
-        _check_len(len(value), limits.max_len or DEFAULT_MAX_ITEMS, where, "entries")
-        key_t, val_t = args
-        return {
-            _check(key_t, Limits(max_len=256), k, f"{where} key"):
-            _check(val_t, Limits(), v, f"{where}[{k!r}]")
-            for k, v in value.items()
-        }
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SchemaError(f"{where}: expected a bool, got {type(value).__name__}")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise SchemaError(f"{where}: expected an int, got {type(value).__name__}")
-        _check_range(value, limits, where)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SchemaError(f"{where}: expected a number, got {type(value).__name__}")
-        if value != value:  # NaN never compares, so it would slip through every range check
-            raise SchemaError(f"{where}: NaN is not allowed")
-        _check_range(value, limits, where)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise SchemaError(f"{where}: expected a string, got {type(value).__name__}")
-        _check_len(len(value), limits.max_len or DEFAULT_MAX_STR, where, "characters")
-        return value
-    if hint is bytes:
-        if not isinstance(value, bytes):
-            raise SchemaError(f"{where}: expected bytes, got {type(value).__name__}")
-        _check_len(len(value), limits.max_len or DEFAULT_MAX_BYTES, where, "bytes")
-        return value
-    raise TypeError(f"unsupported wire type {hint!r} at {where}")
-
-
-def _check_len(n: int, limit: int, where: str, unit: str) -> None:
-    if n > limit:
-        raise SchemaError(f"{where}: {n} {unit} exceeds the limit of {limit}")
-
-
-def _check_range(value: float, limits: Limits, where: str) -> None:
-    if limits.min is not None and value < limits.min:
-        raise SchemaError(f"{where}: {value} is below the minimum {limits.min}")
-    if limits.max is not None and value > limits.max:
-        raise SchemaError(f"{where}: {value} is above the maximum {limits.max}")
-
-
 # --------------------------------------------------------------------------- codec
 
 
@@ -346,16 +143,13 @@ def unpack(body: bytes, max_len: int = DEFAULT_MAX_FRAME) -> Any:
 
 
 def decode(body: bytes, *classes: type) -> Any:
-    """Decode ``body`` as one of ``classes`` (chosen by its type tag); raises ProtocolError."""
-    data = unpack(body, len(body))
-    if not isinstance(data, dict):
-        raise SchemaError(f"expected a message map, got {type(data).__name__}")
-    tag = data.get("type")
-    for cls in classes:
-        if type_name_of(cls) == tag:
-            return from_wire(cls, data)
-    expected = ", ".join(type_name_of(c) for c in classes)
-    raise SchemaError(f"unexpected message type {tag!r} (expected {expected})")
+    """Decode ``body`` as one of ``classes`` (chosen by its type tag); raises ProtocolError.
+
+    The checks are :mod:`poolai.mesh.schema`'s: a :class:`SchemaError` (an
+    :class:`~poolai.mesh.errors.UnknownField` for a field beyond the schema) or, for
+    bytes that are not one msgpack map, a :class:`ProtocolError`.
+    """
+    return decode_message(body, classes)
 
 
 # --------------------------------------------------------------------------- shared messages

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 
 from poolai.mesh import wire
-from poolai.mesh.errors import FrameTooLarge, ProtocolError, SchemaError, TruncatedFrame
+from poolai.mesh.errors import FrameTooLarge, ProtocolError, SchemaError, TruncatedFrame, UnknownField
 
 
 @wire.message("test.inner")
@@ -131,3 +133,30 @@ def test_field_hints_are_the_resolved_annotations_in_field_order():
     assert list(hints) == ["count", "ratio", "blob", "tags", "inner", "maybe", "flag"]
     assert hints["inner"] is Inner and hints["maybe"] == int | None
     assert hints["tags"] == tuple[str, ...]
+
+
+@wire.message("test.record")
+class Record:
+    record: dict[str, Any] = wire.field(max_len=4)
+
+
+def test_ext_types_and_deep_nesting_are_refused_even_in_free_form_fields():
+    ext = msgpack.packb({"type": "test.record", "record": {"e": msgpack.ExtType(1, b"x")}})
+    with pytest.raises(SchemaError, match="ext type"):
+        wire.decode(ext, Record)
+    deep = b"\x82\xa4type\xabtest.record\xa6record\x81\xa1e" + b"\x91" * 100_000 + b"\x90"
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        wire.decode(deep, Record)
+    assert wire.decode(msgpack.packb(wire.to_wire(Record({"e": [1, {"x": b"y"}]}))), Record) \
+        == Record({"e": [1, {"x": b"y"}]})
+
+
+def test_unknown_fields_are_their_own_schema_error_at_any_depth():
+    for fields in ({"surprise": 1}, {"inner": {"type": "test.inner", "name": "x", "extra": 1}}):
+        with pytest.raises(UnknownField):
+            wire.decode(_raw(**fields), Outer)
+
+
+def test_a_float_without_a_range_must_be_finite():
+    with pytest.raises(SchemaError, match="infinity"):
+        wire.decode(_raw(ratio=float("inf")), Outer)

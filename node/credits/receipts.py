@@ -10,7 +10,8 @@ Every unit of credit rests on a **receipt** that two different peers signed:
   kept ``bytes_held`` of its shares through one hour-long ``epoch`` and passed the
   audits listed in it (nonce, range, digest); the holder countersigns.
 
-A receipt travels as a signed envelope, like a capacity advert::
+A receipt travels as a signed envelope of :mod:`poolai.mesh.envelope`, like a capacity
+advert, with two roles (:data:`EARNER`, :data:`PAYER`)::
 
     credits.receipt { body: bytes, earner_key: bytes[32], earner_sig: bytes[64],
                       payer_key: bytes[32], payer_sig: bytes[64] }
@@ -37,12 +38,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from poolai.mesh import wire
-from poolai.mesh.adverts import peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError
+from poolai.mesh.envelope import Role, SealRejected, SigningKey, peer_id_from_public_key
+from poolai.mesh.errors import ProtocolError, SchemaError
 
 RECEIPT_VERSION = 1
 MAX_RECEIPT = 4096  # a whole envelope, checked before anything is unpacked
@@ -61,6 +61,8 @@ MAX_TIME = float(1 << 36)
 EARNER_DOMAIN = b"poolai/credits/receipt/earner/1\x00"
 PAYER_DOMAIN = b"poolai/credits/receipt/payer/1\x00"
 CLAIM_DOMAIN = b"poolai/credits/claim/1\x00"
+EARNER = Role("earner", EARNER_DOMAIN)
+PAYER = Role("payer", PAYER_DOMAIN)
 
 # ----------------------------------------------------------------------------- formula
 
@@ -175,15 +177,6 @@ class ReceiptRejected(ProtocolError):
 
 
 @dataclass(frozen=True, slots=True)
-class SigningKey:
-    """A node's Ed25519 key as the credit rules need it: ``sign(bytes) -> 64-byte signature``."""
-
-    peer_id: str
-    public_key: bytes
-    sign: Callable[[bytes], bytes] = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Checked:
     """A receipt that passed :func:`check_receipt`; ``complete`` once both parties signed."""
 
@@ -263,11 +256,11 @@ def add_signature(data: bytes, key: SigningKey) -> bytes:
     if key.peer_id != peer_id_from_public_key(key.public_key):
         raise ValueError("signing key does not belong to its peer id")
     if key.peer_id == earner_of(claim):
-        receipt = Receipt(receipt.body, key.public_key, key.sign(EARNER_DOMAIN + receipt.body),
+        receipt = Receipt(receipt.body, key.public_key, EARNER.sign(receipt.body, key),
                           receipt.payer_key, receipt.payer_sig)
     elif key.peer_id == payer_of(claim):
         receipt = Receipt(receipt.body, receipt.earner_key, receipt.earner_sig,
-                          key.public_key, key.sign(PAYER_DOMAIN + receipt.body))
+                          key.public_key, PAYER.sign(receipt.body, key))
     else:
         raise ValueError(f"{key.peer_id} is not a party to this receipt")
     return wire.encode(receipt)
@@ -296,17 +289,16 @@ def _check(data: bytes, need: int) -> Checked:
     except ValueError as exc:
         raise ReceiptRejected("invalid_claim", str(exc)) from None
     signed = 0
-    for role, peer, domain, pub, sig in (
-        ("earner", earner, EARNER_DOMAIN, receipt.earner_key, receipt.earner_sig),
-        ("payer", payer, PAYER_DOMAIN, receipt.payer_key, receipt.payer_sig),
+    for role, peer, pub, sig in (
+        (EARNER, earner, receipt.earner_key, receipt.earner_sig),
+        (PAYER, payer, receipt.payer_key, receipt.payer_sig),
     ):
         if not pub and not sig:
             continue
-        if len(pub) != KEY_LEN or len(sig) != SIG_LEN:
-            raise ReceiptRejected("bad_key", f"{role} key or signature has the wrong length")
-        if peer_id_from_public_key(pub) != peer:
-            raise ReceiptRejected("key_mismatch", f"{role} key is not {peer}'s")
-        _verify(pub, sig, domain + receipt.body, role)
+        try:
+            role.verify(receipt.body, pub, sig, peer)
+        except SealRejected as exc:
+            raise ReceiptRejected(exc.reason, exc.detail) from None
         signed += 1
     if signed < need:
         raise ReceiptRejected("unsigned", f"{signed} of 2 signatures")
@@ -337,41 +329,24 @@ def _check_claim(claim: Claim) -> None:
         raise ValueError("an audit nonce is repeated")
 
 
-def _verify(public_key: bytes, signature: bytes, message: bytes, role: str) -> None:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except InvalidSignature:
-        raise ReceiptRejected("bad_signature", f"{role} signature does not match") from None
-    except ValueError as exc:
-        raise ReceiptRejected("bad_key", str(exc)) from None
-
-
 def _decode(cls: type, data: bytes) -> object:
     try:
-        raw = wire.unpack(data, len(data))
+        return wire.decode(data, cls)
+    except SchemaError as exc:
+        raise ReceiptRejected("schema", str(exc)) from None
     except ProtocolError as exc:
         raise ReceiptRejected("malformed", str(exc)) from None
-    try:
-        return wire.from_wire(cls, raw)
-    except ProtocolError as exc:
-        raise ReceiptRejected("schema", str(exc)) from None
 
 
 def _decode_claim(body: bytes) -> Claim:
     try:
+        return wire.decode(body, JobClaim, StorageClaim)  # type: ignore[no-any-return]
+    except SchemaError as exc:
+        # Said apart from other schema faults: a claim of a later version, not a broken one.
         raw = wire.unpack(body, len(body))
+        if raw.get("type") in ("credits.job", "credits.storage") and \
+                raw.get("version") != RECEIPT_VERSION:
+            raise ReceiptRejected("version", f"claim version {raw.get('version')!r}") from None
+        raise ReceiptRejected("schema", str(exc)) from None
     except ProtocolError as exc:
         raise ReceiptRejected("malformed", str(exc)) from None
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    cls = {"credits.job": JobClaim, "credits.storage": StorageClaim}.get(kind)  # type: ignore[arg-type]
-    if cls is None:
-        raise ReceiptRejected("schema", f"unknown claim type {kind!r}")
-    if raw.get("version") != RECEIPT_VERSION:
-        raise ReceiptRejected("version", f"claim version {raw.get('version')!r}")
-    try:
-        return wire.from_wire(cls, raw)
-    except ProtocolError as exc:
-        raise ReceiptRejected("schema", str(exc)) from None
