@@ -13,6 +13,9 @@ table, see :class:`EmulatedLatency`): data this node receives from a listed peer
 back by that peer's one-way delay, on PoolAI's own streams and on ping replies, so every
 round trip the node measures (overlay probes, pings, job offers) includes it. Nothing
 that decides routes knows about it.
+
+py-libp2p's internals are changed only by :mod:`poolai.mesh.patches`, installed
+(each patch checked against the installed py-libp2p first) when a host opens.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from poolai.mesh import noise_writes, read_ahead, rpc, wire, yamux_tuning
+from poolai.mesh import patches, rpc, wire
 from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -235,6 +238,11 @@ class MeshHost:
         self.latency = latency
         if latency is not None:
             host.set_stream_handler(PING_PROTOCOL_ID, self._delayed_ping)
+
+    @property
+    def libp2p(self) -> Any:
+        """The py-libp2p host, for mesh modules that run py-libp2p services on it (gossip)."""
+        return self._host
 
     def _delay(self, peer_id: str) -> float:
         return 0.0 if self.latency is None else self.latency.delay(peer_id)
@@ -435,7 +443,8 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
     """Start a listening host; leaving the block closes every connection and listener.
 
     ``latency`` defaults to :meth:`EmulatedLatency.from_env` (normally None: no delays).
-    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen.
+    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen,
+    :class:`~poolai.mesh.patches.PatchMismatch` if py-libp2p is not the version PoolAI patches.
     """
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
@@ -446,9 +455,7 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
     if latency is not None:
         log.warning("emulated latency is on for %d peer(s) (%s; a test facility)",
                     len(latency.one_way_s), LATENCY_ENV)
-    yamux_tuning.install()
-    read_ahead.install()
-    noise_writes.install()
+    patches.install()
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, create_x25519_key_pair().private_key)},

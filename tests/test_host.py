@@ -230,12 +230,12 @@ async def _send_over_one_stream(payload: bytes, write_size: int) -> bytes:
 async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
     """8 MiB over one stream arrive intact, with one WINDOW_UPDATE frame per quarter of the
     receive window (py-libp2p 0.8.1's own policy sends one per 64 KiB data frame: 190 here;
-    see mesh/yamux_tuning.py)."""
+    see mesh/patches/yamux_tuning.py)."""
     import random
 
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-    from poolai.mesh import yamux_tuning
+    from poolai.mesh.patches import yamux_tuning
 
     payload = random.Random(5).randbytes(8 << 20)
     updates: list[int] = []
@@ -254,7 +254,7 @@ async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
 async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch):
     """8 MiB over one stream arrive intact through py-libp2p's own reader, while the sender
     makes one socket write per yamux frame of four Noise messages instead of one per
-    message (at least 128 here; see mesh/noise_writes.py)."""
+    message (at least 128 here; see mesh/patches/noise_writes.py)."""
     import random
 
     from libp2p.network.connection.raw_connection import RawConnection
@@ -279,14 +279,14 @@ async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch
 async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypatch):
     """Over a real socket with the bytes already queued: py-libp2p's pattern (a 2-byte length,
     then that many bytes) is served from one socket read per READ_AHEAD instead of two per
-    message, and the bytes come out exactly as sent (see mesh/read_ahead.py)."""
+    message, and the bytes come out exactly as sent (see mesh/patches/read_ahead.py)."""
     import random
 
     from libp2p.io.trio import TrioTCPStream
     from libp2p.io.utils import read_exactly
     from libp2p.network.connection.raw_connection import RawConnection
 
-    from poolai.mesh import read_ahead
+    from poolai.mesh.patches import read_ahead
 
     rng = random.Random(7)
     bodies = [rng.randbytes(rng.choice([1, 17, 1500, 6000])) for _ in range(16)]  # < 64 KiB
@@ -301,7 +301,7 @@ async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypat
     monkeypatch.setattr(TrioTCPStream, "read", counted)
 
     async def receive_all(install: bool) -> list[bytes]:
-        (read_ahead.install if install else read_ahead.uninstall)()
+        (read_ahead.PATCH.apply if install else read_ahead.PATCH.remove)()
         reads[0] = 0
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
@@ -324,6 +324,6 @@ async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypat
             plain = reads[0]
             assert await receive_all(install=True) == bodies
     finally:
-        read_ahead.install()
+        read_ahead.PATCH.apply()
     assert plain >= 2 * len(bodies)
     assert reads[0] <= 3, (reads[0], plain)  # one read for all, one for the end of stream
