@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import multiaddr
 import pytest
 import trio
@@ -17,7 +15,8 @@ from polling import poll_until
 
 from poolai.mesh import rpc, wire
 from poolai.mesh.errors import PeerUnreachable, RemoteError
-from poolai.mesh.host import LATENCY_ENV, EmulatedLatency, open_host
+from poolai.mesh.host import open_host
+from poolai.mesh.latency import EmulatedLatency
 
 ECHO = "/poolai/test-echo/1.0.0"
 SINK = "/poolai/test-sink/1.0.0"
@@ -184,25 +183,6 @@ async def test_emulated_latency_delays_requests_and_pings_but_not_bulk_reads():
         assert unlisted < 300, unlisted
         assert reply == str(40 * 16384).encode() and len(got) > 1
         assert 0.5 <= bulk < 0.5 + 0.3 * (len(got) - 1), (bulk, len(got))
-
-
-def test_emulated_latency_table_is_read_from_the_environment(tmp_path):
-    peer = pid_of(create_new_key_pair())
-    assert EmulatedLatency.from_env({}) is None
-    assert EmulatedLatency.from_env({LATENCY_ENV: ""}) is None
-    path = tmp_path / "latency.json"
-    path.write_text(json.dumps({"version": 1, "one_way_ms": {peer: 25}}))
-    table = EmulatedLatency.from_env({LATENCY_ENV: str(path)})
-    assert table is not None and table.delay(peer) == 0.025 and table.delay("other") == 0.0
-    for bad, message in [({"version": 2, "one_way_ms": {}}, "expected"),
-                         ({"version": 1, "one_way_ms": {peer: -1}}, "is not in"),
-                         ({"version": 1, "one_way_ms": {peer: True}}, "is not in"),
-                         ({"version": 1, "one_way_ms": {"nope": 5}}, "peer id")]:
-        path.write_text(json.dumps(bad))
-        with pytest.raises(ValueError, match=message):
-            EmulatedLatency.load(path)
-    with pytest.raises(ValueError, match="latency table"):
-        EmulatedLatency.load(tmp_path / "missing.json")
 
 
 async def _send_over_one_stream(payload: bytes, write_size: int) -> bytes:
