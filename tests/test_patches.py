@@ -7,6 +7,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.swarm import Swarm
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise import io as noise_io
 from libp2p.security.noise.io import BaseNoiseMsgReadWriter
@@ -79,6 +80,11 @@ async def _write_of_fixed_frames(self, data):  # type: ignore[no-untyped-def]
     return len(data) // 65536
 
 
+async def _inbound_handler_done_with_its_connection(self, read_write_closer, maddr,
+                                                    failure_event):  # type: ignore[no-untyped-def]
+    await self.upgrade_inbound_raw_conn(read_write_closer, maddr)
+
+
 async def _sending_loop_of_its_own(self, peer_id, stream, queue):  # type: ignore[no-untyped-def]
     await stream.write(await queue.pop())
 
@@ -94,6 +100,8 @@ CHANGES = [
      "RawConnection.read takes (self, n), not (self, n=None)"),
     ("pubsub_writes", Pubsub, "handle_sending_messages", _sending_loop_of_its_own,
      "Pubsub.handle_sending_messages no longer uses write_msg"),
+    ("inbound_slots", Swarm, "_do_handle_inbound_connection", _inbound_handler_done_with_its_connection,
+     "Swarm._do_handle_inbound_connection no longer uses wait_finished"),
 ]
 
 
@@ -159,3 +167,26 @@ def test_pubsub_writes_wraps_one_instance_only():
     assert trio.run(a.write_msg, None, Rpc()) is True
     assert trio.run(b.write_msg, None, Rpc()) is True
     assert sizes == [42]  # b, another Pubsub, is not counted
+
+
+async def test_a_host_accepts_peers_after_hundreds_of_inbound_connections_came_and_went():
+    """py-libp2p 0.8.1 keeps one of a host's 250 inbound slots per connection it ever accepted,
+    until the host stops (mesh/patches/inbound_slots.py). 300 peers of their own identity
+    connect once and leave; a fresh peer is then still let in, at once."""
+    visits, at_once = 300, 20
+    async with open_host(create_new_key_pair(), LOOPBACK) as a:
+
+        async def visit() -> None:
+            async with open_host(create_new_key_pair(), []) as b:
+                await b.connect(a.peer_id, a.transport_addrs())
+                await b.disconnect(a.peer_id)
+
+        with trio.fail_after(45):
+            for _ in range(visits // at_once):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(at_once):
+                        nursery.start_soon(visit)
+        async with open_host(create_new_key_pair(), []) as fresh:
+            with trio.fail_after(1):
+                await fresh.connect(a.peer_id, a.transport_addrs())
+            assert a.is_connected(fresh.peer_id)

@@ -15,7 +15,7 @@ reaches into py-libp2p only through public calls.
 
 from __future__ import annotations
 
-from poolai.mesh.patches import noise_writes, pubsub_writes, read_ahead, yamux_tuning
+from poolai.mesh.patches import inbound_slots, noise_writes, pubsub_writes, read_ahead, yamux_tuning
 from poolai.mesh.patches.guard import Patch, PatchMismatch
 
 PATCHES: tuple[Patch, ...] = (
@@ -23,6 +23,7 @@ PATCHES: tuple[Patch, ...] = (
     noise_writes.PATCH,
     read_ahead.PATCH,
     pubsub_writes.PATCH,
+    inbound_slots.PATCH,
 )
 
 
