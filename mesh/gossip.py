@@ -32,6 +32,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from poolai.mesh.host import MeshHost
+from poolai.mesh.patches.pubsub_writes import count_writes
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +270,9 @@ class Gossip:
             missing = now_missing
             await trio.sleep(self.config.reconcile_every)
 
-    def _count_writes(self) -> None:
-        # Wrap the one method every queued pubsub RPC goes out through, to count bytes.
-        original = self._pubsub.write_msg
-
-        async def counting(stream: Any, rpc: Any) -> bool:
-            self._rpcs_sent += 1
-            self._bytes_sent += rpc.ByteSize() + 2  # + varint length prefix, ~2 bytes
-            return await original(stream, rpc)
-
-        self._pubsub.write_msg = counting  # type: ignore[method-assign]
+    def _count_write(self, size: int) -> None:
+        self._rpcs_sent += 1
+        self._bytes_sent += size
 
 
 @asynccontextmanager
@@ -293,10 +287,10 @@ async def open_gossip(host: MeshHost, config: GossipConfig = GossipConfig()) -> 
         adaptive_gossip_enabled=False,
         max_messages_per_topic_per_second=config.rate_limit,
     )
-    pubsub = Pubsub(host._host, router, strict_signing=True, max_inbound_rpc_size=config.max_rpc)
+    pubsub = Pubsub(host.libp2p, router, strict_signing=True, max_inbound_rpc_size=config.max_rpc)
     send_bans, receive_bans = trio.open_memory_channel[str](64)
     gossip = Gossip(host, pubsub, router, config, send_bans)
-    gossip._count_writes()
+    count_writes(pubsub, gossip._count_write)
     async with background_trio_service(pubsub), background_trio_service(router):
         await pubsub.wait_until_ready()
         async with trio.open_nursery() as nursery:

@@ -8,24 +8,18 @@ libp2p exceptions are translated here into :mod:`poolai.mesh.errors`, and
 libp2p streams are wrapped as trio ``HalfCloseableStream``-shaped objects so
 that :mod:`poolai.mesh.rpc` never sees a libp2p type.
 
-Latency emulation (a test facility, inert unless ``POOLAI_EMULATED_LATENCY`` names a
-table, see :class:`EmulatedLatency`): data this node receives from a listed peer is held
-back by that peer's one-way delay, on PoolAI's own streams and on ping replies, so every
-round trip the node measures (overlay probes, pings, job offers) includes it. Nothing
-that decides routes knows about it.
+py-libp2p's internals are changed only by :mod:`poolai.mesh.patches`, installed
+(each patch checked against the installed py-libp2p first) when a host opens.
+Latency emulation, a test facility, lives in :mod:`poolai.mesh.latency`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
@@ -48,69 +42,16 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from poolai.mesh import noise_writes, read_ahead, rpc, wire, yamux_tuning
+from poolai.mesh import patches, rpc, wire
 from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, RequestTimeout
+from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
 
 log = logging.getLogger(__name__)
 
 _LIBP2P_ERRORS = (HostException, SwarmException, StreamError, MultiselectClientError, MultiselectError)
 WRITE_TIMEOUT = 10.0
 ADDR_TTL = 0  # 0 = permanent in py-libp2p's peerstore; PoolAI's PeerBook ages addresses itself
-LATENCY_ENV = "POOLAI_EMULATED_LATENCY"
-MAX_LATENCY_FILE = 1 << 20
-MAX_ONE_WAY_MS = 10_000.0
 PING_BYTES = 32  # the ping protocol's payload
-
-
-@dataclass(frozen=True, slots=True)
-class EmulatedLatency:
-    """One-way delays, in seconds, added to what this node receives from each listed peer.
-
-    For tests only: there is no netem on the machines PoolAI is tested on, so a live
-    test gives each node a table and every node then *measures* the emulated distances
-    the way it measures real ones. A stream's first read after it opens, and its first
-    read after each write, returns ``delay`` later (the data's arrival, one way);
-    reads within one turn are not delayed, so bulk transfers keep their throughput.
-    A ping reply is held back by the replying node's delay for the pinger, and the
-    pinger adds its own for the replier. Round trip A–B = A's delay for B + B's for A.
-    """
-
-    one_way_s: Mapping[str, float]
-
-    def delay(self, peer_id: str) -> float:
-        return self.one_way_s.get(peer_id, 0.0)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> EmulatedLatency:
-        """Read ``{"version": 1, "one_way_ms": {peer id: ms}}``; ValueError naming the fault."""
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_LATENCY_FILE + 1)
-            if len(data) > MAX_LATENCY_FILE:
-                raise ValueError(f"over {MAX_LATENCY_FILE} bytes")
-            doc = json.loads(data)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"latency table {path}: {exc}") from None
-        if (not isinstance(doc, dict) or set(doc) != {"version", "one_way_ms"}
-                or type(doc["version"]) is not int or doc["version"] != 1):
-            raise ValueError(f"latency table {path}: expected {{'version': 1, 'one_way_ms': {{...}}}}")
-        table = doc["one_way_ms"]
-        if not isinstance(table, dict):
-            raise ValueError(f"latency table {path}: one_way_ms must map peer ids to milliseconds")
-        out = {}
-        for peer, ms in table.items():
-            if (not isinstance(ms, int | float) or isinstance(ms, bool) or not math.isfinite(ms)
-                    or not 0 <= ms <= MAX_ONE_WAY_MS):
-                raise ValueError(f"latency table {path}: {peer}: {ms!r} is not in [0, {MAX_ONE_WAY_MS:g}] ms")
-            peer_id_text(peer_id_bytes(peer))  # ValueError for a malformed peer id
-            out[peer] = ms / 1000.0
-        return cls(out)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> EmulatedLatency | None:
-        """The table named by ``POOLAI_EMULATED_LATENCY``; None when it is unset or empty."""
-        path = environ.get(LATENCY_ENV, "")
-        return cls.load(path) if path else None
 
 
 class Libp2pStream:
@@ -172,29 +113,6 @@ class Libp2pStream:
             pass
 
 
-class _DelayedPingStream:
-    """A raw libp2p stream for py-libp2p's ping handler: each ping is read ``delay`` late."""
-
-    def __init__(self, raw: Any, delay: float) -> None:
-        self._raw = raw
-        self._delay = delay
-        self._turn = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-    async def read(self, n: int | None = None) -> bytes:
-        data = await self._raw.read(n)
-        if self._turn:
-            self._turn = False
-            await trio.sleep(self._delay)
-        return data
-
-    async def write(self, data: bytes) -> None:
-        await self._raw.write(data)
-        self._turn = True
-
-
 StreamHandler = Callable[[Libp2pStream], Awaitable[None]]
 
 
@@ -234,18 +152,15 @@ class MeshHost:
         self._id_cache: dict[str, ID] = {}
         self.latency = latency
         if latency is not None:
-            host.set_stream_handler(PING_PROTOCOL_ID, self._delayed_ping)
+            host.set_stream_handler(PING_PROTOCOL_ID, delayed_ping_handler(self._ping, latency))
+
+    @property
+    def libp2p(self) -> Any:
+        """The py-libp2p host, for mesh modules that run py-libp2p services on it (gossip)."""
+        return self._host
 
     def _delay(self, peer_id: str) -> float:
         return 0.0 if self.latency is None else self.latency.delay(peer_id)
-
-    async def _delayed_ping(self, raw: Any) -> None:
-        try:
-            delay = self._delay(str(raw.muxed_conn.peer_id))
-            stream: Any = _DelayedPingStream(raw, delay) if delay else raw  # duck-typed INetStream
-            await self._ping.handle_ping(stream)
-        except Exception:
-            log.debug("ping handler failed", exc_info=True)
 
     # ------------------------------------------------------------------ identity and addresses
     def addrs(self) -> list[str]:
@@ -435,7 +350,8 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
     """Start a listening host; leaving the block closes every connection and listener.
 
     ``latency`` defaults to :meth:`EmulatedLatency.from_env` (normally None: no delays).
-    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen.
+    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen,
+    :class:`~poolai.mesh.patches.PatchMismatch` if py-libp2p is not the version PoolAI patches.
     """
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
@@ -446,9 +362,7 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
     if latency is not None:
         log.warning("emulated latency is on for %d peer(s) (%s; a test facility)",
                     len(latency.one_way_s), LATENCY_ENV)
-    yamux_tuning.install()
-    read_ahead.install()
-    noise_writes.install()
+    patches.install()
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, create_x25519_key_pair().private_key)},
@@ -487,5 +401,5 @@ async def _stop_auto_connector(host: Any) -> None:
             log.debug("auto-connector did not stop cleanly", exc_info=True)
 
 
-__all__ = ["EmulatedLatency", "Libp2pStream", "MeshHost", "open_host", "split_p2p_addr",
+__all__ = ["Libp2pStream", "MeshHost", "open_host", "split_p2p_addr",
            "RequestTimeout"]

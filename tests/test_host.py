@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import multiaddr
 import pytest
 import trio
@@ -17,7 +15,8 @@ from polling import poll_until
 
 from poolai.mesh import rpc, wire
 from poolai.mesh.errors import PeerUnreachable, RemoteError
-from poolai.mesh.host import LATENCY_ENV, EmulatedLatency, open_host
+from poolai.mesh.host import open_host
+from poolai.mesh.latency import EmulatedLatency
 
 ECHO = "/poolai/test-echo/1.0.0"
 SINK = "/poolai/test-sink/1.0.0"
@@ -186,25 +185,6 @@ async def test_emulated_latency_delays_requests_and_pings_but_not_bulk_reads():
         assert 0.5 <= bulk < 0.5 + 0.3 * (len(got) - 1), (bulk, len(got))
 
 
-def test_emulated_latency_table_is_read_from_the_environment(tmp_path):
-    peer = pid_of(create_new_key_pair())
-    assert EmulatedLatency.from_env({}) is None
-    assert EmulatedLatency.from_env({LATENCY_ENV: ""}) is None
-    path = tmp_path / "latency.json"
-    path.write_text(json.dumps({"version": 1, "one_way_ms": {peer: 25}}))
-    table = EmulatedLatency.from_env({LATENCY_ENV: str(path)})
-    assert table is not None and table.delay(peer) == 0.025 and table.delay("other") == 0.0
-    for bad, message in [({"version": 2, "one_way_ms": {}}, "expected"),
-                         ({"version": 1, "one_way_ms": {peer: -1}}, "is not in"),
-                         ({"version": 1, "one_way_ms": {peer: True}}, "is not in"),
-                         ({"version": 1, "one_way_ms": {"nope": 5}}, "peer id")]:
-        path.write_text(json.dumps(bad))
-        with pytest.raises(ValueError, match=message):
-            EmulatedLatency.load(path)
-    with pytest.raises(ValueError, match="latency table"):
-        EmulatedLatency.load(tmp_path / "missing.json")
-
-
 async def _send_over_one_stream(payload: bytes, write_size: int) -> bytes:
     """Serve ``payload`` from one host to another over one stream, written ``write_size``
     bytes at a time and read 1 MiB at a time; the bytes that arrived."""
@@ -230,12 +210,12 @@ async def _send_over_one_stream(payload: bytes, write_size: int) -> bytes:
 async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
     """8 MiB over one stream arrive intact, with one WINDOW_UPDATE frame per quarter of the
     receive window (py-libp2p 0.8.1's own policy sends one per 64 KiB data frame: 190 here;
-    see mesh/yamux_tuning.py)."""
+    see mesh/patches/yamux_tuning.py)."""
     import random
 
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-    from poolai.mesh import yamux_tuning
+    from poolai.mesh.patches import yamux_tuning
 
     payload = random.Random(5).randbytes(8 << 20)
     updates: list[int] = []
@@ -254,7 +234,7 @@ async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
 async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch):
     """8 MiB over one stream arrive intact through py-libp2p's own reader, while the sender
     makes one socket write per yamux frame of four Noise messages instead of one per
-    message (at least 128 here; see mesh/noise_writes.py)."""
+    message (at least 128 here; see mesh/patches/noise_writes.py)."""
     import random
 
     from libp2p.network.connection.raw_connection import RawConnection
@@ -279,14 +259,14 @@ async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch
 async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypatch):
     """Over a real socket with the bytes already queued: py-libp2p's pattern (a 2-byte length,
     then that many bytes) is served from one socket read per READ_AHEAD instead of two per
-    message, and the bytes come out exactly as sent (see mesh/read_ahead.py)."""
+    message, and the bytes come out exactly as sent (see mesh/patches/read_ahead.py)."""
     import random
 
     from libp2p.io.trio import TrioTCPStream
     from libp2p.io.utils import read_exactly
     from libp2p.network.connection.raw_connection import RawConnection
 
-    from poolai.mesh import read_ahead
+    from poolai.mesh.patches import read_ahead
 
     rng = random.Random(7)
     bodies = [rng.randbytes(rng.choice([1, 17, 1500, 6000])) for _ in range(16)]  # < 64 KiB
@@ -301,7 +281,7 @@ async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypat
     monkeypatch.setattr(TrioTCPStream, "read", counted)
 
     async def receive_all(install: bool) -> list[bytes]:
-        (read_ahead.install if install else read_ahead.uninstall)()
+        (read_ahead.PATCH.apply if install else read_ahead.PATCH.remove)()
         reads[0] = 0
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
@@ -324,6 +304,6 @@ async def test_raw_connections_read_ahead_and_keep_every_byte_in_order(monkeypat
             plain = reads[0]
             assert await receive_all(install=True) == bodies
     finally:
-        read_ahead.install()
+        read_ahead.PATCH.apply()
     assert plain >= 2 * len(bodies)
     assert reads[0] <= 3, (reads[0], plain)  # one read for all, one for the end of stream

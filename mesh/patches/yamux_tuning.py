@@ -20,9 +20,9 @@ both ends:
   costs its own trip through yamux's Python on both ends (the reader also
   joins a read's frames by repeated concatenation).
 
-:func:`install` replaces the window policy with :func:`_give_back_credit`
+:data:`PATCH` replaces the window policy with :func:`_give_back_credit`
 and sets the largest frame to exactly four Noise messages
-(:data:`FRAME_SIZE`), which ``mesh/noise_writes.py`` sends in one write. A
+(:data:`FRAME_SIZE`), which ``mesh/patches/noise_writes.py`` sends in one write. A
 frame of 256 KiB holds a shared connection's other streams back for 21 ms
 at 100 Mbit/s, a fraction of what the socket's send buffer already queues.
 A stream starts with yamux's
@@ -33,13 +33,23 @@ quarters of a window buffered when it returns credit, enough to keep
 reading through the writer's 10 ms poll at a few hundred MB/s. Streams of
 small messages send no update at all; the unread bytes a stream holds stay
 bounded by its window.
+
+Measured: py-libp2p's policy sent 190 WINDOW_UPDATEs for 8 MiB over one
+stream; tests/test_host.py holds this one to at most 10. What both changes
+do for whole reads and puts is measured in ``noise_writes`` and docs/storage.md.
+
+Remove when py-libp2p batches yamux credit (go-yamux style, a quarter window
+or more per update) and sends frames larger than one Noise message at once;
+the version guard makes each new py-libp2p release the time to measure again.
 """
 
 from __future__ import annotations
 
 from libp2p.security.noise import io as noise_io
 from libp2p.stream_muxer.yamux import yamux
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+from poolai.mesh.patches.guard import Patch, Shape, Swap
 
 RECEIVE_WINDOW = 4 << 20
 """Bytes a peer may send on one bulk stream before the reader gives credit back."""
@@ -47,8 +57,6 @@ RECEIVE_WINDOW = 4 << 20
 FRAME_SIZE = 4 * noise_io.MAX_PLAINTEXT_LENGTH
 """Largest yamux frame (header included) we send: exactly four full Noise messages
 (262,076 bytes, within the 256 KiB window every stream starts with)."""
-
-_ORIGINAL = (YamuxStream._auto_tune_and_send_window_update, yamux.MAX_MESSAGE_SIZE)
 
 
 async def _give_back_credit(stream: YamuxStream, *, bytes_read: int = 0) -> None:
@@ -65,12 +73,26 @@ async def _give_back_credit(stream: YamuxStream, *, bytes_read: int = 0) -> None
     await stream.send_window_update(due, skip_lock=True)
 
 
-def install() -> None:
-    """Apply both changes to every yamux stream of this process (idempotent)."""
-    YamuxStream._auto_tune_and_send_window_update = _give_back_credit  # type: ignore[method-assign]
-    yamux.MAX_MESSAGE_SIZE = FRAME_SIZE
+_CREDIT = Swap(YamuxStream, "_auto_tune_and_send_window_update", _give_back_credit)
+_FRAME = Swap(yamux, "MAX_MESSAGE_SIZE", FRAME_SIZE)
 
 
-def uninstall() -> None:
-    """Restore py-libp2p's own behaviour (for comparisons)."""
-    YamuxStream._auto_tune_and_send_window_update, yamux.MAX_MESSAGE_SIZE = _ORIGINAL  # type: ignore[method-assign]
+def _expect(shape: Shape) -> None:
+    shape.signature(YamuxStream, "_auto_tune_and_send_window_update", "(self, *, bytes_read=0)",
+                    func=_CREDIT.upstream())
+    shape.reads(YamuxStream, "read", "_auto_tune_and_send_window_update")  # credit after each read
+    shape.signature(YamuxStream, "send_window_update", "(self, increment, skip_lock=False)")
+    shape.reads(YamuxStream, "__init__", "window_lock", "target_recv_window", "recv_window",
+                "conn", "stream_id")
+    shape.reads(Yamux, "__init__", "stream_buffers")
+    # MAX_MESSAGE_SIZE is a module global: assigning it only matters while write() reads it.
+    shape.attrs(yamux, "MAX_MESSAGE_SIZE", "DEFAULT_WINDOW_SIZE", "MAX_WINDOW_SIZE")
+    shape.reads(YamuxStream, "write", "MAX_MESSAGE_SIZE")
+    shape.attrs(noise_io, "MAX_PLAINTEXT_LENGTH")
+    shape.holds(FRAME_SIZE <= getattr(yamux, "DEFAULT_WINDOW_SIZE", 0),
+                f"a {FRAME_SIZE}-byte frame no longer fits yamux's initial window")
+    shape.holds(RECEIVE_WINDOW <= getattr(yamux, "MAX_WINDOW_SIZE", 0),
+                f"a {RECEIVE_WINDOW}-byte window is over yamux's MAX_WINDOW_SIZE")
+
+
+PATCH = Patch("yamux_tuning", "0.8.1", _expect, (_CREDIT, _FRAME))
