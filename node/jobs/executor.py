@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import trio
 
+from poolai.mesh.durable import write_atomic
 from poolai.mesh.errors import MeshError
 from poolai.node.jobs import protocol as jp
 from poolai.node.jobs.dispatch import Refusal, WorkState
@@ -425,7 +425,7 @@ class Executor:
     async def _save(self) -> None:
         async with self._save_lock:
             data = self._document()
-            await trio.to_thread.run_sync(_atomic_write, self.dir / STATE_FILE, data)
+            await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
 
     def _load(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -505,14 +505,3 @@ def _fresh_dirs(work: Path, *dirs: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     for d in dirs:
         d.mkdir(parents=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
