@@ -33,6 +33,7 @@ from typing import Any
 
 import trio
 
+from poolai.mesh.backoff import Backoff
 from poolai.mesh.durable import write_atomic
 from poolai.mesh.errors import MeshError
 from poolai.node.jobs import protocol as jp
@@ -97,6 +98,12 @@ class ExecutorConfig:
     max_retry_s: float = 10.0
     threads: int = 1  # torch threads per worker process
     max_timeout_s: float = 24 * 3600.0
+
+    @property
+    def delivery_backoff(self) -> Backoff:
+        """Between sends of an unacknowledged result: 1, 2, 4 ... s, at most max_retry_s (and 128 s)."""
+        cap = min(self.max_retry_s, 128.0)
+        return Backoff(base=min(1.0, cap), cap=cap)
 
 
 class Executor:
@@ -392,7 +399,7 @@ class Executor:
                                   self.config.request_timeout_s)
         except MeshError as exc:
             p.tries += 1
-            p.next_try = time.time() + min(self.config.max_retry_s, 0.5 * 2 ** min(p.tries, 8))
+            p.next_try = self.config.delivery_backoff.next_at(time.time(), p.tries)
             if time.time() - p.finished_at > self.config.result_ttl_s:
                 log.warning("job %s: dropping a result its submitter never took", key[1])
                 self.pending.pop(key, None)
