@@ -31,10 +31,13 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from poolai.mesh.backoff import Backoff
 from poolai.mesh.host import MeshHost
 from poolai.mesh.patches.pubsub_writes import count_writes
 
 log = logging.getLogger(__name__)
+# A connected peer that never answers meshsub is retried every 2, 4, ... 64 housekeeping rounds.
+STREAM_REPAIR_ROUNDS = Backoff(base=2, cap=64)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -250,8 +253,10 @@ class Gossip:
         may be opening one right now), and one that never answers meshsub is
         retried less and less often (every 2, 4, ... 64 rounds).
         """
-        missing: dict[str, tuple[int, int]] = {}  # peer -> (rounds until next try, backoff)
+        missing: dict[str, tuple[int, int]] = {}  # peer -> (round of the next try, tries so far)
+        round_no = 0
         while True:
+            round_no += 1
             for peer in self._box.release(time.monotonic()):
                 log.info("ban on peer %s lifted", peer)
                 self._pubsub.remove_from_blacklist(ID.from_base58(peer))
@@ -260,13 +265,13 @@ class Gossip:
                 pid = ID.from_base58(peer)
                 if pid in self._pubsub.peers or self._box.is_banned(peer):
                     continue
-                wait, backoff = missing.get(peer, (1, 1))
-                if wait <= 0:
+                next_round, tries = missing.get(peer, (round_no + 1, 0))
+                if round_no >= next_round:
                     with trio.move_on_after(self.config.reconcile_every):
                         await self._pubsub.ensure_peer_stream(pid, timeout=self.config.reconcile_every)
-                    backoff = min(backoff * 2, 64)
-                    wait = backoff
-                now_missing[peer] = (wait - 1, backoff)
+                    tries += 1
+                    next_round = round_no + int(STREAM_REPAIR_ROUNDS.delay(tries))
+                now_missing[peer] = (next_round, tries)
             missing = now_missing
             await trio.sleep(self.config.reconcile_every)
 

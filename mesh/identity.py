@@ -9,7 +9,6 @@ would give the node a new identity and orphan everything tied to the old one.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
+from poolai.mesh.durable import write_atomic
 from poolai.mesh.errors import MeshError
 
 MAX_KEY_FILE = 4096
@@ -33,15 +33,10 @@ def load_or_create(path: Path) -> tuple[KeyPair, bool]:
         return load(path), False
     key_pair = create_new_key_pair()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key_pair.private_key.serialize())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        write_atomic(path, key_pair.private_key.serialize(), overwrite=False)
+    except FileExistsError:  # another process created it first: there is one identity, theirs
+        return load(path), False
     return key_pair, True
 
 

@@ -9,9 +9,9 @@ the most promising of them (``walk_probes``); each step ends closer.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Container, Iterable
 
+from poolai.mesh.bounded import CappedDict
 from poolai.mesh.coords import Coord, predicted_rtt
 from poolai.mesh.routing import PeerInfo
 
@@ -22,17 +22,18 @@ SMOOTHING = 0.3  # weight of a new RTT sample in the moving average
 
 
 class Measurements:
-    """Bounded RTT memory (``memory`` peers beyond the ones kept on purpose)."""
+    """Bounded RTT memory (``memory`` peers beyond the ones kept on purpose), the least
+    recently measured forgotten first."""
 
     def __init__(self, memory: int) -> None:
         self.memory = memory
-        self.rtt: OrderedDict[bytes, tuple[float, PeerInfo]] = OrderedDict()
+        self.rtt: CappedDict[bytes, tuple[float, PeerInfo]] = CappedDict(memory, renew=True, slack=SLACK)
         self.near: list[bytes] = []  # nearest measured peers, refreshed by ``rank``
         self.walk: dict[bytes, PeerInfo] = {}
 
     def record(self, info: PeerInfo, rtt_ms: float) -> bool:
         """Take a sample; True when the peer was not measured before."""
-        old = self.rtt.pop(info.peer_id, None)
+        old = self.rtt.get(info.peer_id)
         smoothed = rtt_ms if old is None else (1 - SMOOTHING) * old[0] + SMOOTHING * rtt_ms
         self.rtt[info.peer_id] = (smoothed, info)
         return old is None
@@ -46,13 +47,7 @@ class Measurements:
         self.walk.pop(peer_id, None)
 
     def trim(self, keep: Container[bytes]) -> None:
-        if len(self.rtt) <= self.memory + SLACK:
-            return
-        for pid in list(self.rtt):
-            if len(self.rtt) <= self.memory:
-                break
-            if pid not in keep:
-                del self.rtt[pid]
+        self.rtt.trim(lambda pid, _: pid in keep)
 
     def fresh(self, peer: PeerInfo) -> PeerInfo:
         """``peer`` with the newest coordinate we have for it."""

@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from poolai.mesh.backoff import Backoff
+
 MAX_ADDRS_PER_PEER = 8
 MAX_ADDR_LEN = 256
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
+DIAL_BACKOFF = Backoff(base=BACKOFF_BASE, cap=BACKOFF_MAX)
 FORGET_AFTER = 7 * 24 * 3600.0  # a peer unseen for a week is dropped from the book
 
 
@@ -78,7 +81,7 @@ class PeerBook:
         if entry is None:
             return BACKOFF_MAX
         entry.failures += 1
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (entry.failures - 1))
+        delay = DIAL_BACKOFF.delay(entry.failures)
         entry.next_dial = now + delay
         return delay
 

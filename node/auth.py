@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from poolai.mesh.durable import write_atomic
 from poolai.node.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,10 @@ def load_or_create_token(data_dir: Path) -> tuple[str, bool]:
     """
     path = data_dir / TOKEN_FILE
     token = new_token()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:  # created whole or not at all: a crash never leaves a file that holds half a token
+        write_atomic(path, (token + "\n").encode(), overwrite=False)
     except FileExistsError:
         return _load(path), False
-    try:
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     log.info("created the admin token in %s", path)
     return token, True
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from poolai.node import units
 from poolai.node.credits.payout import parse_payout_setting
 
 CONFIG_FILE = "config.toml"
@@ -61,7 +62,7 @@ def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
             raise ValueError("expected an integer")
         try:
             number = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: inf from TOML
             raise ValueError(f"expected an integer, got {value!r}") from None
         if not lo <= number <= hi:
             raise ValueError(f"{number} is outside {lo}..{hi}")
@@ -116,29 +117,24 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _with_unit(units: dict[str, int], lo: int, hi: int, what: str) -> Callable[[Any], int]:
-    """Parse ``10GiB`` / ``7d`` style values (or a plain number) into an int within lo..hi."""
-
+def _size_in(lo: int, hi: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected {what}")
-        text = str(value).strip().lower().replace(" ", "")
-        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = text[len(digits):]
-        if unit not in units:
-            raise ValueError(f"unknown unit {unit!r} in {value!r} (use {', '.join(u for u in units if u)})")
-        try:
-            number = int(float(digits) * units[unit])
-        except ValueError:
-            raise ValueError(f"expected {what}, got {value!r}") from None
+        number = units.parse_size(value)
         if not lo <= number <= hi:
             raise ValueError(f"{value!r} is outside {lo}..{hi}")
         return number
+
+    return parse
+
+
+def _duration_in(lo: int, hi: int) -> Callable[[Any], int]:
+    """Whole seconds (a fraction dropped) within lo..hi."""
+
+    def parse(value: Any) -> int:
+        seconds = int(units.parse_duration(value))
+        if not lo <= seconds <= hi:
+            raise ValueError(f"{value!r} is outside {lo}..{hi}")
+        return seconds
 
     return parse
 
@@ -186,11 +182,11 @@ SETTINGS: tuple[Setting, ...] = (
             "share of submitted jobs also run on a second peer to check the results"),
     Setting("credits_sync_interval", 60.0, _float_in(0.1, 86400.0),
             "seconds between pulls of new credit receipts from connected peers"),
-    Setting("storage_quota", 10 << 30, _with_unit(_SIZE_UNITS, 1 << 20, 1 << 50, "a size like 10GiB"),
+    Setting("storage_quota", 10 << 30, _size_in(1 << 20, 1 << 50),
             "bytes of shares this node keeps for the mesh (e.g. 10GiB, 500MB)"),
-    Setting("storage_lease", 7 * 86400, _with_unit(_DURATION_UNITS, 1, 10 * 365 * 86400, "a duration"),
+    Setting("storage_lease", 7 * 86400, _duration_in(1, 10 * 365 * 86400),
             "how long unpinned files put from this node are kept (e.g. 7d, 12h)"),
-    Setting("storage_interval", 600, _with_unit(_DURATION_UNITS, 1, 86400, "a duration"),
+    Setting("storage_interval", 600, _duration_in(1, 86400),
             "seconds between storage upkeep passes (gc, scrub, repair, audit)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),

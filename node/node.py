@@ -36,6 +36,7 @@ import trio
 
 from poolai.mesh import identity
 from poolai.mesh.discovery import ConnectionManager
+from poolai.mesh.durable import write_atomic as _atomic_write
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
@@ -220,17 +221,6 @@ class Node:
                 path.unlink()
         except (OSError, ValueError):
             pass
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

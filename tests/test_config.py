@@ -55,3 +55,37 @@ def test_bad_file_is_named(tmp_path):
     (tmp_path / "config.toml").write_text("max_peers = 0\n")
     with pytest.raises(config.ConfigError, match=r"invalid max_peers in .*config.toml"):
         config.load(tmp_path, {}, environ={})
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"POOLAI_STORAGE_QUOTA": "1e999"}, "invalid storage_quota from POOLAI_STORAGE_QUOTA: .* too large"),
+    ({"POOLAI_STORAGE_QUOTA": "inf"}, "invalid storage_quota from POOLAI_STORAGE_QUOTA"),
+    ({"POOLAI_STORAGE_QUOTA": "nan"}, "invalid storage_quota"),
+    ({"POOLAI_STORAGE_QUOTA": "-5GiB"}, "invalid storage_quota .* negative"),
+    ({"POOLAI_STORAGE_QUOTA": "10XB"}, "invalid storage_quota .* unknown unit 'XB'"),
+    ({"POOLAI_STORAGE_QUOTA": "2000TiB"}, "invalid storage_quota .* is outside"),
+    ({"POOLAI_STORAGE_LEASE": "1e999d"}, "invalid storage_lease from POOLAI_STORAGE_LEASE"),
+    ({"POOLAI_STORAGE_INTERVAL": "2d"}, "invalid storage_interval .* is outside 1..86400"),
+    ({"POOLAI_STORAGE_INTERVAL": "500ms"}, "invalid storage_interval .* is outside"),
+])
+def test_absurd_sizes_and_durations_are_one_line_errors(tmp_path, env, needle):
+    with pytest.raises(config.ConfigError, match=needle) as info:
+        config.load(tmp_path, {}, environ=env)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["storage_quota = inf\n", "storage_quota = nan\n", "max_peers = inf\n",
+                                  "storage_lease = -inf\n", "overlay_scale = nan\n"])
+def test_toml_infinities_are_config_errors(tmp_path, text):
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(config.ConfigError, match=r"invalid \w+ in .*config.toml"):
+        config.load(tmp_path, {}, environ={})
+
+
+def test_sizes_and_durations_with_units(tmp_path):
+    env = {"POOLAI_STORAGE_QUOTA": "500MB", "POOLAI_STORAGE_LEASE": "12h", "POOLAI_STORAGE_INTERVAL": "1.5m"}
+    cfg = config.load(tmp_path, {}, environ=env)
+    assert (cfg.storage_quota, cfg.storage_lease, cfg.storage_interval) == (500_000_000, 43200, 90)
+    (tmp_path / "config.toml").write_text('storage_quota = 2147483648\nstorage_lease = "7 d"\n')
+    cfg = config.load(tmp_path, {}, environ={})
+    assert (cfg.storage_quota, cfg.storage_lease) == (2 << 30, 7 * 86400)

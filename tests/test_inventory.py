@@ -200,19 +200,6 @@ def test_reading_torchs_build_does_not_import_torch():
     assert out.stdout.strip() in ("None", "False") or out.stdout.startswith("(")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("8GiB", 8 * GiB), ("512 MiB", 512 << 20), ("1.5TB", 1_500_000_000_000), ("4096", 4096), (7, 7),
-])
-def test_parse_size(text, expected):
-    assert inventory.parse_size(text) == expected
-
-
-@pytest.mark.parametrize("bad", ["", "lots", "8XB", "-1", True, -5, "1" * 40])
-def test_parse_size_rejects(bad):
-    with pytest.raises(ValueError):
-        inventory.parse_size(bad)
-
-
 # --------------------------------------------------------------------------- simulated
 
 

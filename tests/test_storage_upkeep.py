@@ -9,6 +9,7 @@ holder looks like to everyone else).
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -152,3 +153,33 @@ async def test_registry_survives_a_reload_and_skips_a_bad_entry(stored, tmp_path
     assert FileRegistry(tmp_path / "files").load() == 0
     registry.remove(m.file_id())
     assert list((tmp_path / "files").iterdir()) == []
+
+
+async def test_concurrent_puts_and_a_pin_of_one_file_all_succeed(stored, tmp_path):
+    """The service writes entries from worker threads: a put racing a put (or a pin) of the
+    same file id must not collide on a temporary file."""
+    _, m = stored
+    registry = FileRegistry(tmp_path / "files")
+    registry.load()
+    plain = FileEntry(m.file_id(), m, pinned=False, lease_expiry=LEASE, added=1)
+    pinned = FileEntry(m.file_id(), m, pinned=True, lease_expiry=LEASE + 1, added=1)
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def writer(entry: FileEntry) -> None:
+        start.wait()
+        try:
+            for _ in range(10):
+                registry.put(entry)
+        except BaseException as exc:  # collected so the test names the failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(pinned if i == 0 else plain,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    reloaded = FileRegistry(tmp_path / "files")
+    assert reloaded.load() == 1 and reloaded.get(m.file_id()) in (plain, pinned)
+    assert sorted(p.suffix for p in (tmp_path / "files").iterdir()) == [".json", ".manifest"]

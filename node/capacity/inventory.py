@@ -31,32 +31,16 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from poolai.node.config import ConfigError
+from poolai.node.units import parse_size
 
 log = logging.getLogger(__name__)
 
 MAX_INVENTORY_FILE = 64 * 1024
 MAX_GPUS = 16
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 class InventoryError(ConfigError):
     """The simulated inventory file is missing or invalid (a configuration problem)."""
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``8GiB``, ``512 MiB``, ``1.5TB``, ``4096`` or an int; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    match = _SIZE.match(str(value)) if isinstance(value, str) and len(value) <= 32 else None
-    if match is None or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"{value!r} is not a size (e.g. 8GiB, 512MiB, 4096)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def format_size(n: int) -> str:

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from poolai.mesh.adverts import ADVERT_VERSION, MAX_MODELS, Advert, CoordAdvert, GpuAdvert
-from poolai.node.capacity.inventory import Inventory, parse_size
+from poolai.node.capacity.inventory import Inventory
 from poolai.node.credits.policy import NEUTRAL, excluded, reputation_cost_ms
+from poolai.node.units import parse_size
 
 DEFAULT_RTT_MS = 150.0  # assumed for a peer we have no estimate for
 LOAD_PENALTY_MS = 50.0  # cost of one unit of load, in ms of round trip

@@ -36,12 +36,12 @@ submitter starves, however poor.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
+from poolai.mesh.bounded import CappedDict
 from poolai.node.credits.receipts import EPOCH_S, MILLI, Checked, JobClaim, StorageClaim
 
 # ----------------------------------------------------------------------------- paying
@@ -199,19 +199,20 @@ class PayerBook:
     def __init__(self, policy: RedundancyPolicy, max_entries: int = 10_000) -> None:
         self.policy = policy
         self.max_entries = max_entries
-        self._expected: OrderedDict[tuple[str, str], Expectation] = OrderedDict()  # (job, worker)
-        self._faulty: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._checks: OrderedDict[str, tuple[ReplicaCheck, dict[str, Expectation], set[str]]] = OrderedDict()
+        self._expected: CappedDict[tuple[str, str], Expectation] = CappedDict(max_entries)  # (job, worker)
+        self._faulty: CappedDict[tuple[str, str], None] = CappedDict(max_entries)
+        self._checks: CappedDict[str, tuple[ReplicaCheck, dict[str, Expectation], set[str]]] = CappedDict(
+            max_entries)
 
     def checked(self, job_id: str, worker: str, expected: Expectation, *, replicated: bool
                 ) -> tuple[Verdict | None, list[tuple[str, Event]]]:
         if not replicated:
-            self._put(self._expected, (job_id, worker), expected)
+            self._expected.put((job_id, worker), expected)
             return None, [(worker, Event.VERIFIED)]
         entry = self._checks.get(job_id)
         if entry is None:
             entry = (ReplicaCheck(job_id, self.policy), {}, set())
-            self._put(self._checks, job_id, entry)
+            self._checks.put(job_id, entry)
         check, expectations, judged = entry
         expectations.setdefault(worker, expected)
         verdict = check.add(worker, expected.result_hash)
@@ -220,28 +221,23 @@ class PayerBook:
             for peer in sorted((verdict.credited | verdict.faulty) - judged):
                 judged.add(peer)
                 if peer in verdict.credited:
-                    self._put(self._expected, (job_id, peer), expectations[peer])
+                    self._expected.put((job_id, peer), expectations[peer])
                     events.append((peer, Event.AGREED))
                 else:
-                    self._put(self._faulty, (job_id, peer), None)
+                    self._faulty.put((job_id, peer), None)
                     events.append((peer, Event.MISMATCHED))
         return verdict, events
 
     def failed(self, job_id: str, worker: str) -> None:
         """``worker``'s output for ``job_id`` failed the check: its claim is never signed."""
         self._expected.pop((job_id, worker), None)
-        self._put(self._faulty, (job_id, worker), None)
+        self._faulty.put((job_id, worker), None)
 
     def expectation(self, job_id: str, worker: str) -> Expectation | None:
         return self._expected.get((job_id, worker))
 
     def faulty(self, job_id: str, worker: str) -> bool:
         return (job_id, worker) in self._faulty
-
-    def _put(self, table: OrderedDict, key: object, value: object) -> None:
-        table[key] = value
-        while len(table) > self.max_entries:
-            table.popitem(last=False)
 
 
 # ----------------------------------------------------------------------------- reputation

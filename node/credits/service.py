@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from poolai.mesh import rpc
+from poolai.mesh.backoff import Backoff
 from poolai.mesh.errors import MeshError, ProtocolError, RemoteError
 from poolai.node.credits import ledger as lg
 from poolai.node.credits.balances import Tally, check_all
@@ -73,6 +74,7 @@ PAGES_PER_SYNC = 16  # per peer and sync round
 SYNC_FANOUT = 8  # peers fetched from at once
 SEND_FANOUT = 8  # claims sent for signing at once
 RETRY_MAX_S = 600.0
+CLAIM_BACKOFF = Backoff(base=2.0, cap=RETRY_MAX_S)  # 2, 4, 8 ... 512, 600 s between sends
 MAX_TRIES = 24  # a claim nobody signs is dropped after this many sends (about 3 hours)
 MAX_EXPECTED = 10_000  # checked results (and replicated jobs) remembered for workers' claims
 
@@ -343,7 +345,7 @@ class CreditsService:
             log.warning("giving up on a %s claim after %d tries: %s", p.checked.kind, p.tries, exc)
             await self._drop(key)
             return
-        p.next_try = trio.current_time() + min(RETRY_MAX_S, 2.0 ** p.tries)
+        p.next_try = CLAIM_BACKOFF.next_at(trio.current_time(), p.tries)
         log.debug("claim %s not signed yet (%s); retrying", key.hex()[:12], exc)
 
     async def _drop(self, key: bytes) -> None:

@@ -5,7 +5,7 @@ One directory, two files per file id (hex)::
     <id>.manifest   the manifest bytes (verified against the id when loaded)
     <id>.json       {"pinned": bool, "lease_expiry": unix seconds, "added": unix seconds}
 
-Each file is written to a temporary name, fsynced and renamed, so a crash
+Each file is written through :func:`poolai.mesh.durable.write_atomic`, so a crash
 leaves either the old or the new version. Entries whose manifest does not
 hash to their name are skipped with a warning when loading.
 
@@ -22,9 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
+from poolai.mesh.durable import write_atomic
 from poolai.node.files.audits import AuditLedger
 from poolai.storage import integrity
 from poolai.storage import manifest as manifest_mod
@@ -83,9 +83,9 @@ class FileRegistry:
         """Add or replace an entry (manifest first, so a listed entry always has one)."""
         name = integrity.to_hex(entry.file_id)
         if entry.file_id not in self._entries:
-            _atomic_write(self.path / f"{name}.manifest", entry.manifest.encode())
+            write_atomic(self.path / f"{name}.manifest", entry.manifest.encode())
         meta = {"pinned": entry.pinned, "lease_expiry": entry.lease_expiry, "added": entry.added}
-        _atomic_write(self.path / f"{name}.json", json.dumps(meta).encode())
+        write_atomic(self.path / f"{name}.json", json.dumps(meta).encode())
         self._entries[entry.file_id] = entry
 
     def remove(self, file_id: bytes) -> None:
@@ -98,26 +98,13 @@ class FileRegistry:
         self._entries.pop(file_id, None)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 AUDITS_FILE = "audits.msgpack"
 
 
 def save_audit_ledger(path: Path, ledger: AuditLedger) -> None:
     """Keep the audits not yet claimed for (atomically): a restart must not lose an hour."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, ledger.to_bytes())
+    write_atomic(path, ledger.to_bytes())
 
 
 def load_audit_ledger(path: Path, me: bytes) -> AuditLedger:
@@ -137,12 +124,7 @@ QUOTA_FILE = "quota.json"
 def save_quota(path: Path, quota: int, configured: int) -> None:
     """Record a quota set at run time over the ``configured`` one (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as handle:
-        json.dump({"v": 1, "quota": quota, "configured": configured}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"v": 1, "quota": quota, "configured": configured}).encode())
 
 
 def load_quota(path: Path, configured: int, ceiling: int) -> int:

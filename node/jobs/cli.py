@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import struct
 import sys
 import time
@@ -27,18 +26,9 @@ import httpx
 
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import CliError
+from poolai.node.units import parse_duration, parse_size
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 UPLOAD_TIMEOUT_S = 600.0
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``30s``, ``10m``, ``1.5h``; ValueError otherwise."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 10m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def register(sub: Any) -> None:
@@ -135,7 +125,6 @@ class _Node:
 
 def job_map(args: argparse.Namespace, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The spec map (without id and submitter) the flags describe; ``refs`` by file name."""
-    from poolai.node.capacity.inventory import parse_size
 
     def ref(name: str) -> dict[str, Any]:
         return {k: refs[name][k] for k in ("name", "sha256", "size")}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -34,6 +33,8 @@ from typing import Any
 
 import trio
 
+from poolai.mesh.backoff import Backoff
+from poolai.mesh.durable import write_atomic
 from poolai.mesh.errors import MeshError
 from poolai.node.jobs import protocol as jp
 from poolai.node.jobs.dispatch import Refusal, WorkState
@@ -97,6 +98,12 @@ class ExecutorConfig:
     max_retry_s: float = 10.0
     threads: int = 1  # torch threads per worker process
     max_timeout_s: float = 24 * 3600.0
+
+    @property
+    def delivery_backoff(self) -> Backoff:
+        """Between sends of an unacknowledged result: 1, 2, 4 ... s, at most max_retry_s (and 128 s)."""
+        cap = min(self.max_retry_s, 128.0)
+        return Backoff(base=min(1.0, cap), cap=cap)
 
 
 class Executor:
@@ -392,7 +399,7 @@ class Executor:
                                   self.config.request_timeout_s)
         except MeshError as exc:
             p.tries += 1
-            p.next_try = time.time() + min(self.config.max_retry_s, 0.5 * 2 ** min(p.tries, 8))
+            p.next_try = self.config.delivery_backoff.next_at(time.time(), p.tries)
             if time.time() - p.finished_at > self.config.result_ttl_s:
                 log.warning("job %s: dropping a result its submitter never took", key[1])
                 self.pending.pop(key, None)
@@ -425,7 +432,7 @@ class Executor:
     async def _save(self) -> None:
         async with self._save_lock:
             data = self._document()
-            await trio.to_thread.run_sync(_atomic_write, self.dir / STATE_FILE, data)
+            await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
 
     def _load(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -505,14 +512,3 @@ def _fresh_dirs(work: Path, *dirs: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     for d in dirs:
         d.mkdir(parents=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

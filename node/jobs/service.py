@@ -29,13 +29,13 @@ import math
 import os
 import secrets
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from poolai.mesh import rpc
+from poolai.mesh.bounded import CappedDict
 from poolai.mesh.errors import MeshError, RemoteError, RequestTimeout
 from poolai.node.jobs import protocol as jp
 from poolai.node.jobs.checks import OutputChecks, claim_credit
@@ -109,7 +109,7 @@ class JobService:
                                  on_accepted=functools.partial(claim_credit, credits, self.peer_id))
         self.checks = OutputChecks(self.peer_id, self.files, self.dir, credits=credits,
                                    adverts=capacity.table if capacity is not None else None)
-        self.jobs: OrderedDict[str, Submission] = OrderedDict()
+        self.jobs: CappedDict[str, Submission] = CappedDict(MAX_KEPT)  # finished ones past MAX_KEPT go
         self._nursery: trio.Nursery | None = None
 
     def _priority_of(self, submitter: str) -> int:
@@ -208,9 +208,7 @@ class JobService:
         return sub.to_json(trio.current_time(), time.time())
 
     def _forget_old(self) -> None:
-        done = [k for k, s in self.jobs.items() if s.done]
-        for job_id in done[: max(0, len(done) - MAX_KEPT)]:
-            del self.jobs[job_id]
+        for job_id, _ in self.jobs.trim(keep=lambda _, sub: not sub.done):
             _unlink(self.checks.output_path(job_id))
 
     async def _drive(self, sub: Submission) -> None:

@@ -20,13 +20,13 @@ import hashlib
 import io
 import json
 import logging
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from poolai.mesh.durable import write_atomic
 from poolai.node.jobs.sanitise import (
     DEFAULT_LIMITS,
     SanitisedPt2,
@@ -260,9 +260,7 @@ def execute(job: JobSpec, files_dir: Path, out_dir: Path) -> JobResult:
 
 
 def write_result(out_dir: Path, result: JobResult) -> None:
-    tmp = out_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result_to_dict(result)))
-    os.replace(tmp, out_dir / RESULT_FILE)
+    write_atomic(out_dir / RESULT_FILE, json.dumps(result_to_dict(result)).encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from poolai.node.capacity.inventory import parse_size
+from poolai.node.units import parse_size
 
 if TYPE_CHECKING:
     from poolai.node.web.context import NodeView
