@@ -125,22 +125,6 @@ def split_p2p_addr(addr: str) -> tuple[str, str]:
     return str(info.peer_id), str(info.addrs[0]) if info.addrs else ""
 
 
-def peer_id_bytes(peer_id: str) -> bytes:
-    """The raw multihash bytes of a base58 peer id (what the overlay hashes onto the ring)."""
-    try:
-        return ID.from_base58(peer_id).to_bytes()
-    except Exception as exc:
-        raise ValueError(f"not a valid peer id {peer_id!r}: {exc}") from None
-
-
-def peer_id_text(raw: bytes) -> str:
-    """The base58 form of raw peer id bytes; ValueError for bytes that are no multihash."""
-    # identity (0x00) multihash for Ed25519 keys, sha2-256 (0x12, 32 bytes) for larger keys
-    if len(raw) < 3 or raw[0] not in (0x00, 0x12) or raw[1] != len(raw) - 2:
-        raise ValueError("not a peer id multihash")
-    return ID(raw).to_base58()
-
-
 class MeshHost:
     """A running libp2p host. Create it with :func:`open_host`."""
 

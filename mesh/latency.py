@@ -21,6 +21,8 @@ from typing import Any
 import trio
 from libp2p.host.ping import PingService
 
+from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
+
 log = logging.getLogger(__name__)
 
 LATENCY_ENV = "POOLAI_EMULATED_LATENCY"
@@ -49,8 +51,6 @@ class EmulatedLatency:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EmulatedLatency:
         """Read ``{"version": 1, "one_way_ms": {peer id: ms}}``; ValueError naming the fault."""
-        from poolai.mesh.host import peer_id_bytes, peer_id_text  # host imports this module
-
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_LATENCY_FILE + 1)

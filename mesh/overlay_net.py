@@ -27,7 +27,7 @@ import trio
 from poolai.mesh import overlay_wire as ow
 from poolai.mesh import rpc
 from poolai.mesh.errors import MeshError, PeerUnreachable, RemoteError, RequestTimeout
-from poolai.mesh.host import MeshHost, peer_id_bytes, peer_id_text
+from poolai.mesh.host import MeshHost
 from poolai.mesh.links import (
     DEFAULT_CONFIG,
     AskNear,
@@ -38,6 +38,7 @@ from poolai.mesh.links import (
 )
 from poolai.mesh.lookup import DEFAULT_LOOKUP, IterativeLookup, LookupConfig
 from poolai.mesh.overlay import OverlayTable
+from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.peers import PeerBook
 from poolai.mesh.routing import PeerInfo
 

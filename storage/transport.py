@@ -32,7 +32,8 @@ import trio
 
 from poolai.mesh import wire
 from poolai.mesh.errors import MeshError, ProtocolError
-from poolai.mesh.host import Libp2pStream, MeshHost, peer_id_bytes, peer_id_text
+from poolai.mesh.host import Libp2pStream, MeshHost
+from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.storage import integrity
 from poolai.storage.errors import PeerError
 from poolai.storage.holder_links import HolderLinks

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from nodeproc import NodeProcess, stop_all, wait_until
 
-from poolai.mesh.host import peer_id_bytes
+from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.mesh.ring import node_position
 
 pytestmark = pytest.mark.timeout(240)

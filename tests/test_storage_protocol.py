@@ -18,7 +18,8 @@ from polling import poll_until
 
 from poolai.mesh import wire
 from poolai.mesh.errors import TruncatedFrame
-from poolai.mesh.host import open_host, peer_id_bytes
+from poolai.mesh.host import open_host
+from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.storage import integrity, raid
 from poolai.storage.errors import PeerError
 from poolai.storage.protocol import (

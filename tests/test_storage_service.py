@@ -20,9 +20,10 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from polling import poll_until
 
 from poolai.mesh.errors import PeerUnreachable
-from poolai.mesh.host import open_host, peer_id_bytes, peer_id_text
+from poolai.mesh.host import open_host
 from poolai.mesh.links import DEFAULT_CONFIG
 from poolai.mesh.overlay_net import DriverConfig, OverlayNode, scaled
+from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.peers import PeerBook
 from poolai.node.context import NodeContext
 from poolai.node.credits.receipts import EPOCH_S, MAX_AUDITS

@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from poolai.mesh.host import peer_id_text
+from poolai.mesh.peer_ids import peer_id_text
 from poolai.storage import erasure, integrity
 from poolai.storage.errors import (
     FileChanged,

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from poolai.mesh.errors import MeshError
-from poolai.mesh.host import peer_id_bytes, peer_id_text
+from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.ring import RING_MASK, node_position
 from poolai.storage.placement import PeerId, Ring
 

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolai.mesh.errors import MeshError
-from poolai.mesh.host import peer_id_text
+from poolai.mesh.peer_ids import peer_id_text
 from poolai.node.files.catalog import FileEntry
 from poolai.storage import raid, upkeep
 from poolai.storage.errors import ShareNotFound

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from poolai.mesh.host import peer_id_text
+from poolai.mesh.peer_ids import peer_id_text
 from poolai.mesh.ring import RING_MASK, key_position
 
 if TYPE_CHECKING:
