@@ -27,7 +27,7 @@ from typing import Any
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import KEY_LEN, SIG_LEN, Role, SealRejected, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError, SchemaError, UnknownField
+from poolai.mesh.errors import ProtocolError, fault_of
 
 __all__ = ["peer_id_from_public_key"]  # re-exported: it used to live here
 
@@ -210,12 +210,8 @@ def verify(
 def _decode(cls: type, data: bytes) -> Any:
     try:
         return wire.decode(data, cls)
-    except UnknownField as exc:
-        raise AdvertRejected("unknown_field", str(exc)) from None
-    except SchemaError as exc:
-        raise AdvertRejected("schema", str(exc)) from None
     except ProtocolError as exc:
-        raise AdvertRejected("malformed", str(exc)) from None
+        raise AdvertRejected(fault_of(exc), str(exc)) from None
 
 
 def _check_consistent(advert: Advert) -> None:

@@ -34,6 +34,14 @@ class UnknownField(SchemaError):
     """A decoded message has a field (at any level) that its schema does not declare."""
 
 
+def fault_of(exc: ProtocolError) -> str:
+    """The reason code a refused message is counted under: ``unknown_field``, ``schema``
+    (decoded, but not to the schema) or ``malformed`` (not a message at all)."""
+    if isinstance(exc, UnknownField):
+        return "unknown_field"
+    return "schema" if isinstance(exc, SchemaError) else "malformed"
+
+
 class RemoteError(MeshError):
     """The peer answered with an error reply (it understood us and said no)."""
 

@@ -125,6 +125,17 @@ def split_p2p_addr(addr: str) -> tuple[str, str]:
     return str(info.peer_id), str(info.addrs[0]) if info.addrs else ""
 
 
+def _multiaddrs(addrs: list[str]) -> list[multiaddr.Multiaddr]:
+    """The addresses in ``addrs`` that parse (peers send any text; the rest is skipped)."""
+    parsed = []
+    for a in addrs:
+        try:
+            parsed.append(multiaddr.Multiaddr(a))
+        except Exception:  # multiaddr raises several unrelated types for bad text
+            continue
+    return parsed
+
+
 class MeshHost:
     """A running libp2p host. Create it with :func:`open_host`."""
 
@@ -185,12 +196,7 @@ class MeshHost:
             return []
 
     def add_addrs(self, peer_id: str, addrs: list[str]) -> None:
-        maddrs = []
-        for a in addrs:
-            try:
-                maddrs.append(multiaddr.Multiaddr(a))
-            except Exception:
-                continue
+        maddrs = _multiaddrs(addrs)
         if maddrs:
             self._host.get_peerstore().add_addrs(self._id(peer_id), maddrs, ADDR_TTL)
 
@@ -199,12 +205,7 @@ class MeshHost:
         pid = self._id(peer_id)
         if pid == self._host.get_id():
             raise ValueError("refusing to dial ourselves")
-        maddrs = []
-        for a in addrs:
-            try:
-                maddrs.append(multiaddr.Multiaddr(a))
-            except Exception:
-                continue
+        maddrs = _multiaddrs(addrs)
         if not maddrs:
             raise PeerUnreachable(f"no usable address for {peer_id}")
         # A failed dial is cached for 60 s by the swarm; PoolAI does its own backoff.

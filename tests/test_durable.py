@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
+from racing import race
 
 from poolai.mesh import durable
 from poolai.mesh.durable import write_atomic
@@ -53,23 +53,12 @@ def test_each_write_uses_its_own_temporary_name_beside_the_target(tmp_path, monk
 
 def test_concurrent_writers_of_one_path_all_succeed(tmp_path):
     path = tmp_path / "shared.json"
-    errors: list[BaseException] = []
-    start = threading.Barrier(6)
 
     def writer(n: int) -> None:
-        start.wait()
-        try:
-            for i in range(20):
-                write_atomic(path, b"%d-%d" % (n, i))
-        except BaseException as exc:  # collected so the test names the failure
-            errors.append(exc)
+        for i in range(20):
+            write_atomic(path, b"%d-%d" % (n, i))
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert race(writer, [(n,) for n in range(6)]) == []
     assert path.read_bytes() in {b"%d-19" % n for n in range(6)}
     assert list(tmp_path.iterdir()) == [path]
 
@@ -107,23 +96,14 @@ def test_create_only_keeps_the_first_and_refuses_the_second(tmp_path):
 
 def test_concurrent_creators_exactly_one_wins(tmp_path):
     path = tmp_path / "admin.token"
-    won, lost = [], []
-    start = threading.Barrier(8)
+    won = []
 
     def creator(n: int) -> None:
-        start.wait()
-        try:
-            write_atomic(path, b"%d" % n, overwrite=False)
-            won.append(n)
-        except FileExistsError:
-            lost.append(n)
+        write_atomic(path, b"%d" % n, overwrite=False)
+        won.append(n)
 
-    threads = [threading.Thread(target=creator, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1 and len(lost) == 7
+    lost = race(creator, [(n,) for n in range(8)])
+    assert len(won) == 1 and len(lost) == 7 and all(isinstance(e, FileExistsError) for e in lost)
     assert path.read_bytes() == b"%d" % won[0]
     assert list(tmp_path.iterdir()) == [path]
 

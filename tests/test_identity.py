@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
+from racing import race
 
 from poolai.mesh import identity
 
@@ -40,20 +40,14 @@ def test_key_readable_by_others_is_refused(tmp_path):
 
 def test_concurrent_first_starts_agree_on_one_identity(tmp_path):
     path = tmp_path / "identity.key"
-    start = threading.Barrier(6)
     peers, created = [], []
 
     def first_start() -> None:
-        start.wait()
         key_pair, made = identity.load_or_create(path)
         peers.append(identity.peer_id_of(key_pair))
         created.append(made)
 
-    threads = [threading.Thread(target=first_start) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert race(first_start, [()] * 6) == []
     assert len(peers) == 6 and len(set(peers)) == 1 and created.count(True) == 1
     assert identity.peer_id_of(identity.load(path)) == peers[0]
     assert list(tmp_path.iterdir()) == [path]

@@ -9,11 +9,11 @@ holder looks like to everyone else).
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import pytest
 import trio
+from racing import race
 
 from poolai.node.files.catalog import FileEntry, FileRegistry
 from poolai.storage import integrity, raid, upkeep
@@ -163,23 +163,12 @@ async def test_concurrent_puts_and_a_pin_of_one_file_all_succeed(stored, tmp_pat
     registry.load()
     plain = FileEntry(m.file_id(), m, pinned=False, lease_expiry=LEASE, added=1)
     pinned = FileEntry(m.file_id(), m, pinned=True, lease_expiry=LEASE + 1, added=1)
-    errors: list[BaseException] = []
-    start = threading.Barrier(6)
 
     def writer(entry: FileEntry) -> None:
-        start.wait()
-        try:
-            for _ in range(10):
-                registry.put(entry)
-        except BaseException as exc:  # collected so the test names the failure
-            errors.append(exc)
+        for _ in range(10):
+            registry.put(entry)
 
-    threads = [threading.Thread(target=writer, args=(pinned if i == 0 else plain,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert race(writer, [(pinned if i == 0 else plain,) for i in range(6)]) == []
     reloaded = FileRegistry(tmp_path / "files")
     assert reloaded.load() == 1 and reloaded.get(m.file_id()) in (plain, pinned)
     assert sorted(p.suffix for p in (tmp_path / "files").iterdir()) == [".json", ".manifest"]

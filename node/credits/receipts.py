@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import Role, SealRejected, SigningKey, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError, SchemaError
+from poolai.mesh.errors import ProtocolError, SchemaError, fault_of
 
 RECEIPT_VERSION = 1
 MAX_RECEIPT = 4096  # a whole envelope, checked before anything is unpacked
@@ -332,10 +332,8 @@ def _check_claim(claim: Claim) -> None:
 def _decode(cls: type, data: bytes) -> object:
     try:
         return wire.decode(data, cls)
-    except SchemaError as exc:
-        raise ReceiptRejected("schema", str(exc)) from None
     except ProtocolError as exc:
-        raise ReceiptRejected("malformed", str(exc)) from None
+        raise ReceiptRejected(fault_of(exc), str(exc)) from None
 
 
 def _decode_claim(body: bytes) -> Claim:
