@@ -14,10 +14,15 @@ A token file that others can read is an error, never silently used.
 2. A state-changing request (any method but GET/HEAD/OPTIONS) that carries an
    ``Origin`` other than the API's own, or ``Sec-Fetch-Site: cross-site``, is
    refused (403): other sites cannot drive the node through the owner's browser.
-3. Admin requests (paths under :data:`ADMIN_PREFIX`) need
-   ``Authorization: Bearer <token>`` (401 otherwise, and nothing happens).
+3. Admin requests (paths under :data:`ADMIN_PREFIX`) and every state-changing
+   request (storing, pinning or unpinning a file, a repair pass ...) need
+   ``Authorization: Bearer <token>`` (401 otherwise, and nothing happens): any
+   process on the machine can reach a loopback port, not only the owner's.
    Bound to any other address (``api_remote = true``) every request needs it,
    except the page shell and its static files, which hold no node data.
+4. A request over the Unix socket ``api.sock`` holds the token's authority
+   without sending it: the socket is mode 0600 in a 0700 data directory, so only
+   the owner (and root) can connect, the same people who can read ``admin.token``.
 
 The token travels in a header, never in a cookie: browsers share cookies
 between all ports of a host, so a cookie would reach every other local web
@@ -158,21 +163,25 @@ class Verdict:
 ALLOW = Verdict(0)
 
 
-def decide(policy: Policy, method: str, path: str, headers: Mapping[str, str]) -> Verdict:
-    """The verdict on one request. ``headers`` maps lower-case names to values."""
+def decide(policy: Policy, method: str, path: str, headers: Mapping[str, str], *,
+           owner_socket: bool = False) -> Verdict:
+    """The verdict on one request. ``headers`` maps lower-case names to values;
+    ``owner_socket``: it came over the owner-only Unix socket (rule 4)."""
     host = headers.get("host", "")
     if not policy.remote and _hostname(host) not in LOOPBACK_NAMES:
         return Verdict(403, f"Host {host[:100]!r} is not a loopback name; "
                             f"open the page as http://127.0.0.1:<port>/")
-    if method.upper() not in SAFE_METHODS:
+    changes_state = method.upper() not in SAFE_METHODS
+    if changes_state:
         origin = headers.get("origin")
         if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
             return Verdict(403, "cross-origin request refused")
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return Verdict(403, "cross-site request refused")
     public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-    needs_token = path.startswith(ADMIN_PREFIX) or (policy.remote and not public)
-    if needs_token and not token_matches(headers.get("authorization", ""), policy.token):
+    needs_token = path.startswith(ADMIN_PREFIX) or changes_state or (policy.remote and not public)
+    if needs_token and not owner_socket and not token_matches(headers.get("authorization", ""),
+                                                              policy.token):
         return Verdict(401, "this needs the node's admin token (Authorization: Bearer <token>)")
     return ALLOW
 
@@ -209,7 +218,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        verdict = decide(self.policy, scope["method"], scope["path"], headers)
+        # hypercorn gives no server address for a Unix socket (it does for every TCP one)
+        owner_socket = scope.get("server") is None
+        verdict = decide(self.policy, scope["method"], scope["path"], headers, owner_socket=owner_socket)
         if verdict.allowed:
             await self.app(scope, receive, send)
             return

@@ -72,6 +72,22 @@ def test_reads_are_open_on_loopback_and_admin_needs_the_token():
     assert req(LOCAL, "POST", "/api/admin/drain", authorization=f"bearer {TOKEN}").allowed
 
 
+def test_every_state_change_needs_the_token_but_the_owners_socket_holds_it():
+    for method, path in (("POST", "/api/files"), ("POST", "/api/files/ab/unpin"),
+                         ("POST", "/api/files/ab/pin"), ("POST", "/api/storage/repair"),
+                         ("DELETE", "/api/anything"), ("PUT", "/api/x")):
+        assert req(LOCAL, method, path).status == 401, (method, path)
+        assert req(LOCAL, method, path, authorization="Bearer wrong").status == 401
+        assert req(LOCAL, method, path, authorization=f"Bearer {TOKEN}").allowed
+        owner = decide(LOCAL, method, path, {"host": "localhost"}, owner_socket=True)
+        assert owner.allowed, (method, path)
+    # the socket holds the token's authority, not an exemption from the other rules
+    assert decide(LOCAL, "POST", "/api/files", {"host": "evil.example"}, owner_socket=True).status == 403
+    assert decide(LOCAL, "POST", "/api/files", {"host": "localhost", "origin": "http://evil.example"},
+                  owner_socket=True).status == 403
+    assert req(LOCAL, "GET", "/api/files/ab/stat").allowed  # reads stay open on loopback
+
+
 def test_dns_rebinding_host_is_refused_even_with_the_token():
     verdict = req(LOCAL, host="evil.example:8740", authorization=f"Bearer {TOKEN}")
     assert verdict.status == 403 and "loopback" in verdict.reason
@@ -85,8 +101,8 @@ def test_cross_origin_state_changes_are_refused():
     for origin in ("http://evil.example", "http://127.0.0.1:9999"):
         assert req(LOCAL, "POST", "/api/admin/drain", origin=origin, authorization=token).status == 403
     assert req(LOCAL, "POST", "/api/admin/drain", origin="null", authorization=token).status == 403
-    assert req(LOCAL, "POST", "/api/jobs/x", sec_fetch_site="same-site").status == 403
-    assert req(LOCAL, "POST", "/api/jobs/x", sec_fetch_site="cross-site").status == 403
+    assert req(LOCAL, "POST", "/api/jobs/x", sec_fetch_site="same-site", authorization=token).status == 403
+    assert req(LOCAL, "POST", "/api/jobs/x", sec_fetch_site="cross-site", authorization=token).status == 403
     # the page itself (same origin), and clients that send no Origin (CLI, scripts)
     assert req(LOCAL, "POST", "/api/admin/drain", origin="http://127.0.0.1:8740", authorization=token,
                sec_fetch_site="same-origin").allowed

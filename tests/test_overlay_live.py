@@ -12,6 +12,7 @@ from nodeproc import NodeProcess, stop_all, wait_until
 
 from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.mesh.ring import node_position
+from poolai.node.auth import auth_headers
 
 pytestmark = pytest.mark.timeout(240)
 FAST = {"POOLAI_OVERLAY_SCALE": "0.05"}  # probe and stabilise every 3 s
@@ -51,6 +52,7 @@ def lookups_correct(nodes: list[NodeProcess], keys: list[int]) -> tuple[int, int
         reply = httpx.post(
             node.api + "/api/overlay/lookup",
             json={"positions": [f"{k:016x}" for k in keys]},
+            headers=auth_headers(node.data_dir),
             timeout=60,
         ).json()
         for key, result in zip(keys, reply["results"], strict=True):

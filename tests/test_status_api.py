@@ -29,10 +29,12 @@ def node_config(data_dir, **flags):
 
 
 def admin_requests(node) -> list[tuple[str, str]]:
-    """(method, path) of every admin route the node serves, path parameters filled in."""
+    """(method, path) of every admin or state-changing route the node serves, path
+    parameters filled in."""
     out = []
     for route in build_app(node).routes:
-        if isinstance(route, Route) and route.path.startswith(auth.ADMIN_PREFIX):
+        if isinstance(route, Route) and (route.path.startswith(auth.ADMIN_PREFIX)
+                                         or route.methods - auth.SAFE_METHODS):
             path = re.sub(r"\{[^}]+\}", "0123456789abcdef", route.path)
             out += [(method, path) for method in sorted(route.methods - {"HEAD"})]
     return out
@@ -47,7 +49,7 @@ def mutable_state(node) -> dict:
     return state
 
 
-async def test_every_admin_route_needs_the_token_and_changes_nothing_without_it(tmp_path):
+async def test_every_admin_or_state_changing_route_needs_the_token_and_changes_nothing_without_it(tmp_path):
     with trio.fail_after(50):
         async with open_node(node_config(tmp_path / "n")) as node, httpx.AsyncClient(
                 base_url=node.api_url, timeout=20) as client:
@@ -55,7 +57,9 @@ async def test_every_admin_route_needs_the_token_and_changes_nothing_without_it(
             requests = admin_requests(node)
             paths = {p for _, p in requests}
             assert {"/api/admin/check", "/api/admin/drain", "/api/admin/jobs/pause", "/api/admin/jobs/resume",
-                    "/api/admin/storage/quota", "/api/admin/playground/demo-job"} <= paths
+                    "/api/admin/storage/quota", "/api/admin/playground/demo-job", "/api/files",
+                    "/api/files/0123456789abcdef/pin", "/api/files/0123456789abcdef/unpin",
+                    "/api/storage/repair"} <= paths
             body = {"drain": True, "quota": "1GiB", "job": {}, "files": {}}
             before = mutable_state(node)
             for method, path in requests:

@@ -31,6 +31,7 @@ import lmdb
 import pytest
 from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
 
+from poolai.node.auth import auth_headers
 from poolai.storage.store import ShareStore
 
 pytestmark = pytest.mark.timeout(420)
@@ -111,7 +112,7 @@ def get_ok(node: NodeProcess, file_id: str, out: Path, expected: bytes) -> None:
 
 
 def post(node: NodeProcess, path: str, timeout: float = 120) -> dict:
-    response = httpx.post(node.api + path, timeout=timeout)
+    response = httpx.post(node.api + path, headers=auth_headers(node.data_dir), timeout=timeout)
     response.raise_for_status()
     return response.json()
 
@@ -138,7 +139,7 @@ def test_full_quota_is_a_clear_refusal_and_leaves_nothing(tmp_path):
         assert "storage quota is full" in lines[0] and "Traceback" not in result.stderr
 
         response = httpx.post(node.api + "/api/files", params={"segment": MiB},
-                              content=src.read_bytes(), timeout=60)
+                              content=src.read_bytes(), headers=auth_headers(node.data_dir), timeout=60)
         assert response.status_code == 507
         assert response.json()["error"]["code"] == "quota"
 
@@ -302,9 +303,12 @@ def test_cli_uses_the_api_socket_and_falls_back_to_tcp(tmp_path):
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=30) as client:
             assert client.get("http://localhost/api/status").json()["peer_id"] == node.peer_id
-            # the same rules as on TCP: an admin action needs the node's token, and no other
-            # site may drive the node
-            assert client.post("http://localhost/api/admin/capacity/load", json={}).status_code == 401
+            # only the owner can connect to the socket, so it holds the token's authority:
+            # an admin action and a state change work without sending the token, while
+            # over TCP both need it; no other site may drive the node either way
+            assert client.post("http://localhost/api/admin/capacity/load", json={}).status_code == 200
+            assert httpx.post(node.api + "/api/admin/capacity/load", json={}).status_code == 401
+            assert httpx.post(node.api + "/api/storage/repair").status_code == 401
             refused = client.post("http://localhost/api/storage/repair", headers={"Origin": "http://a.test"})
             assert refused.status_code == 403
 
