@@ -379,6 +379,26 @@ def test_declared_member_size_over_cap_is_refused(mlp_pt2) -> None:
         sanitise_pt2(out.getvalue(), Pt2Limits(max_total_bytes=1 << 20))
 
 
+def test_a_member_that_inflates_too_far_is_refused_before_it_is_read(mlp_pt2) -> None:
+    """Two members of zeros deflated a thousandfold, each under every declared-size cap."""
+    members = members_of(mlp_pt2[0])
+    for i in (8, 9):
+        members[f"{ROOT}/data/weights/weight_{i}"] = bytes(8 << 20)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    assert len(out.getvalue()) < 100_000
+    with pytest.raises(UnsafeProgram, match=r"inflates \d+ bytes to 8388608, more than 200:1"):
+        sanitise_pt2(out.getvalue())
+    # the same members stored, not deflated, pass: the rule is about inflating, not contents
+    stored = io.BytesIO()
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    assert sanitise_pt2(stored.getvalue()).archive
+
+
 def test_member_larger_than_declared_is_refused(mlp_pt2) -> None:
     """A zip bomb that under-declares its size: reads are capped and checked."""
     data = bytearray(mlp_pt2[0])

@@ -6,6 +6,7 @@ worker's core in this process or sandbox tiny programs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ from poolai.node.jobs.spec import (
     TransformerConfig,
     job_to_dict,
 )
-from poolai.node.jobs.worker import OUTPUT_FILE, execute
+from poolai.node.jobs.worker import OUTPUT_FILE, execute, out_of_memory
 
 MLP = MLPConfig(16, (32,), 4)
 GPT = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=16)
@@ -232,6 +233,43 @@ async def test_job_over_its_memory_limit_is_stopped_and_reported_as_such(dirs) -
         result.error
     assert outcome.process.returncode == 3 and not outcome.process.timed_out
     assert not (out / OUTPUT_FILE).exists()
+
+
+def test_a_memory_error_behind_a_failed_cleanup_still_reads_as_out_of_memory() -> None:
+    """zipfile's __exit__ once turned a MemoryError in writestr into 'I/O operation on closed file'."""
+    try:
+        try:
+            raise MemoryError
+        except MemoryError:
+            raise ValueError("I/O operation on closed file.") from None
+    except ValueError as exc:
+        masked = exc
+    assert out_of_memory(masked)
+    assert not out_of_memory(ValueError("I/O operation on closed file."))
+
+
+async def test_a_zip_bomb_program_is_refused_before_it_inflates(dirs, mlp_pt2) -> None:
+    """Two deflated members of 64 MiB of zeros in a ~130 KB archive, under a 1 GiB cap: the
+    worker refuses the archive from its declared sizes, without inflating either member."""
+    files, out = dirs
+    archive, model = mlp_pt2
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    root = next(iter(members)).split("/")[0]
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+        for i in (8, 9):
+            zf.writestr(f"{root}/data/weights/weight_{i}", bytes(64 << 20))
+    assert len(bomb.getvalue()) < 1 << 20
+    job = dataclasses.replace(pt2_job(files, bomb.getvalue(), model, torch.randn(2, 16)),
+                              requirements=Requirements(memory_mib=1024))
+    with trio.fail_after(120):
+        outcome = await run_job(job, files, out)
+    result = outcome.result
+    assert result.status is JobStatus.REFUSED, (result, outcome.process.stderr[-2000:])
+    assert "more than 200:1" in result.error and result.peak_rss_bytes < 900 << 20
 
 
 @pytest.mark.parametrize(("stderr", "status"), [

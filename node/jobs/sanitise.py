@@ -52,6 +52,11 @@ class Pt2Limits:
     max_member_bytes: int = 512 << 20
     max_total_bytes: int = 1 << 30
     max_json_bytes: int = 16 << 20
+    # Deflate reaches ~1000:1 on runs of zeros; an exported program's JSON compresses ~10:1
+    # and its constants less. A member past ratio_from_bytes that claims more is refused
+    # before it is inflated: two 500 MiB members of zeros fit in a 1 MB archive.
+    max_ratio: int = 200
+    ratio_from_bytes: int = 1 << 20
     max_json_depth: int = 64
     max_nodes: int = 20_000
     max_expr_len: int = 512
@@ -202,6 +207,10 @@ def _read_members(data: bytes, limits: Pt2Limits) -> dict[str, bytes]:
         total += info.file_size
         if total > limits.max_total_bytes:
             raise _refuse(f"members declare over {limits.max_total_bytes} bytes in total")
+        if info.file_size > limits.ratio_from_bytes and \
+                info.file_size > limits.max_ratio * max(1, info.compress_size):
+            raise _refuse(f"member {name!r} inflates {info.compress_size} bytes to {info.file_size}, "
+                          f"more than {limits.max_ratio}:1")
         if name == _SAMPLE_INPUTS:
             members[name] = b""  # a pickle: never read, never passed on
             continue
@@ -517,9 +526,12 @@ def sanitise_pt2(data: bytes, limits: Pt2Limits = DEFAULT_LIMITS) -> SanitisedPt
     rebuilt[_SAMPLE_INPUTS] = b""  # the deserializer then sets example_inputs to None
     rebuilt.setdefault(".data/version", b"6\n")
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
-        for name, body in sorted(rebuilt.items()):
-            zf.writestr(f"{_REBUILT_ROOT}/{name}", body)
+    # Not a with-block: a MemoryError in writestr would reach ZipFile.__exit__, whose close()
+    # then fails on the half-written member and replaces it with a ValueError.
+    zf = zipfile.ZipFile(out, "w", zipfile.ZIP_STORED)
+    for name, body in sorted(rebuilt.items()):
+        zf.writestr(f"{_REBUILT_ROOT}/{name}", body)
+    zf.close()
     return SanitisedPt2(out.getvalue(), input_names, tuple(parameter_names), frozenset(ops),
                         stripped=("node metadata", _SAMPLE_INPUTS))
 

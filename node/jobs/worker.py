@@ -113,11 +113,17 @@ def _peak_rss_bytes() -> int:
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation that failed (the memory limit, or the GPU is full)."""
-    if isinstance(exc, MemoryError):
-        return True
-    return isinstance(exc, RuntimeError | OSError) and any(
-        mark in str(exc).lower() for mark in _OOM_MARKS)
+    """Whether ``exc`` is an allocation that failed (the memory limit, or the GPU is full),
+    or an error raised while one was being handled (cleanup that failed in its wake)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, MemoryError) or isinstance(link, RuntimeError | OSError) and any(
+                mark in str(link).lower() for mark in _OOM_MARKS):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def memory_error_text(exc: BaseException) -> str:
