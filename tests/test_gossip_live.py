@@ -13,7 +13,6 @@ import httpx
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
-from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
 from polling import poll_until
 
 from poolai.mesh import adverts, wire
@@ -23,6 +22,7 @@ from poolai.node import config
 from poolai.node.auth import auth_headers
 from poolai.node.capacity.inventory import Inventory
 from poolai.node.capacity.rules import LocalState, make_advert
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 from poolai.node.node import open_node
 
 GiB = 1 << 30
@@ -221,7 +221,7 @@ def test_eight_nodes_learn_follow_and_forget_each_other(tmp_path):
         # Who can run a 20 GiB, one-GPU job? Only the H100 node now; the API and the CLI agree.
         capable = nodes[5].get("/api/capacity/capable?gpu=1&gpu_mem=20GiB")
         assert [c["peer_id"] for c in capable["candidates"]] == [nodes[2].peer_id]
-        out = subprocess.run(poolai_cmd("--data-dir", str(nodes[6].data_dir), "peers", "--capable",
+        out = subprocess.run(poolai_command("--data-dir", str(nodes[6].data_dir), "peers", "--capable",
                                         "--gpu", "2", "--cc", "9.0", "--json"),
                              capture_output=True, text=True, timeout=60, check=True)
         assert [c["peer_id"] for c in json.loads(out.stdout)["candidates"]] == [nodes[2].peer_id]
@@ -236,11 +236,11 @@ def test_eight_nodes_learn_follow_and_forget_each_other(tmp_path):
 
         # The node processes never loaded torch.
         for n in nodes[:7]:
-            maps = Path(f"/proc/{n.proc.pid}/maps")
+            maps = Path(f"/proc/{n.pid}/maps")
             if maps.exists():
                 assert "torch" not in maps.read_text(), n.peer_id
     except AssertionError as exc:
-        dead = "\n\n".join(f"{n.peer_id} exited {n.proc.poll()}:\n{n.log()}" for n in nodes
+        dead = "\n\n".join(f"{n.peer_id} exited {n.returncode}:\n{n.log()}" for n in nodes
                            if n.proc is not None and not n.alive)
         raise AssertionError(f"{exc}\n{dead}") from None
     finally:

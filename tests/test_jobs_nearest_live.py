@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 import torch
-from nodeproc import stop_all, wait_until
 from test_jobs_live import GPU_BIG, GPU_SMALL, MLP, Mesh, by_peer, program, same, spec
 
 from poolai.mesh import identity
 from poolai.node.jobs.models import forward
+from poolai.node.launcher import stop_all, wait_until
 
 pytestmark = pytest.mark.timeout(400)
 

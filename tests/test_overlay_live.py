@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import bisect
 import random
-import signal
 
 import httpx
 import pytest
-from nodeproc import NodeProcess, stop_all, wait_until
 
 from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.mesh.ring import node_position
+from poolai.node.launcher import NodeProcess, stop_all, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 FAST = {"POOLAI_OVERLAY_SCALE": "0.05"}  # probe and stabilise every 3 s
@@ -74,8 +73,7 @@ def test_ring_forms_routes_and_heals(tmp_path):
 
         victims = [nodes[3], nodes[7], nodes[10]]
         for victim in victims:
-            victim.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-            victim.proc.wait()  # type: ignore[union-attr]
+            victim.kill()
         live = [n for n in nodes if n not in victims]
         wait_until(lambda: ring_is_correct(live), 30, "the ring to heal after three SIGKILLs")
         good, total = lookups_correct(live, keys)

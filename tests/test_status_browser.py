@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import trio
-from nodeproc import NodeProcess, stop_all, wait_until
 
+from poolai.node.launcher import NodeProcess, stop_all, wait_until
 from poolai.node.logring import LogRing
 
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (dev extra)")
