@@ -10,7 +10,7 @@ import pytest
 
 from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(180)]
 
 
 def test_three_nodes_join_restart_and_stop(tmp_path):

@@ -33,7 +33,7 @@ from poolai.node.jobs.models import build_model, forward
 from poolai.node.jobs.spec import MLPConfig
 from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(600)]
 
 FAST = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_OVERLAY_SCALE": "0.2",
         "POOLAI_CREDITS_SYNC_INTERVAL": "1", "POOLAI_REDUNDANCY_FRACTION": "0"}

@@ -43,6 +43,7 @@ async def wait_for(condition, what: str, within: float = 10.0) -> None:
         raise AssertionError(f"timed out after {within} s waiting for {what}") from None
 
 
+@pytest.mark.live
 @pytest.mark.timeout(60)
 async def test_bad_adverts_are_dropped_and_the_sender_banned(tmp_path):
     cfg = config.load(tmp_path / "node", {"listen": LOOPBACK, "api_port": 0}, environ=FAST)
@@ -119,6 +120,7 @@ def test_penalty_points_decay_and_bans_expire():
     assert not any(box.add("q", 1.0, 60.0 * i) for i in range(100))
 
 
+@pytest.mark.live
 @pytest.mark.timeout(60)
 async def test_peers_connected_before_gossip_started_are_reached():
     with trio.fail_after(50):
@@ -165,6 +167,7 @@ def start_wave(nodes: list[NodeProcess]) -> None:
             assert started.peer_id
 
 
+@pytest.mark.live
 @pytest.mark.timeout(300)
 def test_eight_nodes_learn_follow_and_forget_each_other(tmp_path):
     files = {1: tmp_path / "a100.json", 2: tmp_path / "h100.json"}

@@ -26,7 +26,7 @@ from poolai.node.jobs.models import build_model, forward, train_steps
 from poolai.node.jobs.spec import MLPConfig, TrainSpec
 from poolai.node.launcher import NodeProcess, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(400)]
 
 # Redundant runs (test_credits_jobs_live.py) off: every job here runs exactly once.
 FAST = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_OVERLAY_SCALE": "0.2",

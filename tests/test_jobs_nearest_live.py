@@ -31,7 +31,7 @@ from poolai.mesh import identity
 from poolai.node.jobs.models import forward
 from poolai.node.launcher import stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(400)]
 
 GPU_8G = {"gpus": [{"name": "sim-8G", "memory_total": "8GiB", "compute_capability": "8.6"}]}
 PLACES = {  # name: ((x, y) in one-way ms, inventory, job slots)

@@ -12,7 +12,7 @@ from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.mesh.ring import node_position
 from poolai.node.launcher import NodeProcess, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(240)]
 FAST = {"POOLAI_OVERLAY_SCALE": "0.05"}  # probe and stabilise every 3 s
 
 

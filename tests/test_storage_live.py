@@ -33,7 +33,7 @@ import pytest
 from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 from poolai.storage.store import ShareStore
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(420)]
 MiB = 1 << 20
 SIZE = int(os.environ.get("POOLAI_TEST_STORAGE_MIB", "50")) * MiB
 K, N = 4, 10
