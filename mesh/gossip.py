@@ -1,4 +1,4 @@
-"""GossipSub on top of :class:`~poolai.mesh.host.MeshHost`; the second module that imports libp2p.
+"""GossipSub on top of :class:`~poolai.mesh.host.MeshHost`; it imports libp2p's pubsub (see host.py).
 
 py-libp2p's pubsub is configured for a long-running node (see NETWORK.md,
 "Capacity adverts"): a 1 s mesh heartbeat (its default is 120 s), adaptive

@@ -150,6 +150,13 @@ class IterativeLookup:
         self._dead_set.add(peer_id)
         self._check_chain()
 
+    @property
+    def timeouts(self) -> int:
+        """Peers that did not answer in time, taken for dead by this lookup. A live owner
+        that is merely slow is one of them, and the lookup then names the next live
+        peer: a wrong owner that only a lookup without timeouts would not give."""
+        return len(self._dead)
+
     def met(self) -> list[PeerInfo]:
         """Every peer this lookup heard of (the driver may ``observe`` them)."""
         return list(self._cands.values())

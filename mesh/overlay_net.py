@@ -250,6 +250,10 @@ class OverlayNode:
 
     async def lookup(self, key: int, seeds: Iterable[PeerInfo] = ()) -> PeerInfo | None:
         """The live owner of ring position ``key``, or None when the lookup fails."""
+        return (await self.run_lookup(key, seeds)).owner
+
+    async def run_lookup(self, key: int, seeds: Iterable[PeerInfo] = ()) -> IterativeLookup:
+        """:meth:`lookup`, returning the finished machine: owner, hops, queries, timeouts."""
         self.stats.lookups += 1
         lk: IterativeLookup = self.table.lookup(key, tuple(seeds), self.lookup_config)
         send, receive = trio.open_memory_channel[tuple[bytes, Any]](self.lookup_config.max_queries)
@@ -270,7 +274,7 @@ class OverlayNode:
             nursery.cancel_scope.cancel()
         if lk.owner is None:
             self.stats.lookups_failed += 1
-        return lk.owner
+        return lk
 
     async def neighbours_of(self, peer: bytes) -> tuple[PeerInfo, ...]:
         """The successors ``peer`` reports (nearest first), learning their addresses; ``()``

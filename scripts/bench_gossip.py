@@ -33,10 +33,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from nodeproc import NodeProcess, stop_all, wait_until  # noqa: E402
-
-from poolai.node.auth import auth_headers  # noqa: E402
+from poolai.node.auth import auth_headers
+from poolai.node.launcher import NodeProcess, stop_all, wait_until
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,56 +31,15 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-
-def poolai() -> list[str]:
-    exe = Path(sys.executable).with_name("poolai")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli.main"]
-
-
-class Node:
-    def __init__(self, data_dir: Path, env: dict[str, str], *extra: str) -> None:
-        self.data_dir = data_dir
-        self.info: dict[str, str] = {}
-        self.ready = threading.Event()
-        cmd = poolai() + ["--data-dir", str(data_dir), "node", "run", "--listen",
-                          "/ip4/127.0.0.1/tcp/0", "--api-port", "0", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, **env}, start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            key, _, value = line.strip().partition(": ")
-            if key in ("peer id", "listening", "api") and key not in self.info:
-                self.info[key] = value
-            if len(self.info) == 3:
-                self.ready.set()
-
-    def wait_ready(self) -> None:
-        if not self.ready.wait(60):
-            raise SystemExit(f"node in {self.data_dir} did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the node and its worker processes
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+from poolai.node.launcher import NodeProcess, stop_all
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -177,14 +136,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
     env = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_JOB_SLOTS": str(args.slots),
            "POOLAI_LOG_LEVEL": "warning"}
-    nodes = [Node(tmp / "n0", env)]
+    nodes = [NodeProcess(tmp / "n0", env=env)]
     try:
-        nodes[0].wait_ready()
-        nodes += [Node(tmp / f"n{i}", env, "--bootstrap", nodes[0].info["listening"])
+        nodes[0].start()
+        nodes += [NodeProcess(tmp / f"n{i}", "--bootstrap", nodes[0].addr, env=env)
                   for i in range(1, args.n)]
-        for node in nodes:
+        for node in nodes[1:]:
+            node.launch()
+        for node in nodes[1:]:
             node.wait_ready()
-        client = httpx.Client(base_url=nodes[0].info["api"], headers=auth_headers(nodes[0].data_dir),
+        client = httpx.Client(base_url=nodes[0].api, headers=auth_headers(nodes[0].data_dir),
                               timeout=60)
         deadline = time.monotonic() + 60
         while len(client.get("/api/capacity").json()["entries"]) < args.n:
@@ -243,8 +204,7 @@ def main() -> None:
         report["load_average_1m_start_end"] = [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)]
         print(json.dumps(report, indent=2))
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 if __name__ == "__main__":

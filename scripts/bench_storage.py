@@ -67,6 +67,7 @@ import httpx
 import zfec
 
 from poolai.node.cli.local_api import LocalNode
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all
 
 MiB = 1 << 20
 BENCH_PROTOCOL = "/poolai/bench-stream/1.0.0"
@@ -167,32 +168,25 @@ def bench_streams(sources: list[str], size: int) -> tuple[float, float, float]:
 # ----------------------------------------------------------------------------- node processes
 
 
-def poolai() -> list[str]:
-    exe = Path(sys.executable).with_name("poolai")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "poolai.node.cli.main"]
+class StreamSource:
+    """A ``--stream-source`` child process; ``addr`` once it printed its listen address."""
 
-
-class Proc:
-    """A child process that prints ``key: value`` lines when ready."""
-
-    def __init__(self, cmd: list[str], keys: tuple[str, ...], env: dict[str, str] | None = None):
-        self.info: dict[str, str] = {}
+    def __init__(self, cmd: list[str]) -> None:
+        self.addr = ""
         self.ready = threading.Event()
-        self.keys = keys
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+                                     start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             key, _, value = line.strip().partition(": ")
-            if key in self.keys and key not in self.info:
-                self.info[key] = value
-                if len(self.info) == len(self.keys):
-                    self.ready.set()
+            if key == "addr" and not self.addr:
+                self.addr = value
+                self.ready.set()
 
-    def wait_ready(self, timeout: float = 90) -> Proc:
+    def wait_ready(self, timeout: float = 90) -> StreamSource:
         if not self.ready.wait(timeout):
             raise SystemExit(f"{self.proc.args[:3]} did not start")
         return self
@@ -208,39 +202,36 @@ class Proc:
 
 
 def start_nodes(
-    base: Path, count: int, env: dict[str, str], nodes: list[Proc], *,
+    base: Path, count: int, env: dict[str, str], nodes: list[NodeProcess], *,
     wrap: Callable[[int, list[str]], list[str]] = lambda i, cmd: cmd,
     listen: Callable[[int], str] = lambda i: "/ip4/127.0.0.1/tcp/0",
-    sees: Callable[[Proc], set[str]] | None = None, watch: Sequence[int] | None = None,
+    sees: Callable[[NodeProcess], set[str]] | None = None, watch: Sequence[int] | None = None,
 ) -> None:
     """Start ``count`` nodes into ``nodes`` (so the caller can stop them whatever happens):
     node 0 alone, the others bootstrapping from it; return once every watched node (all by
     default) ``sees`` all the others. ``wrap`` turns node i's command into the one to run
     (to start it in a network namespace), ``listen`` gives its listen address."""
-    keys = ("peer id", "listening", "api")
 
-    def node(i: int, extra: list[str]) -> Proc:
-        cmd = poolai() + ["--data-dir", str(base / f"node{i}"), "node", "run", "--listen",
-                          listen(i), "--api-port", "0", *extra]
-        return Proc(wrap(i, cmd), keys, env)
+    def node(i: int, extra: list[str]) -> NodeProcess:
+        return NodeProcess(base / f"node{i}", *extra, env=env, listen=listen(i),
+                           program=wrap(i, poolai_command()))
 
-    def api_peers(p: Proc) -> set[str]:
-        return {q["peer_id"] for q in httpx.get(p.info["api"] + "/api/peers", timeout=5).json()["peers"]}
+    def api_peers(p: NodeProcess) -> set[str]:
+        return {q["peer_id"] for q in httpx.get(p.api + "/api/peers", timeout=5).json()["peers"]}
 
     sees = sees or api_peers
-    nodes.append(node(0, []).wait_ready())
-    nodes += [node(i, ["--bootstrap", nodes[0].info["listening"]]) for i in range(1, count)]
-    for i, p in enumerate(nodes):
-        p.wait_ready()
-        runtime = json.loads((base / f"node{i}" / "node.json").read_text())
-        if runtime.get("api_socket"):
-            p.info["api_socket"] = runtime["api_socket"]
-    ids = {p.info["peer id"] for p in nodes}
+    nodes.append(node(0, []).launch())
+    nodes[0].wait_ready(90)
+    for i in range(1, count):
+        nodes.append(node(i, ["--bootstrap", nodes[0].addr]).launch())
+    for p in nodes:
+        p.wait_ready(90)
+    ids = {p.peer_id for p in nodes}
     watched = [nodes[i] for i in watch] if watch is not None else nodes
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if all(sees(p) >= ids - {p.info["peer id"]} for p in watched):
+            if all(sees(p) >= ids - {p.peer_id} for p in watched):
                 return
         except httpx.HTTPError:
             pass
@@ -248,10 +239,10 @@ def start_nodes(
     raise SystemExit("the nodes did not connect to each other")
 
 
-def local_node(p: Proc, via: str = "socket") -> LocalNode:
+def local_node(p: NodeProcess, via: str = "socket") -> LocalNode:
     """How ``poolai`` on this machine reaches node ``p``: over its API's Unix socket (as the
     CLI does) with ``via="socket"``, else over TCP (as a browser or another program)."""
-    return LocalNode(p.info["api"], {}, p.info.get("api_socket") if via == "socket" else None)
+    return LocalNode(p.api, {}, p.api_socket if via == "socket" else None)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -277,18 +268,18 @@ def main_thread_sched(pid: int) -> tuple[float, float]:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
-def idle_cpu_percent(nodes: list[Proc], seconds: float = 5.0) -> float:
-    pids = [p.proc.pid for p in nodes]
+def idle_cpu_percent(nodes: list[NodeProcess], seconds: float = 5.0) -> float:
+    pids = [p.pid for p in nodes]
     before = cpu_seconds(pids)
     time.sleep(seconds)
     return round(100 * (cpu_seconds(pids) - before) / seconds, 1)
 
 
 def bench_baseline(k: int, stream: int) -> dict[str, float]:
-    sources = [Proc([sys.executable, __file__, "--stream-source", str(stream)], ("addr",))
+    sources = [StreamSource([sys.executable, __file__, "--stream-source", str(stream)])
                for _ in range(k)]
     try:
-        addrs = [p.wait_ready().info["addr"] for p in sources]
+        addrs = [p.wait_ready().addr for p in sources]
         single, _, _ = bench_streams(addrs[:1], stream)
         senders = cpu_seconds([p.proc.pid for p in sources])
         many, receiver, waited = bench_streams(addrs, stream // k)
@@ -318,7 +309,7 @@ def reset_peak(pid: int) -> None:
 
 
 def bench_mesh(
-    base: Path, nodes: list[Proc], size: int, k: int, n: int, segment: int, idle_cpu: float,
+    base: Path, nodes: list[NodeProcess], size: int, k: int, n: int, segment: int, idle_cpu: float,
     gets: int, stream: int,
 ) -> dict:
     """Put through node 0's local API, then ``gets`` rounds of: the k-streams reference
@@ -384,7 +375,7 @@ def bench_mesh(
 
 
 def bench_degraded(
-    nodes: list[Proc], src: Path, file_id: str, size: int, k: int, n: int, idle_cpu: float,
+    nodes: list[NodeProcess], src: Path, file_id: str, size: int, k: int, n: int, idle_cpu: float,
     gets: int,
 ) -> dict:
     """Gets through node 1's API after (n-k)//2 of the other holders were SIGKILLed: most
@@ -392,12 +383,11 @@ def bench_degraded(
     (the get the zfec term of the target is about). Kills the last nodes of ``nodes``."""
     dead = nodes[len(nodes) - (n - k) // 2:]
     for p in dead:
-        p.proc.kill()
-        p.proc.wait()
+        p.kill()
     # Healthy nodes see the dead ones go (so the gets do not pay for discovering it)
     # through ``stat``, which also tells how many primaries each segment lost.
     start = time.perf_counter()
-    reply = httpx.get(f"{nodes[1].info['api']}/api/files/{file_id}/stat", timeout=120)
+    reply = httpx.get(f"{nodes[1].api}/api/files/{file_id}/stat", timeout=120)
     stat_s = time.perf_counter() - start
     if reply.status_code != 200:
         raise SystemExit(f"stat failed: {reply.status_code} {reply.text[:200]}")
@@ -418,12 +408,12 @@ def bench_degraded(
             "degraded_get_node_peak_rss_MiB": max(run["get_node_peak_rss_MiB"] for run in runs)}
 
 
-def bench_check(nodes: list[Proc], file_id: str, size: int) -> dict:
+def bench_check(nodes: list[NodeProcess], file_id: str, size: int) -> dict:
     """One read of the file through node 1's ``/check`` (nothing sent back but a result)."""
-    getter = nodes[1].proc.pid
+    getter = nodes[1].pid
     cpu_before, sched = cpu_seconds([getter]), main_thread_sched(getter)
     start = time.perf_counter()
-    reply = httpx.get(f"{nodes[1].info['api']}/api/files/{file_id}/check", timeout=600)
+    reply = httpx.get(f"{nodes[1].api}/api/files/{file_id}/check", timeout=600)
     check_s = time.perf_counter() - start
     if reply.status_code != 200 or reply.json()["size"] != size:
         raise SystemExit(f"check failed: {reply.status_code} {reply.text[:200]}")
@@ -440,16 +430,16 @@ def bench_check(nodes: list[Proc], file_id: str, size: int) -> dict:
                 op.get("segments_decoded", 0) / max(1, op.get("segments", 0)), 2)}
 
 
-def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: float,
+def bench_get(nodes: list[NodeProcess], src: Path, file_id: str, size: int, idle_cpu: float,
               via: str = "socket") -> dict:
     """One get through node 1's API (``via`` its socket, as ``poolai get``, or TCP), bytes
     checked against ``src``; speed, CPU and memory."""
-    getter = nodes[1].proc.pid
+    getter = nodes[1].pid
     rss_before = vm_kib(getter, "VmRSS")
     reset_peak(getter)
     sampler = PeakSampler(getter)
     received, same = 0, True
-    cpu_before = cpu_seconds([getter]), cpu_seconds([p.proc.pid for p in nodes]), time.process_time()
+    cpu_before = cpu_seconds([getter]), cpu_seconds([p.pid for p in nodes]), time.process_time()
     start = time.perf_counter()
     # The client is lean, as a downloader should be: stdlib http.client reading into one
     # buffer (~0.1 ms of CPU per MB here; httpx's iter_raw costs ~1 ms per MB), and every
@@ -471,7 +461,7 @@ def bench_get(nodes: list[Proc], src: Path, file_id: str, size: int, idle_cpu: f
         conn.close()
     get_s = time.perf_counter() - start
     cpu_getter = cpu_seconds([getter]) - cpu_before[0]
-    cpu_mesh = cpu_seconds([p.proc.pid for p in nodes]) - cpu_before[1]
+    cpu_mesh = cpu_seconds([p.pid for p in nodes]) - cpu_before[1]
     cpu_client = time.process_time() - cpu_before[2]
     sampler.stop()
     if received != size or not same:
@@ -522,11 +512,11 @@ class PeakSampler:
         self._thread.join()
 
 
-def last_op(node: Proc, op: str) -> dict:
+def last_op(node: NodeProcess, op: str) -> dict:
     """The node's record of its last ``op`` (a get is recorded just after its last byte went out)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        ops = httpx.get(node.info["api"] + "/api/storage", timeout=30).json()["recent_ops"]
+        ops = httpx.get(node.api + "/api/storage", timeout=30).json()["recent_ops"]
         found = [o for o in ops if o["op"] == op]
         if found:
             return found[-1]
@@ -561,7 +551,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="poolai-bench-"))
     env = {"POOLAI_STORAGE_QUOTA": f"{max(1, 4 * size * args.n // args.k // args.nodes // MiB + 64)}MiB",
            "POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_LOG_LEVEL": "warning"}
-    nodes: list[Proc] = []
+    nodes: list[NodeProcess] = []
     try:
         start_nodes(base, args.nodes, env, nodes)
         out["mesh_idle_cpu_percent"] = idle_cpu_percent(nodes)
@@ -579,8 +569,7 @@ def main() -> None:
             values = [b[key] for b in baselines]
             out[key] = round(max(values) if key.endswith("MBps") else statistics.fmean(values), 2)
     finally:
-        for p in nodes:
-            p.stop()
+        stop_all(nodes)
         shutil.rmtree(base, ignore_errors=True)
     single = out["stream_1_MBps"]
     reference = min(out["zfec_decode_MBps"], out[kstreams])

@@ -39,6 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_storage as local  # noqa: E402  (the loopback benchmark's helpers)
 
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all  # noqa: E402
+
 MiB = 1 << 20
 PREFIX = "pa-bench"
 HUB = f"{PREFIX}-hub"
@@ -155,9 +157,9 @@ def helper(index: int, *args: str) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def sees(node: local.Proc) -> set[str]:
+def sees(node: NodeProcess) -> set[str]:
     """The peer ids ``node`` lists, asked in the getting node's namespace (the only one asked)."""
-    answer = json.loads(helper(1, "--http-json", node.info["api"] + "/api/peers"))
+    answer = json.loads(helper(1, "--http-json", node.api + "/api/peers"))
     return {q["peer_id"] for q in answer["peers"]}
 
 
@@ -192,14 +194,14 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="poolai-netns-"))
     env = {"POOLAI_STORAGE_QUOTA": f"{max(1, 4 * size * args.n // args.k // args.nodes // MiB + 64)}MiB",
            "POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_LOG_LEVEL": "warning"}
-    nodes: list[local.Proc] = []
-    source: local.Proc | None = None
+    nodes: list[NodeProcess] = []
+    source: local.StreamSource | None = None
     remove_network(args.nodes)  # leftovers of an interrupted run
     try:
         make_network(args.nodes, args.mbit)
-        source = local.Proc(in_ns(2) + [sys.executable, __file__, "--stream-source",
-                                        f"/ip4/{address(2)}/tcp/{PORT + 1}", str(size)], ("addr",))
-        single = json.loads(helper(1, "--stream-sink", source.wait_ready().info["addr"], str(size)))
+        source = local.StreamSource(in_ns(2) + [sys.executable, __file__, "--stream-source",
+                                        f"/ip4/{address(2)}/tcp/{PORT + 1}", str(size)])
+        single = json.loads(helper(1, "--stream-sink", source.wait_ready().addr, str(size)))
         out["stream_1_MBps"] = single["MBps"]
         source.stop()
         source = None
@@ -211,12 +213,12 @@ def main() -> None:
         with src.open("wb") as handle:  # in pieces: randbytes takes at most 2**31 bits at once
             for at in range(0, size, 8 << 20):
                 handle.write(rng.randbytes(min(8 << 20, size - at)))
-        put = subprocess.run(in_ns(0) + local.poolai() + [
+        put = subprocess.run(in_ns(0) + poolai_command() + [
             "--data-dir", str(base / "node0"), "put", str(src), "--k", str(args.k), "--n", str(args.n),
             *(["--segment-mib", str(args.segment_mib)] if args.segment_mib else [])],
             check=True, capture_output=True, text=True, timeout=1800)
         file_id = put.stdout.strip().splitlines()[-1]
-        url = f"{nodes[1].info['api']}/api/files/{file_id}"
+        url = f"{nodes[1].api}/api/files/{file_id}"
         gets = [json.loads(helper(1, "--http-get", url, str(src))) for _ in range(2)]
         if not all(g["ok"] for g in gets):
             raise SystemExit("a get returned bytes that do not match")
@@ -227,8 +229,7 @@ def main() -> None:
     finally:
         if source is not None:
             source.stop()
-        for p in nodes:
-            p.stop()
+        stop_all(nodes)
         remove_network(args.nodes)
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(out))

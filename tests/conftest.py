@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test runs under an absolute deadline (see ``deadline``)."""
+"""Test-wide hooks: a test without its own ``timeout`` mark gets an absolute 120 s one
+(pytest-timeout), so a hung network test fails instead of stalling the run."""
 
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ async def forging_handle(self: credits_service.CreditsService, peer: str, reques
 
 
 def command(*args: str) -> list[str]:
-    """The command line that starts this node with poolai CLI ``args`` (nodeproc.poolai_cmd's twin)."""
+    """The command line that starts this node with poolai CLI ``args``: the twin of
+    :func:`poolai.node.launcher.poolai_command`, to pass as a ``NodeProcess`` program."""
     return [sys.executable, str(Path(__file__).resolve()), *args]
 
 

@@ -7,9 +7,10 @@ import signal
 import subprocess
 
 import pytest
-from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(180)
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(180)]
 
 
 def test_three_nodes_join_restart_and_stop(tmp_path):
@@ -32,7 +33,7 @@ def test_three_nodes_join_restart_and_stop(tmp_path):
 
         # `poolai status --json` reads the same state through the CLI
         out = subprocess.run(
-            poolai_cmd("--data-dir", str(c.data_dir), "status", "--json"),
+            poolai_command("--data-dir", str(c.data_dir), "status", "--json"),
             capture_output=True, text=True, timeout=30, check=True,
         )
         status = json.loads(out.stdout)
@@ -64,7 +65,7 @@ def test_cli_errors_are_one_line(tmp_path):
         ("--data-dir", str(tmp_path), "node", "run", "--api-port", "99999"),
     ]
     for args in cases:
-        result = subprocess.run(poolai_cmd(*args), capture_output=True, text=True, timeout=60)
+        result = subprocess.run(poolai_command(*args), capture_output=True, text=True, timeout=60)
         assert result.returncode == 1, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("poolai: error: "), result.stderr
@@ -75,15 +76,15 @@ def test_a_second_node_on_a_running_nodes_directory_refuses_to_start(tmp_path):
     first = NodeProcess(tmp_path / "a").start()
     try:
         result = subprocess.run(
-            poolai_cmd("--data-dir", str(first.data_dir), "node", "run", "--api-port", "0",
+            poolai_command("--data-dir", str(first.data_dir), "node", "run", "--api-port", "0",
                        "--listen", "/ip4/127.0.0.1/tcp/0"),
             capture_output=True, text=True, timeout=60)
         assert result.returncode == 1, result
         lines = result.stderr.strip().splitlines()
         assert lines == [f"poolai: error: another node is running in {first.data_dir} "
-                         f"(pid {first.proc.pid})"], result.stderr
+                         f"(pid {first.pid})"], result.stderr
         # the first node kept its runtime file and API socket
-        status = subprocess.run(poolai_cmd("--data-dir", str(first.data_dir), "status", "--json"),
+        status = subprocess.run(poolai_command("--data-dir", str(first.data_dir), "status", "--json"),
                                 capture_output=True, text=True, timeout=30, check=True)
         assert json.loads(status.stdout)["peer_id"] == first.peer_id
         assert (first.data_dir / "api.sock").exists()
@@ -93,11 +94,11 @@ def test_a_second_node_on_a_running_nodes_directory_refuses_to_start(tmp_path):
 
 def test_commands_after_a_sigkilled_node_say_it_is_gone(tmp_path):
     node = NodeProcess(tmp_path / "k").start()
-    pid = node.proc.pid
+    pid = node.pid
     node.kill()
     assert (node.data_dir / "node.json").exists()  # nobody removed it
     for args in (("status",), ("get", "ab" * 32, "-o", str(tmp_path / "x")), ("job", "list")):
-        result = subprocess.run(poolai_cmd("--data-dir", str(node.data_dir), *args),
+        result = subprocess.run(poolai_command("--data-dir", str(node.data_dir), *args),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 1, result
         assert result.stderr.strip().splitlines() == [
@@ -106,7 +107,7 @@ def test_commands_after_a_sigkilled_node_say_it_is_gone(tmp_path):
     # the next node starts over the leftovers (node.json, api.sock) and answers on its socket
     again = NodeProcess(node.data_dir).start()
     try:
-        status = subprocess.run(poolai_cmd("--data-dir", str(node.data_dir), "status", "--json"),
+        status = subprocess.run(poolai_command("--data-dir", str(node.data_dir), "status", "--json"),
                                 capture_output=True, text=True, timeout=30, check=True)
         assert json.loads(status.stdout)["peer_id"] == node.peer_id
     finally:
@@ -117,7 +118,7 @@ def test_corrupt_identity_refuses_to_start(tmp_path):
     (tmp_path / "identity.key").write_bytes(b"garbage")
     (tmp_path / "identity.key").chmod(0o600)
     result = subprocess.run(
-        poolai_cmd("--data-dir", str(tmp_path), "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0",
+        poolai_command("--data-dir", str(tmp_path), "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0",
                    "--api-port", "0"),
         capture_output=True, text=True, timeout=60,
     )
@@ -134,7 +135,7 @@ def test_share_store_of_an_older_release_refuses_to_start(tmp_path):
         txn.put(b"schema", (1).to_bytes(4, "big"))  # the sha256-era layout
     env.close()
     result = subprocess.run(
-        poolai_cmd("--data-dir", str(tmp_path), "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0",
+        poolai_command("--data-dir", str(tmp_path), "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0",
                    "--api-port", "0"),
         capture_output=True, text=True, timeout=60,
     )

@@ -24,17 +24,16 @@ from typing import Any
 
 import evil_node
 import httpx
-import nodeproc
 import pytest
 import torch
-from nodeproc import NodeProcess, stop_all, wait_until
 from safetensors.torch import load_file, save_file
 
 from poolai.node.auth import auth_headers
 from poolai.node.jobs.models import build_model, forward
 from poolai.node.jobs.spec import MLPConfig
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(600)]
 
 FAST = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_OVERLAY_SCALE": "0.2",
         "POOLAI_CREDITS_SYNC_INTERVAL": "1", "POOLAI_REDUNDANCY_FRACTION": "0"}
@@ -55,13 +54,13 @@ class Pool:
         self.nodes: dict[str, NodeProcess] = {}
 
     def start(self, name: str, *, slots: int = 1, inventory: dict[str, Any] | None = None,
-              env: dict[str, str] | None = None) -> NodeProcess:
+              env: dict[str, str] | None = None, program: list[str] | None = None) -> NodeProcess:
         environ = {**FAST, "POOLAI_JOB_SLOTS": str(slots), **(env or {})}
         if inventory is not None:
             self.set_inventory(name, inventory)
             environ["POOLAI_INVENTORY_FILE"] = str(self.root / f"{name}-inventory.json")
         extra = ("--bootstrap", self.nodes["sub"].addr) if self.nodes else ()
-        node = NodeProcess(self.root / name, *extra, env=environ)
+        node = NodeProcess(self.root / name, *extra, env=environ, program=program)
         self.nodes[name] = node
         return node.start()
 
@@ -161,7 +160,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
         stop_all(list(p.nodes.values()))
 
 
-def test_jobs_earn_credit_and_a_redundant_run_catches_the_wrong_outputs(pool: Pool, monkeypatch) -> None:
+def test_jobs_earn_credit_and_a_redundant_run_catches_the_wrong_outputs(pool: Pool) -> None:
     names = pool.names()
     # ---- b's jobs run once; sub's job runs on two peers, and both agree
     cpu_jobs = [pool.submit("b", seed) for seed in (1, 2)]
@@ -178,9 +177,7 @@ def test_jobs_earn_credit_and_a_redundant_run_catches_the_wrong_outputs(pool: Po
     same(pool.output("sub", checked_job), checked_y)
 
     # ---- the hostile node joins; a 40 GiB job can run only on it and on "gpu"
-    with monkeypatch.context() as m:
-        m.setattr(nodeproc, "poolai_cmd", evil_node.command)
-        evil = pool.start("evil", inventory=BIG)
+    evil = pool.start("evil", inventory=BIG, program=evil_node.command())
     names = pool.names()
     wait_until(lambda: {c["peer_id"] for c in capable_at(pool, "sub", "gpu=1&gpu_mem=40GiB")}
                == {pool.nodes["gpu"].peer_id, evil.peer_id}, 60, "sub to see the hostile node's GPU")
@@ -257,7 +254,7 @@ def test_every_node_computes_the_same_balances_and_forgeries_gain_nothing(pool: 
     # ---- the status page's credits section and `poolai credits --json` show the same numbers
     for name, node in pool.nodes.items():
         page = pool.get(name, "/api/page")["credits"]
-        cli = subprocess.run([*nodeproc.poolai_cmd("--data-dir", str(node.data_dir), "credits", "--json")],
+        cli = subprocess.run([*poolai_command("--data-dir", str(node.data_dir), "credits", "--json")],
                              capture_output=True, timeout=60, check=True)
         shown = json.loads(cli.stdout)
         assert {k: page[k] for k in VIEW_KEYS} == {k: shown[k] for k in VIEW_KEYS}, name

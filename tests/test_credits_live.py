@@ -54,7 +54,7 @@ from poolai.node.node import Node, open_node
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.integrity import audit_digest
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(120)]
 H100 = "NVIDIA H100 80GB HBM3"
 GOOD, WRONG = b"\x11" * 32, b"\x99" * 32
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +26,7 @@ def ref(directory: Path, name: str) -> FileRef:
     return FileRef(name, hashlib.sha256(body).hexdigest(), len(body))
 
 
+@pytest.mark.live
 def test_the_demo_job_runs_in_a_worker_and_matches_its_expected_output(tmp_path: Path) -> None:
     files, out = tmp_path / "demo", tmp_path / "out"
     done = subprocess.run([sys.executable, str(SCRIPT), str(files)], capture_output=True, text=True,

@@ -13,7 +13,6 @@ import httpx
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
-from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
 from polling import poll_until
 
 from poolai.mesh import adverts, wire
@@ -23,6 +22,7 @@ from poolai.node import config
 from poolai.node.auth import auth_headers
 from poolai.node.capacity.inventory import Inventory
 from poolai.node.capacity.rules import LocalState, make_advert
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 from poolai.node.node import open_node
 
 GiB = 1 << 30
@@ -43,6 +43,7 @@ async def wait_for(condition, what: str, within: float = 10.0) -> None:
         raise AssertionError(f"timed out after {within} s waiting for {what}") from None
 
 
+@pytest.mark.live
 @pytest.mark.timeout(60)
 async def test_bad_adverts_are_dropped_and_the_sender_banned(tmp_path):
     cfg = config.load(tmp_path / "node", {"listen": LOOPBACK, "api_port": 0}, environ=FAST)
@@ -119,6 +120,7 @@ def test_penalty_points_decay_and_bans_expire():
     assert not any(box.add("q", 1.0, 60.0 * i) for i in range(100))
 
 
+@pytest.mark.live
 @pytest.mark.timeout(60)
 async def test_peers_connected_before_gossip_started_are_reached():
     with trio.fail_after(50):
@@ -165,6 +167,7 @@ def start_wave(nodes: list[NodeProcess]) -> None:
             assert started.peer_id
 
 
+@pytest.mark.live
 @pytest.mark.timeout(300)
 def test_eight_nodes_learn_follow_and_forget_each_other(tmp_path):
     files = {1: tmp_path / "a100.json", 2: tmp_path / "h100.json"}
@@ -221,7 +224,7 @@ def test_eight_nodes_learn_follow_and_forget_each_other(tmp_path):
         # Who can run a 20 GiB, one-GPU job? Only the H100 node now; the API and the CLI agree.
         capable = nodes[5].get("/api/capacity/capable?gpu=1&gpu_mem=20GiB")
         assert [c["peer_id"] for c in capable["candidates"]] == [nodes[2].peer_id]
-        out = subprocess.run(poolai_cmd("--data-dir", str(nodes[6].data_dir), "peers", "--capable",
+        out = subprocess.run(poolai_command("--data-dir", str(nodes[6].data_dir), "peers", "--capable",
                                         "--gpu", "2", "--cc", "9.0", "--json"),
                              capture_output=True, text=True, timeout=60, check=True)
         assert [c["peer_id"] for c in json.loads(out.stdout)["candidates"]] == [nodes[2].peer_id]
@@ -236,11 +239,11 @@ def test_eight_nodes_learn_follow_and_forget_each_other(tmp_path):
 
         # The node processes never loaded torch.
         for n in nodes[:7]:
-            maps = Path(f"/proc/{n.proc.pid}/maps")
+            maps = Path(f"/proc/{n.pid}/maps")
             if maps.exists():
                 assert "torch" not in maps.read_text(), n.peer_id
     except AssertionError as exc:
-        dead = "\n\n".join(f"{n.peer_id} exited {n.proc.poll()}:\n{n.log()}" for n in nodes
+        dead = "\n\n".join(f"{n.peer_id} exited {n.returncode}:\n{n.log()}" for n in nodes
                            if n.proc is not None and not n.alive)
         raise AssertionError(f"{exc}\n{dead}") from None
     finally:

@@ -39,6 +39,7 @@ def echo_service() -> rpc.Service:
     return rpc.Service("echo", echo, rpc.ServiceConfig(request_types=(Echo,), read_timeout=2))
 
 
+@pytest.mark.live
 async def test_request_between_two_hosts():
     async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
         create_new_key_pair(), LOOPBACK
@@ -52,6 +53,7 @@ async def test_request_between_two_hosts():
         assert await b.ping(a.peer_id) > 0
 
 
+@pytest.mark.live
 async def test_unencrypted_dialer_is_refused():
     async with open_host(create_new_key_pair(), LOOPBACK) as a:
         a.serve(ECHO, echo_service())
@@ -73,6 +75,7 @@ async def test_unencrypted_dialer_is_refused():
             assert await b.request(a.peer_id, ECHO, Echo(text="ok"), (Echo,), timeout=5) == Echo(text="OK")
 
 
+@pytest.mark.live
 async def test_misbehaving_peer_loses_only_its_stream():
     async with open_host(create_new_key_pair(), LOOPBACK) as a, open_host(
         create_new_key_pair(), LOOPBACK
@@ -113,6 +116,7 @@ async def test_misbehaving_peer_loses_only_its_stream():
         assert a.connected_peers() == [b.peer_id]
 
 
+@pytest.mark.live
 async def test_unknown_protocol_and_dead_peer_are_clean_errors():
     async with open_host(create_new_key_pair(), LOOPBACK) as a:
         async with open_host(create_new_key_pair(), LOOPBACK) as b:
@@ -133,6 +137,7 @@ def pid_of(keys) -> str:  # type: ignore[no-untyped-def]
     return ID.from_pubkey(keys.public_key).to_base58()
 
 
+@pytest.mark.live
 async def test_emulated_latency_delays_requests_and_pings_but_not_bulk_reads():
     ka, kb, kc = create_new_key_pair(), create_new_key_pair(), create_new_key_pair()
     # a holds back what b sends by 0.3 s, b what a sends by 0.2 s; c is not listed anywhere
@@ -207,6 +212,7 @@ async def _send_over_one_stream(payload: bytes, write_size: int) -> bytes:
     return bytes(received)
 
 
+@pytest.mark.live
 async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
     """8 MiB over one stream arrive intact, with one WINDOW_UPDATE frame per quarter of the
     receive window (py-libp2p 0.8.1's own policy sends one per 64 KiB data frame: 190 here;
@@ -231,6 +237,7 @@ async def test_bulk_reads_give_credit_back_once_per_quarter_window(monkeypatch):
     assert sum(updates) >= len(payload) - yamux_tuning.RECEIVE_WINDOW
 
 
+@pytest.mark.live
 async def test_bulk_writes_send_each_yamux_frame_in_one_socket_write(monkeypatch):
     """8 MiB over one stream arrive intact through py-libp2p's own reader, while the sender
     makes one socket write per yamux frame of four Noise messages instead of one per

@@ -19,14 +19,14 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from nodeproc import NodeProcess, stop_all, wait_until
 from safetensors.torch import load_file, save_file
 
 from poolai.node.auth import auth_headers
 from poolai.node.jobs.models import build_model, forward, train_steps
 from poolai.node.jobs.spec import MLPConfig, TrainSpec
+from poolai.node.launcher import NodeProcess, stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(400)]
 
 # Redundant runs (test_credits_jobs_live.py) off: every job here runs exactly once.
 FAST = {"POOLAI_CAPACITY_HEARTBEAT": "0.5", "POOLAI_OVERLAY_SCALE": "0.2",
@@ -102,9 +102,8 @@ class Mesh:
     def kill(self, name: str) -> float:
         """SIGKILL a node and the worker processes it started (they are in their own sessions)."""
         node = self.nodes[name]
-        node.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         killed_at = time.time()
-        node.proc.wait()  # type: ignore[union-attr]
+        node.kill()
         marker = str(node.data_dir).encode()
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
@@ -119,10 +118,7 @@ class Mesh:
         return killed_at
 
     def restart(self, name: str) -> NodeProcess:
-        old = self.nodes[name]
-        node = NodeProcess(old.data_dir, *old.extra, env=old.env).start()
-        self.nodes[name] = node
-        return node
+        return self.nodes[name].restart()
 
 
 def same(got: torch.Tensor, expected: torch.Tensor) -> None:

@@ -25,13 +25,13 @@ from typing import Any
 
 import pytest
 import torch
-from nodeproc import stop_all, wait_until
 from test_jobs_live import GPU_BIG, GPU_SMALL, MLP, Mesh, by_peer, program, same, spec
 
 from poolai.mesh import identity
 from poolai.node.jobs.models import forward
+from poolai.node.launcher import stop_all, wait_until
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(400)]
 
 GPU_8G = {"gpus": [{"name": "sim-8G", "memory_total": "8GiB", "compute_capability": "8.6"}]}
 PLACES = {  # name: ((x, y) in one-way ms, inventory, job slots)

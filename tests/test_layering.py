@@ -1,5 +1,5 @@
 """Dependency direction: mesh imports neither node nor storage; storage never imports node;
-the node process's own modules never import torch at module level."""
+only mesh imports libp2p (the node's torch-free imports are checked in test_jobs and test_worker)."""
 
 from __future__ import annotations
 

@@ -141,6 +141,7 @@ def test_a_writer_killed_mid_stream_leaves_whole_receipts(tmp_path):
 # ----------------------------------------------------------------------------- the protocol
 
 
+@pytest.mark.live
 async def test_countersigning_and_fetching_between_hosts(tmp_path):
     async with credit_mesh(tmp_path, 3) as (worker, submitter, observer):
         submitter.job_checked(job_id="j1", worker=worker.peer_id, result_hash=HASH, device="cpu",
@@ -163,6 +164,7 @@ async def test_countersigning_and_fetching_between_hosts(tmp_path):
         assert observer.tally.accounts() == worker.tally.accounts() == submitter.tally.accounts()
 
 
+@pytest.mark.live
 async def test_fetch_is_paged_and_bounded(tmp_path):
     async with credit_mesh(tmp_path, 2) as (server, client):
         assert server.ledger is not None
@@ -184,6 +186,7 @@ async def test_fetch_is_paged_and_bounded(tmp_path):
             assert info.value.code == "bad_request"
 
 
+@pytest.mark.live
 async def test_signing_is_refused_without_a_matching_check(tmp_path):
     async with credit_mesh(tmp_path, 3) as (worker, submitter, stranger):
         submitter.sign_wait_s = 0.2

@@ -169,6 +169,7 @@ def test_pubsub_writes_wraps_one_instance_only():
     assert sizes == [42]  # b, another Pubsub, is not counted
 
 
+@pytest.mark.live
 async def test_a_host_accepts_peers_after_hundreds_of_inbound_connections_came_and_went():
     """py-libp2p 0.8.1 keeps one of a host's 250 inbound slots per connection it ever accepted,
     until the host stops (mesh/patches/inbound_slots.py). 300 peers of their own identity

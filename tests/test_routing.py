@@ -147,6 +147,20 @@ def test_lookups_route_around_dead_peers(seed):
         assert lk.owner == ring.peers[want]
 
 
+def test_a_slow_owner_taken_for_dead_is_counted_as_a_timeout():
+    """What a loaded machine does to a lookup: the owner answers too late, the lookup names
+    the next peer, and says a peer timed out; with every peer answering it says none did."""
+    ring = StaticRing(32, 3, width=4)
+    key = ring.pos[20] - 1
+    clean = drive(IterativeLookup(key, ring.answer(0, key)),
+                  lambda pid, req: ring.answer(ring.by_id[pid], req.key, req.exclude))
+    assert (clean.owner, clean.timeouts) == (ring.peers[20], 0)
+    slow = frozenset({ring.peers[20].peer_id})
+    late = drive(IterativeLookup(key, ring.answer(0, key)),
+                 lambda pid, req: ring.answer(ring.by_id[pid], req.key, req.exclude), slow)
+    assert (late.owner, late.timeouts) == (ring.peers[21], 1)
+
+
 def test_a_lying_peer_cannot_make_a_lookup_loop_or_go_backwards():
     ring = StaticRing(64, 5)
     key = ring.pos[40] - 1

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import trio
-from nodeproc import NodeProcess, stop_all, wait_until
 
+from poolai.node.launcher import NodeProcess, stop_all, wait_until
 from poolai.node.logring import LogRing
 
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (dev extra)")
@@ -29,7 +29,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 FAST = {"POOLAI_OVERLAY_SCALE": "0.05", "POOLAI_CAPACITY_HEARTBEAT": "1", "POOLAI_CAPACITY_EXPIRY": "5"}
 GPU = {"gpus": [{"name": "Simulated A100", "memory_total": "80GiB", "memory_free": "52GiB",

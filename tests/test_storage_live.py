@@ -29,12 +29,12 @@ from pathlib import Path
 import httpx
 import lmdb
 import pytest
-from nodeproc import NodeProcess, poolai_cmd, stop_all, wait_until
 
 from poolai.node.auth import auth_headers
+from poolai.node.launcher import NodeProcess, poolai_command, stop_all, wait_until
 from poolai.storage.store import ShareStore
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(420)]
 MiB = 1 << 20
 SIZE = int(os.environ.get("POOLAI_TEST_STORAGE_MIB", "50")) * MiB
 K, N = 4, 10
@@ -93,7 +93,7 @@ def mesh(tmp_path_factory):
 
 
 def cli(node: NodeProcess, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(poolai_cmd("--data-dir", str(node.data_dir), *args), capture_output=True,
+    return subprocess.run(poolai_command("--data-dir", str(node.data_dir), *args), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -257,7 +257,7 @@ def test_sigkill_during_put_leaves_only_whole_shares(mesh, tmp_path):
     putter = mesh.nodes[0]
     victim = next(n for n in mesh.live if n not in (putter, mesh.nodes[1]))
     before = victim.get("/api/storage")["shares"]
-    proc = subprocess.Popen(poolai_cmd("--data-dir", str(putter.data_dir), "put", str(src)),
+    proc = subprocess.Popen(poolai_command("--data-dir", str(putter.data_dir), "put", str(src)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: victim.get("/api/storage", timeout=2)["shares"] > before, 60,

@@ -101,6 +101,7 @@ def test_refusal_reason_is_parsed_from_the_message():
     assert ShareRefused.from_remote("busy", "no reason word here").reason == "busy"
 
 
+@pytest.mark.live
 async def test_store_fetch_has_audit_renew(pair):
     t, peer = pair.transport, pair.peer
     sid, data = share(1)
@@ -124,6 +125,7 @@ async def test_store_fetch_has_audit_renew(pair):
     assert (stats.stored, stats.fetched, stats.bytes_in) == (2, 3, 2 * len(data))
 
 
+@pytest.mark.live
 async def test_missing_share_and_bad_range_are_clear_refusals(pair):
     t, peer = pair.transport, pair.peer
     sid, data = share(2)
@@ -137,6 +139,7 @@ async def test_missing_share_and_bad_range_are_clear_refusals(pair):
         assert bad_range.value.reason == "range"
 
 
+@pytest.mark.live
 async def test_quota_refusal_comes_before_the_body_and_stores_nothing(pair):
     t, peer = pair.transport, pair.peer
     big = random.Random(3).randbytes(1_500_000)
@@ -159,6 +162,7 @@ async def test_quota_refusal_comes_before_the_body_and_stores_nothing(pair):
     assert pair.store.statistics().shares == 2
 
 
+@pytest.mark.live
 async def test_wrong_hash_upload_is_refused_and_nothing_stored(pair):
     sid, data = share(5)
     lying = PutRequest(id=hashlib.sha256(b"other").digest(), file=FILE, lease=LEASE, size=len(data))
@@ -170,6 +174,7 @@ async def test_wrong_hash_upload_is_refused_and_nothing_stored(pair):
     assert pair.store.statistics().shares == 0
 
 
+@pytest.mark.live
 async def test_truncated_upload_is_refused_and_nothing_stored(pair):
     sid, data = share(6)
     header = PutRequest(id=sid, file=FILE, lease=LEASE, size=len(data))
@@ -180,6 +185,7 @@ async def test_truncated_upload_is_refused_and_nothing_stored(pair):
     assert pair.store.has([sid]) == [False]
 
 
+@pytest.mark.live
 async def test_oversized_and_malformed_headers_are_refused(pair):
     too_big = PutRequest(id=FILE, file=FILE, lease=LEASE, size=1)
     fields = wire.to_wire(too_big) | {"size": 64 << 20}
@@ -203,6 +209,7 @@ async def test_oversized_and_malformed_headers_are_refused(pair):
     assert pair.server.statistics().bad_requests == len(cases)
 
 
+@pytest.mark.live
 async def test_full_server_answers_busy(tmp_path):
     store = ShareStore(tmp_path / "a", quota_bytes=1 << 24, durable=False)
     server = ShareServer(store, config=ServerConfig(max_transfers=1, body_timeout=5))
@@ -229,6 +236,7 @@ async def test_full_server_answers_busy(tmp_path):
     store.close()
 
 
+@pytest.mark.live
 async def test_cancelled_exchanges_leave_the_connection_usable(pair):
     """Callers cancel fetches all the time (a get drops the ones it no longer needs)."""
     t, peer = pair.transport, pair.peer
@@ -255,6 +263,7 @@ def rot(store: ShareStore, share_id: bytes) -> bytes:
     return bytes(value)
 
 
+@pytest.mark.live
 async def test_a_rotten_share_is_served_as_stored_and_dropped_once_reported(pair):
     t, peer = pair.transport, pair.peer
     sid, data = share(13)
@@ -305,6 +314,7 @@ async def test_local_requests_use_the_same_checks(tmp_path):
     store.close()
 
 
+@pytest.mark.live
 async def test_raid_round_trip_over_libp2p(tmp_path):
     """put_file/get_file over three real hosts, each serving its own store."""
     params = raid.erasure.ErasureParams(k=2, n=3, segment_size=100_000)
@@ -340,6 +350,7 @@ async def test_raid_round_trip_over_libp2p(tmp_path):
         s.close()
 
 
+@pytest.mark.live
 async def test_a_holder_that_is_not_connected_is_dialled(tmp_path):
     store = ShareStore(tmp_path / "s", quota_bytes=1 << 24, durable=False)
     server = ShareServer(store)
@@ -364,6 +375,7 @@ async def test_a_holder_that_is_not_connected_is_dialled(tmp_path):
     store.close()
 
 
+@pytest.mark.live
 async def test_a_holder_that_cannot_be_dialled_is_not_dialled_again_at_once():
     """A read asks a holder that has gone for a share of every segment: one dial fails
     (py-libp2p takes ~0.7 s for it), and the exchanges waiting on it and those that follow
@@ -392,6 +404,7 @@ async def test_a_holder_that_cannot_be_dialled_is_not_dialled_again_at_once():
         assert failed == [gone] * 3
 
 
+@pytest.mark.live
 async def test_one_stream_carries_many_exchanges_until_the_holder_closes_it_idle(tmp_path):
     store = ShareStore(tmp_path / "s", quota_bytes=1 << 24, durable=False)
     server = ShareServer(store, config=ServerConfig(idle_timeout=0.3))

@@ -102,6 +102,7 @@ def write(tmp_path: Path, name: str, size: int, seed: int) -> Path:
     return path
 
 
+@pytest.mark.live
 async def test_ring_comes_from_the_overlay_and_unconnected_holders_are_dialled(tmp_path):
     """Star-connected hosts: the overlay tells each node about all the others, a put
     from a leaf stores on holders it was not connected to, and another leaf reads it back."""
@@ -237,6 +238,7 @@ def peer_id_text_of(i: int) -> str:
     return str(ID.from_pubkey(make(i.to_bytes(32, "big")).public_key))
 
 
+@pytest.mark.live
 async def test_passed_audits_are_reported_once_per_holder_after_the_epoch(tmp_path):
     async with storage_mesh(tmp_path, 5) as (nodes, services):
         owner = services[0]
@@ -272,6 +274,7 @@ async def test_passed_audits_are_reported_once_per_holder_after_the_epoch(tmp_pa
         assert len(credits.calls) == len(by_holder)
 
 
+@pytest.mark.live
 async def test_get_resumes_from_a_verified_prefix_and_from_an_offset(tmp_path):
     async with storage_mesh(tmp_path, 4) as (nodes, services):
         src = write(tmp_path, "src", 400_000, 3)
@@ -322,6 +325,7 @@ async def test_audits_not_yet_claimed_survive_a_restart(tmp_path):
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.live
 async def test_cli_get_resumes_a_partial_download_through_the_api(tmp_path, capsys):
     """Two in-process nodes with their local APIs; ``poolai get`` finds a part file and asks
     only for the rest (HTTP Range), which the node fetches from the segment holding it."""
@@ -357,6 +361,7 @@ async def test_cli_get_resumes_a_partial_download_through_the_api(tmp_path, caps
             assert out.read_bytes() == data
 
 
+@pytest.mark.live
 async def test_api_download_sends_a_range_from_memory_and_stops_when_its_client_leaves(tmp_path):
     """``GET /api/files/{id}`` hands verified segments over without a scratch file: a Range
     starting inside a segment gets exactly the bytes from there; a client that leaves after
@@ -402,6 +407,7 @@ async def test_api_download_sends_a_range_from_memory_and_stops_when_its_client_
                 [(len(data) - 5 * 64_000, put.manifest.segment_count - 5)]
 
 
+@pytest.mark.live
 async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebuild(tmp_path):
     """``GET /api/files/{id}/check`` fetches and verifies k shares of every segment, sends no
     file byte to its client, and fails (503, the segment named) once a segment is lost."""
@@ -452,6 +458,7 @@ async def test_api_check_reads_the_whole_file_and_names_a_segment_it_cannot_rebu
             assert "segment 5" in reply.json()["error"]["message"]
 
 
+@pytest.mark.live
 async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
     from poolai.node.credits.receipts import ReceiptRejected
 

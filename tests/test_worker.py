@@ -164,6 +164,7 @@ def test_execute_reports_a_program_failure(dirs, mlp_pt2) -> None:
 # ----------------------------------------------------------------------------- real workers
 
 
+@pytest.mark.live
 async def test_worker_process_runs_an_mlp_forward(dirs) -> None:
     files, out = dirs
     x = torch.randn(9, 16)
@@ -180,6 +181,7 @@ async def test_worker_process_runs_an_mlp_forward(dirs) -> None:
     assert outcome.process.network_isolated == IS_ROOT
 
 
+@pytest.mark.live
 async def test_worker_process_runs_a_transformer_forward(dirs) -> None:
     files, out = dirs
     tokens = torch.randint(0, GPT.vocab_size, (3, 11))
@@ -194,6 +196,7 @@ async def test_worker_process_runs_a_transformer_forward(dirs) -> None:
     assert torch.allclose(logits, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.live
 async def test_worker_process_runs_a_pt2_program(dirs, mlp_pt2) -> None:
     files, out = dirs
     archive, model = mlp_pt2
@@ -220,6 +223,7 @@ async def test_job_over_its_timeout_is_killed_and_reported(dirs) -> None:
     assert not (out / OUTPUT_FILE).exists()
 
 
+@pytest.mark.live
 async def test_job_over_its_memory_limit_is_stopped_and_reported_as_such(dirs) -> None:
     files, out = dirs
     wide = MLPConfig(1, (16384,), 1)  # batch 65536 x 16384 activations: 4 GiB, over a 1 GiB cap

@@ -1,6 +1,6 @@
 """The worker side of jobs on the mesh: admit offers, run them in slots, report back.
 
-:class:`Executor` owns the node's :class:`~poolai.node.jobs.dispatch.WorkQueue` and drives it:
+:class:`Executor` owns the node's :class:`~poolai.node.jobs.queue.WorkQueue` and drives it:
 
 * an offer is admitted (or refused with a reason) and, before the accept goes back,
   written to ``<data>/jobs/worker.json``; a restarted node re-queues every job it had

@@ -27,7 +27,11 @@ def routes(service: OverlayService) -> list[Route]:
         return JSONResponse(overlay.snapshot())
 
     async def lookup(request: Request) -> JSONResponse:
-        """Body ``{"positions": ["<16 hex digits>", ...]}`` or ``{"keys": ["text", ...]}``."""
+        """Body ``{"positions": ["<16 hex digits>", ...]}`` or ``{"keys": ["text", ...]}``.
+
+        Each result: ``position``, ``owner`` (None when the lookup failed), ``timeouts`` (peers
+        that did not answer in time; a slow owner among them makes the owner named the next
+        live peer) and ``expired`` (the lookup ran out of this route's 10 s)."""
         try:
             body = await request.json()
             positions = [int(p, 16) for p in body.get("positions", [])]
@@ -40,11 +44,13 @@ def routes(service: OverlayService) -> list[Route]:
 
         async def one(i: int, position: int) -> None:
             with trio.move_on_after(10):
-                owner = await overlay.lookup(position)
+                lk = await overlay.run_lookup(position)
                 results[i] = {"position": f"{position:016x}",
-                              "owner": peer_id_text(owner.peer_id) if owner else None}
+                              "owner": peer_id_text(lk.owner.peer_id) if lk.owner else None,
+                              "timeouts": lk.timeouts, "expired": False}
             if not results[i]:
-                results[i] = {"position": f"{position:016x}", "owner": None}
+                results[i] = {"position": f"{position:016x}", "owner": None, "timeouts": None,
+                              "expired": True}
 
         limiter = trio.CapacityLimiter(16)
 
