@@ -336,7 +336,7 @@ def bench_mesh(
     with putter.client(timeout) as client:
         response = client.post(putter.base + "/api/files", content=upload(),
                                params={"k": k, "n": n, "segment": segment},
-                               headers={"Content-Length": str(size)})
+                               headers={**putter.headers, "Content-Length": str(size)})
     put_s = time.perf_counter() - start
     if response.status_code != 201:
         raise SystemExit(f"put failed: {response.text}")
