@@ -29,8 +29,9 @@ from poolai.node.jobs.dispatch import (
     Wait,
     WorkState,
 )
-from poolai.node.jobs.executor import STATE_FILE, Executor
+from poolai.node.jobs.executor import Executor
 from poolai.node.jobs.files import CachedFiles
+from poolai.node.jobs.held import STATE_FILE, Held, Pending, decode_state, encode_state
 from poolai.node.jobs.queue import GpuSlot, WorkerLimits, WorkItem, WorkQueue, incapable_reason
 from poolai.node.jobs.runner import JobOutcome, ProcessOutcome
 from poolai.node.jobs.spec import (
@@ -518,6 +519,28 @@ def executor(tmp_path: Path, files: MemoryFiles, sub: Submitter, runner: FakeRun
              slots: int = 1) -> Executor:
     return Executor("W", tmp_path, files, sub.call, lambda: WorkerLimits(slots=slots, max_queued=4),
                     runner=runner)
+
+
+def test_the_worker_state_file_round_trips_and_drops_only_what_no_longer_parses() -> None:
+    job = spec("j1")
+    held = Held(WorkItem("S", "j1", 2, 0, job.requirements, 5.0, 7), encode_job(job), {"a": "b"})
+    stopped = Held(WorkItem("S", "j0", 1, 0, job.requirements, 4.0, 6), encode_job(spec("j0")), {})
+    stopped.stopped = True
+    message = jp.Result(job_id="j9", attempt=1, record={"status": "ok"}, output="", log_tail="", gpu_s=0.0)
+    data = encode_state([held, stopped], [Pending("T", message, 9.0)])
+    jobs, pending, problems = decode_state(data, priority_of=lambda submitter: 3)
+    assert problems == [] and [(h.item.key, h.item.attempt, h.item.seq, h.item.priority, h.files)
+                                for h in jobs] == [(("S", "j1"), 2, 7, 3, {"a": "b"})]
+    assert list(pending) == [("T", "j9")] and pending["T", "j9"].message == message
+
+    doc = json.loads(data)
+    doc["jobs"].append({"submitter": "S", "spec": "{not json"})
+    doc["results"].append({"submitter": "T"})
+    jobs, pending, problems = decode_state(json.dumps(doc).encode(), priority_of=lambda s: 0)
+    assert len(jobs) == 1 and len(pending) == 1 and len(problems) == 2
+    for bad in (b"[]", b'{"version": 2}', b'{"version": 1, "jobs": 5}', b"\xff"):
+        with pytest.raises(ValueError):
+            decode_state(bad, priority_of=lambda s: 0)
 
 
 async def test_executor_runs_reports_and_redelivers_until_acknowledged(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ most 64 KiB of spec each.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -39,6 +38,7 @@ from poolai.mesh.errors import MeshError
 from poolai.node.jobs import protocol as jp
 from poolai.node.jobs.dispatch import Refusal, WorkState
 from poolai.node.jobs.files import Files, FileTransferError
+from poolai.node.jobs.held import MAX_STATE_BYTES, STATE_FILE, Held, Pending, decode_state, encode_state
 from poolai.node.jobs.queue import GpuSlot, Started, WorkerLimits, WorkItem, WorkQueue
 from poolai.node.jobs.runner import JobOutcome, WorkerPolicy, run_job
 from poolai.node.jobs.spec import (
@@ -54,9 +54,6 @@ from poolai.node.jobs.spec import (
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "worker.json"
-STATE_VERSION = 1
-MAX_STATE_BYTES = 64 << 20
 FILE_TIMEOUT_S = 600.0
 
 
@@ -65,29 +62,6 @@ Call = Callable[[str, Any, tuple[type, ...], float], Awaitable[Any]]
 
 Runner = Callable[[JobSpec, Path, Path, WorkerPolicy], Awaitable[JobOutcome]]
 """:func:`poolai.node.jobs.runner.run_job` (tests pass a fake)."""
-
-
-@dataclass
-class Held:
-    """One job this node accepted, from offer to acknowledged result."""
-
-    item: WorkItem
-    spec: bytes
-    files: dict[str, str]
-    state: WorkState = WorkState.QUEUED
-    scope: trio.CancelScope | None = None
-    stopped: bool = False  # the submitter no longer wants it
-
-
-@dataclass
-class Pending:
-    """A finished attempt's result, waiting for its submitter's acknowledgement."""
-
-    submitter: str
-    message: jp.Result
-    finished_at: float
-    next_try: float = 0.0
-    tries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,19 +393,9 @@ class Executor:
                 await self.on_accepted(p.submitter, p.message)
 
     # ------------------------------------------------------------------ persistence
-    def _document(self) -> bytes:
-        jobs = [{"submitter": h.item.submitter, "job_id": h.item.job_id, "attempt": h.item.attempt,
-                 "enqueued_at": h.item.enqueued_at, "seq": h.item.seq, "spec": h.spec.decode(),
-                 "files": h.files} for h in self.held.values() if not h.stopped]
-        results = [{"submitter": p.submitter, "finished_at": p.finished_at,
-                    "message": {f.name: getattr(p.message, f.name)
-                                for f in dataclasses.fields(p.message)}}
-                   for p in self.pending.values()]
-        return json.dumps({"version": STATE_VERSION, "jobs": jobs, "results": results}).encode()
-
     async def _save(self) -> None:
         async with self._save_lock:
-            data = self._document()
+            data = encode_state(self.held.values(), self.pending.values())
             await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
 
     def _load(self) -> None:
@@ -439,38 +403,28 @@ class Executor:
         path = self.dir / STATE_FILE
         try:
             with open(path, "rb") as f:
-                doc = json.loads(f.read(MAX_STATE_BYTES))
-            if doc.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {doc.get('version')!r}")
+                data = f.read(MAX_STATE_BYTES)
         except FileNotFoundError:
             return
-        except (OSError, ValueError, AttributeError) as exc:
+        except OSError as exc:
             log.error("ignoring unreadable %s: %s", path, exc)
             return
-        for raw in doc.get("jobs", []):
-            try:
-                spec = raw["spec"].encode()
-                job = decode_job(spec)
-                item = WorkItem(raw["submitter"], job.job_id, int(raw["attempt"]),
-                                self.priority_of(raw["submitter"]),
-                                job.requirements, float(raw["enqueued_at"]), int(raw["seq"]))
-                files = {str(k): str(v) for k, v in raw["files"].items()}
-            except (KeyError, TypeError, ValueError, AttributeError, InvalidJob) as exc:
-                log.error("dropping a malformed job from %s: %s", path, exc)
-                continue
-            self.queue.restore(item)
-            self.held[item.key] = Held(item, spec, files)
-            self.stats["restored"] += 1
-        for raw in doc.get("results", []):
-            try:
-                message = jp.Result(**raw["message"])
-                self.pending[(raw["submitter"], message.job_id)] = Pending(
-                    raw["submitter"], message, float(raw["finished_at"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("dropping a malformed result from %s: %s", path, exc)
+        try:
+            held, pending, problems = decode_state(data, self.priority_of)
+        except ValueError as exc:
+            log.error("ignoring unreadable %s: %s", path, exc)
+            return
+        for problem in problems:
+            log.error("dropping from %s: %s", path, problem)
+        for h in held:
+            self.queue.restore(h.item)
+            self.held[h.item.key] = h
+        self.pending.update(pending)
+        self.stats["restored"] += len(held)
         if self.held or self.pending:
             log.info("restored %d job(s) and %d undelivered result(s)", len(self.held),
                      len(self.pending))
+
 
     def snapshot(self) -> dict[str, Any]:
         """The worker side of the jobs section of ``/api/status``."""
