@@ -45,6 +45,11 @@ class QuotaExceeded(StoreError):
     """Storing the share would take the store over its byte quota; nothing was written."""
 
 
+class GrantExceeded(StoreError):
+    """The peer storing the share is over what this holder grants it (``storage.grants``);
+    nothing was written."""
+
+
 class ShareNotFound(StoreError, KeyError):
     """The store holds no share under this id."""
 

@@ -5,7 +5,8 @@ drive it over memory streams too. A stream carries one exchange or several
 in a row (a client keeps streams open to a holder it fetches from often);
 it ends when the client half-closes, after ``idle_timeout`` without a next
 request, or at the first refusal or fault. It checks a ``store.put`` header (size,
-ids, quota) before reading the body, bounds concurrent transfers and their
+ids, the peer's grant, quota) before reading the body, charges every share to
+the peer that stored it (:mod:`poolai.storage.grants`), caps leases, bounds concurrent transfers and their
 announced bytes (answering ``busy`` when full), reads and writes under
 deadlines, and runs every LMDB call that may wait for the disk off the event
 loop (a fetch of a share that is all in the page cache is copied out on
@@ -15,11 +16,12 @@ serve this node's own requests (``*_local``), which skip the network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import trio
@@ -27,8 +29,14 @@ import trio
 from poolai.mesh import wire
 from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, TruncatedFrame
 from poolai.mesh.rpc import ByteStream
-from poolai.storage import integrity
-from poolai.storage.errors import QuotaExceeded, ShareCorrupted, ShareHashMismatch, ShareNotFound
+from poolai.storage import grants, integrity
+from poolai.storage.errors import (
+    GrantExceeded,
+    QuotaExceeded,
+    ShareCorrupted,
+    ShareHashMismatch,
+    ShareNotFound,
+)
 from poolai.storage.protocol import (
     CONTROL_FRAME,
     MAX_AUDIT_LENGTH,
@@ -72,7 +80,7 @@ class ServerConfig:
     idle_timeout: float = 20.0  # a kept-open stream with no next request is closed after this
     body_timeout: float = 60.0  # to receive one share body
     reply_timeout: float = 60.0  # to send one reply (with its bytes)
-    max_lease_s: int = 400 * 86400  # longest lease granted to a peer, from now
+    max_lease_s: int = grants.MAX_LEASE_S  # longest lease granted to a peer, from now
 
     def __post_init__(self) -> None:
         if min(self.max_requests, self.max_transfers, self.max_transfer_bytes) < 1:
@@ -92,6 +100,7 @@ class ServerStatistics:
     stored: int
     fetched: int
     quota_refusals: int
+    grant_refusals: int  # puts refused because the peer is over its grant
     hash_refusals: int
     corrupt: int
     bytes_in: int
@@ -104,7 +113,10 @@ class ShareServer:
     """Serves one :class:`ShareStore` to peers, and to this node itself (``*_local``).
 
     ``offload`` runs blocking store calls (default ``trio.to_thread.run_sync``);
-    ``clock`` gives unix seconds for capping leases.
+    ``clock`` gives unix seconds for capping leases and evicting expired shares.
+    A share a peer stores is charged to that peer (``peer``, its id as text); one
+    this node stores for itself (``peer=None``) to nobody. What each peer may keep
+    is the store's ``grant_policy``.
     """
 
     def __init__(
@@ -128,36 +140,42 @@ class ShareServer:
         return ServerStatistics(**self._n, transfers=self._transfers)
 
     # ------------------------------------------------------------------ operations
-    async def put_local(self, share_id: bytes, data: bytes, file_id: bytes, lease: int) -> bool:
-        """Store a share in this node's store; raises ShareRefused (quota, hash)."""
+    async def put_local(self, share_id: bytes, data: bytes, file_id: bytes, lease: int,
+                        peer: str | None = None) -> bool:
+        """Store a share in this node's store for ``peer`` (None: this node); raises
+        ShareRefused (quota, grant, hash)."""
         check_ids([share_id, file_id])
         if not 0 < len(data) <= MAX_SHARE_SIZE:
             raise ShareRefused("bad_request", "too_large", f"share of {len(data)} bytes")
-        lease = min(lease, int(self._clock()) + self.config.max_lease_s)
+        now = int(self._clock())
+        lease = min(lease, now + self.config.max_lease_s)
+        put = functools.partial(self.store.put, file_id=file_id, lease_expiry=lease, owner=peer, now=now)
         try:
-            new = await self._offload(self._put, share_id, data, file_id, lease)
+            with self._refusals():
+                new = await self._offload(put, share_id, data)
         except ShareHashMismatch as exc:
             self._n["hash_refusals"] += 1
             raise ShareRefused("bad_request", "hash", str(exc)) from None
-        except QuotaExceeded as exc:
-            self._n["quota_refusals"] += 1
-            raise ShareRefused("refused", "quota", str(exc)) from None
         self._n["stored"] += 1
         return new
 
-    def _put(self, share_id: bytes, data: bytes, file_id: bytes, lease: int) -> bool:
-        return self.store.put(share_id, data, file_id=file_id, lease_expiry=lease)
+    async def admit_local(self, share_id: bytes, size: int, peer: str | None = None) -> None:
+        """Refuse a share before its bytes arrive if ``peer`` (None: this node) is over its
+        grant or the share cannot fit the quota. Raises ShareRefused (grant, quota)."""
+        admit = functools.partial(self.store.admit, owner=peer, now=int(self._clock()))
+        with self._refusals():
+            await self._offload(admit, share_id, size)
 
-    async def admit_local(self, share_id: bytes, size: int) -> None:
-        """Refuse a share before its bytes arrive if it cannot fit the quota."""
-        if not (await self._offload(self.store.has, [share_id]))[0]:
-            stats = await self._offload(self.store.statistics)
-            if stats.bytes + size > stats.quota_bytes:
-                self._n["quota_refusals"] += 1
-                raise ShareRefused(
-                    "refused", "quota",
-                    f"share of {size} bytes refused: {stats.bytes} of {stats.quota_bytes} quota bytes used",
-                )
+    @contextlib.contextmanager
+    def _refusals(self) -> Iterator[None]:
+        try:
+            yield
+        except QuotaExceeded as exc:
+            self._n["quota_refusals"] += 1
+            raise ShareRefused("refused", "quota", str(exc)) from None
+        except GrantExceeded as exc:
+            self._n["grant_refusals"] += 1
+            raise ShareRefused("refused", "grant", str(exc)) from None
 
     async def fetch_local(
         self, share_id: bytes, offset: int = 0, length: int = 0, *, verify: bool = False
@@ -255,7 +273,7 @@ class ShareServer:
                 try:
                     if request is None:
                         request = await self._next_request(reader, first=True)
-                    await self._dispatch(stream, reader, request)
+                    await self._dispatch(stream, reader, request, peer)
                 finally:
                     self._requests.release_on_behalf_of(stream)
             except ShareRefused as fault:
@@ -299,12 +317,12 @@ class ShareServer:
         except ProtocolError as exc:
             raise ShareRefused("bad_request", "malformed", str(exc)) from None
 
-    async def _dispatch(self, stream: ByteStream, reader: Reader, request: Any) -> None:
+    async def _dispatch(self, stream: ByteStream, reader: Reader, request: Any, peer: str) -> None:
         if isinstance(request, FetchRequest):
             await self._serve_fetch(stream, request)
             return
         if isinstance(request, PutRequest):
-            reply: Any = await self._serve_put(reader, request)
+            reply: Any = await self._serve_put(reader, request, peer)
         elif isinstance(request, HasRequest):
             reply = HeldReply(held=pack_bits(await self.has_local(request.ids)))
         elif isinstance(request, CheckRequest):
@@ -330,18 +348,18 @@ class ShareServer:
         self._transfers -= 1
         self._transfer_bytes -= size
 
-    async def _serve_put(self, reader: Reader, request: PutRequest) -> StoredReply:
+    async def _serve_put(self, reader: Reader, request: PutRequest, peer: str) -> StoredReply:
         check_ids([request.id, request.file])
         self._reserve(request.size)
         try:
-            await self.admit_local(request.id, request.size)
+            await self.admit_local(request.id, request.size, peer)
             try:
                 with trio.fail_after(self.config.body_timeout):
                     data = await reader.exactly(request.size)
             except TruncatedFrame as exc:
                 raise ShareRefused("bad_request", "truncated", str(exc)) from None
             self._n["bytes_in"] += len(data)
-            new = await self.put_local(request.id, data, request.file, request.lease)
+            new = await self.put_local(request.id, data, request.file, request.lease, peer)
         finally:
             self._release(request.size)
         return StoredReply(new=new)

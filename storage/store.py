@@ -1,4 +1,4 @@
-"""The share store: content-addressed shares in LMDB, with a byte quota, leases and pins.
+"""The share store: content-addressed shares in LMDB, with a byte quota, leases, pins and grants.
 
 Synchronous on purpose: LMDB calls block (page faults, fsync), so async
 callers run every method through ``trio.to_thread.run_sync``. The object is
@@ -6,17 +6,25 @@ safe to use from several threads at once (LMDB serialises writers and gives
 each reader a snapshot; the counters have their own lock).
 
 On-disk layout (schema 2; schema 1 was the same with sha256 share ids): one
-LMDB environment in ``path`` with three named databases::
+LMDB environment in ``path`` with five named databases::
 
     "shares"   key share_id (32 bytes) -> the share bytes
     "records"  key share_id (32 bytes) -> record, 42 bytes, big-endian:
                  u8 record version (1) | u64 lease expiry (unix seconds)
                  | u8 pinned (0/1) | 32 bytes file id
+    "owners"   key share_id (32 bytes) -> the peer charged for it (peer id text, utf-8);
+                 no entry: this node's own share (or one stored before grants)
+    "peers"    key peer id text (utf-8, <= 64 bytes) -> 24 bytes, big-endian:
+                 u64 bytes charged | u64 shares charged | u64 credit (see grants.py)
     "info"     b"schema" -> u32 schema version (2)
                b"bytes"  -> u64 total share bytes,  b"shares" -> u64 share count
+               b"unearned" -> u64 unearned bytes of all peers together (grants.py)
 
-Crash safety: a share, its record and the totals change in one write
-transaction. LMDB commits by a single meta-page write after the data pages,
+"owners" and "peers" came with grants; the previous release opens such a store
+and ignores them (records are unchanged), so a store can go back and forth.
+
+Crash safety: a share, its record, its owner, the owner's account and the
+totals change in one write transaction. LMDB commits by a single meta-page write after the data pages,
 so a process killed at any instant leaves the previous or the next
 committed state, never a half-written share. With ``durable=True`` (the
 default) each commit is fsynced, so it also survives power loss.
@@ -29,14 +37,15 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
 import lmdb
 
-from poolai.storage import erasure, integrity, manifest, memory
+from poolai.storage import erasure, grants, integrity, manifest, memory
 from poolai.storage.errors import (
+    GrantExceeded,
     QuotaExceeded,
     ShareCorrupted,
     ShareHashMismatch,
@@ -52,6 +61,8 @@ MAX_VALUE_SIZE = max(erasure.MAX_SEGMENT_SIZE, manifest.MAX_MANIFEST_SIZE)
 MAX_LEASE = (1 << 64) - 1
 _RECORD = struct.Struct(">BQB32s")
 _U64 = struct.Struct(">Q")
+_ACCOUNT = struct.Struct(">QQQ")
+MAX_OWNER = 64  # bytes of a peer id's text
 _MAP_SLACK = 64 << 20
 
 
@@ -63,6 +74,7 @@ class ShareRecord:
     lease_expiry: int
     pinned: bool
     size: int
+    owner: str = ""  # the peer charged for it ("": this node's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +87,17 @@ class StoreStatistics:
     reads: int
     writes: int
     hash_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantStatistics:
+    """The per-peer table: how many rows, the newcomers' pool, the busiest peers."""
+
+    accounts: int
+    pool_used: int
+    pool_bytes: int
+    top: tuple[tuple[str, grants.Account, int], ...]  # (peer, account, its grant now)
+    evicted: int  # shares evicted to make room since open
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +125,24 @@ class ShareStore:
 
     ``quota_bytes`` bounds the sum of stored share sizes. ``durable=False``
     skips fsync: still safe against a killed process, not against power loss.
+    ``grant_policy`` bounds what each peer may keep (:mod:`poolai.storage.grants`);
+    without one every share is still charged to its peer, and only the quota bounds.
     Open one ShareStore per directory per process (an LMDB rule).
     Raises StoreError if the directory holds a store of another schema.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, quota_bytes: int, durable: bool = True):
+    def __init__(self, path: str | os.PathLike[str], *, quota_bytes: int, durable: bool = True,
+                 grant_policy: grants.GrantPolicy | None = None):
         if type(quota_bytes) is not int or quota_bytes <= 0:
             raise ValueError("quota_bytes must be a positive int")
         self.path = Path(path)
         self.quota_bytes = quota_bytes
+        self.grant_policy = grant_policy
         self.path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(
             str(self.path),
             map_size=map_size_for(quota_bytes),
-            max_dbs=3,
+            max_dbs=5,
             sync=durable,
             metasync=durable,
             readahead=False,
@@ -134,7 +161,14 @@ class ShareStore:
             raise StoreError(f"{path}: unsupported store schema {schema}")
         self._shares = self._env.open_db(b"shares")
         self._records = self._env.open_db(b"records")
+        self._owners = self._env.open_db(b"owners")
+        self._peers = self._env.open_db(b"peers")
         self._lock = threading.Lock()
+        # After an eviction scan found nothing to free: (no scan before this unix time,
+        # quota, credits generation) - a full store refuses at once until one changes.
+        self._no_victims: tuple[int, int, int] | None = None
+        self._credits_generation = 0
+        self._evicted = 0
         self._reads = 0
         self._writes = 0
         self._hash_failures = 0
@@ -166,13 +200,20 @@ class ShareStore:
         file_id: bytes,
         lease_expiry: int,
         pinned: bool = False,
+        owner: str | None = None,
+        now: int | None = None,
     ) -> bool:
         """Store a share under its content id; return True if new bytes were written.
 
         Storing a share already held extends its lease to the later expiry and
-        pins it if asked (the bytes are identical by construction).
-        Raises ShareHashMismatch if ``data`` does not hash to ``share_id`` and
-        QuotaExceeded if the new bytes do not fit; in both cases nothing changes.
+        pins it if asked (the bytes are identical by construction); the peer that
+        stored it first stays charged. ``owner`` is the peer storing it (None: this
+        node itself, charged to nobody). With ``now`` (unix seconds), a put that does
+        not fit the quota first evicts expired shares, then shares of peers over their
+        grant (:func:`grants.eviction_order`), in the same transaction.
+        Raises ShareHashMismatch if ``data`` does not hash to ``share_id``,
+        GrantExceeded if ``owner`` is over its grant, QuotaExceeded if the new bytes
+        do not fit; in each case nothing changes.
         """
         integrity.check_id(share_id, "share_id")
         integrity.check_id(file_id, "file_id")
@@ -180,6 +221,7 @@ class ShareStore:
             raise ValueError(f"share of {len(data)} bytes exceeds {MAX_VALUE_SIZE}")
         if not 0 <= lease_expiry <= MAX_LEASE:
             raise ValueError("lease_expiry out of range")
+        key = _owner_key(owner)
         if not integrity.matches(share_id, data):
             raise ShareHashMismatch(f"share does not hash to {share_id.hex()[:16]}")
         healed = False
@@ -196,10 +238,14 @@ class ShareStore:
                     )
                     txn.put(share_id, merged, db=self._records)
                     return False
-                total, count = self._totals(txn)
                 if old is not None:  # rotted copy: replace it with the good bytes
                     healed = True
-                    total, count = total - len(old), count - 1
+                    self._delete_in(txn, share_id)
+                self._check_grant(txn, key, len(data))
+                total, count = self._totals(txn)
+                if total + len(data) > self.quota_bytes and now is not None:
+                    self._evict(txn, total + len(data) - self.quota_bytes, now)
+                    total, count = self._totals(txn)
                 if total + len(data) > self.quota_bytes:
                     raise QuotaExceeded(
                         f"share of {len(data)} bytes refused: {total} of "
@@ -208,7 +254,13 @@ class ShareStore:
                 txn.put(share_id, data, db=self._shares)
                 txn.put(share_id, _RECORD.pack(RECORD_VERSION, lease_expiry, pinned, file_id),
                         db=self._records)
+                if key:
+                    txn.put(share_id, key, db=self._owners)
+                    self._charge(txn, key, len(data), 1)
                 self._set_totals(txn, total + len(data), count + 1)
+                memo = self._no_victims
+                if memo is not None and not pinned and lease_expiry < memo[0]:
+                    self._no_victims = (lease_expiry, *memo[1:])  # this one may be evicted sooner
         except lmdb.MapFullError:
             raise QuotaExceeded("share store map is full") from None
         with self._lock:
@@ -216,6 +268,67 @@ class ShareStore:
             if healed:
                 self._hash_failures += 1
         return True
+
+    def admit(self, share_id: bytes, size: int, *, owner: str | None = None,
+              now: int | None = None) -> None:
+        """Check, before its bytes arrive, that a share of ``size`` from ``owner`` may be
+        stored (as :meth:`put` would decide, without evicting anything).
+
+        A share already held is always admitted (storing it again only extends its
+        lease). A full store admits only while an eviction might make room (see ``put``).
+        Raises GrantExceeded or QuotaExceeded.
+        """
+        key = _owner_key(owner)
+        with self._env.begin(buffers=True) as txn:
+            if txn.get(share_id, db=self._records) is not None:
+                return
+            self._check_grant(txn, key, size)
+            total, _ = self._totals(txn)
+            need = total + size - self.quota_bytes
+            if need > 0 and (now is None or sum(h.size for h in self._victims(txn, need, now)) < need):
+                raise QuotaExceeded(
+                    f"share of {size} bytes refused: {total} of {self.quota_bytes} quota bytes used"
+                )
+
+    def set_credits(self, credits: dict[str, int]) -> None:
+        """Record each peer's credit (bytes of this node's shares it keeps; see grants.py),
+        replacing all earlier credits, in one transaction. Peers left out get none; only
+        the ``credited_accounts`` largest are kept, and no row is added to a full table."""
+        policy = self.grant_policy or grants.GrantPolicy()
+        kept = {_owner_key(p): c for p, c in grants.kept_credits(policy, credits).items()}
+        with self._env.begin(write=True, buffers=True) as txn:
+            rows = {bytes(k): _ACCOUNT.unpack(v) for k, v in txn.cursor(db=self._peers)}
+            for key, (used, shares, _) in rows.items():
+                if used == 0 and key not in kept:
+                    txn.delete(key, db=self._peers)
+                else:
+                    txn.put(key, _ACCOUNT.pack(used, shares, kept.get(key, 0)), db=self._peers)
+            room = policy.max_accounts - txn.stat(self._peers)["entries"]
+            for key, credit in kept.items():
+                if key not in rows and room > 0:
+                    txn.put(key, _ACCOUNT.pack(0, 0, credit), db=self._peers)
+                    room -= 1
+            unearned = sum(policy.unearned(_account(v)) for _, v in txn.cursor(db=self._peers))
+            txn.put(b"unearned", _U64.pack(unearned), db=self._info)
+        with self._lock:
+            self._credits_generation += 1
+
+    def accounts(self) -> dict[str, grants.Account]:
+        """Every row of the per-peer table (at most ``max_accounts``)."""
+        with self._env.begin(db=self._peers, buffers=True) as txn:
+            return {bytes(k).decode(): _account(v) for k, v in txn.cursor()}
+
+    def grant_statistics(self, top: int = 10) -> GrantStatistics:
+        """The per-peer table's size, the newcomers' pool and the ``top`` busiest peers."""
+        policy = self.grant_policy or grants.GrantPolicy()
+        with self._env.begin(buffers=True) as txn:
+            unearned = txn.get(b"unearned", db=self._info)
+            pool_used = _U64.unpack(unearned)[0] if unearned is not None else 0
+        rows = self.accounts()
+        busiest = tuple((p, a, policy.grant(self.quota_bytes, a)) for p, a in grants.top_accounts(rows, top))
+        with self._lock:
+            evicted = self._evicted
+        return GrantStatistics(len(rows), pool_used, policy.pool(self.quota_bytes), busiest, evicted)
 
     def delete(self, share_id: bytes) -> bool:
         """Remove a share and its record; return False if it was not there."""
@@ -329,7 +442,9 @@ class ShareStore:
             raw = txn.get(share_id, db=self._records)
             if raw is None:
                 return None
-            return _unpack(bytes(raw), len(txn.get(share_id, db=self._shares) or b""))
+            rec = _unpack(bytes(raw), len(txn.get(share_id, db=self._shares) or b""))
+            owner = txn.get(share_id, db=self._owners)
+            return rec if owner is None else replace(rec, owner=bytes(owner).decode())
 
     def share_ids(self) -> list[bytes]:
         """Ids of every held share (a snapshot)."""
@@ -376,15 +491,97 @@ class ShareStore:
 
     def _delete_in(self, txn: lmdb.Transaction, share_id: bytes) -> bool:
         old = txn.get(share_id, db=self._shares)
+        owner = txn.get(share_id, db=self._owners)
+        if owner is not None:
+            owner = bytes(owner)
+            txn.delete(share_id, db=self._owners)
         if old is None:
             txn.delete(share_id, db=self._records)
             return False
         size = len(old)
         txn.delete(share_id, db=self._shares)
         txn.delete(share_id, db=self._records)
+        if owner:
+            self._charge(txn, owner, -size, -1)
         total, count = self._totals(txn)
         self._set_totals(txn, total - size, count - 1)
         return True
+
+    def _row(self, txn: lmdb.Transaction, key: bytes) -> grants.Account | None:
+        raw = txn.get(key, db=self._peers)
+        return None if raw is None else _account(raw)
+
+    def _pool_used(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"unearned", db=self._info)
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
+    def _check_grant(self, txn: lmdb.Transaction, key: bytes, size: int) -> None:
+        if not key or self.grant_policy is None:
+            return
+        refusal = grants.admit(self.grant_policy, self.quota_bytes, self._row(txn, key),
+                               txn.stat(self._peers)["entries"], self._pool_used(txn), size)
+        if refusal is not None:
+            raise GrantExceeded(refusal)
+
+    def _charge(self, txn: lmdb.Transaction, key: bytes, size: int, shares: int) -> None:
+        """Add ``size`` bytes and ``shares`` to ``key``'s row (negative: take them off),
+        keeping the unearned total in step; a row with nothing left is removed."""
+        policy = self.grant_policy or grants.GrantPolicy()
+        before = self._row(txn, key) or grants.Account()
+        after = grants.Account(max(0, before.used + size), max(0, before.shares + shares), before.credit)
+        if after.used == 0 and after.credit == 0:
+            txn.delete(key, db=self._peers)
+        else:
+            txn.put(key, _ACCOUNT.pack(after.used, after.shares, after.credit), db=self._peers)
+        unearned = self._pool_used(txn) + policy.unearned(after) - policy.unearned(before)
+        txn.put(b"unearned", _U64.pack(max(0, unearned)), db=self._info)
+
+    def _nothing_to_evict(self, now: int) -> bool:
+        memo = self._no_victims
+        with self._lock:
+            generation = self._credits_generation
+        return memo is not None and now < memo[0] and memo[1:] == (self.quota_bytes, generation)
+
+    def _evict(self, txn: lmdb.Transaction, need: int, now: int) -> None:
+        """Free ``need`` bytes if expired or over-grant shares allow (see grants.py)."""
+        victims = self._victims(txn, need, now)
+        for h in victims:
+            self._delete_in(txn, h.share_id)
+        if victims:
+            log.info("evicted %d shares (%d bytes) to make room", len(victims), sum(h.size for h in victims))
+            with self._lock:
+                self._evicted += len(victims)
+
+    def _victims(self, txn: lmdb.Transaction, need: int, now: int) -> list[grants.Holding]:
+        """What to evict to free ``need`` bytes: expired shares, then over-grant ones.
+
+        It reads every record, so a store that found nothing at all to free skips the
+        scan until the earliest lease runs out, the quota changes or credits are set again.
+        """
+        if self._nothing_to_evict(now):
+            return []
+        with self._lock:
+            generation = self._credits_generation
+        policy = self.grant_policy or grants.GrantPolicy()
+        accounts = {bytes(k).decode(): _account(v) for k, v in txn.cursor(db=self._peers)}
+        over = set()
+        if self.grant_policy is not None:  # without a policy no peer is over a grant
+            over = {p for p, a in accounts.items() if policy.over_grant(self.quota_bytes, a)}
+        holdings, next_expiry = [], MAX_LEASE
+        for key, raw in txn.cursor(db=self._records):
+            _, expiry, pinned, _ = _RECORD.unpack(raw)
+            if pinned:
+                continue
+            owner = txn.get(key, db=self._owners)
+            owner_text = bytes(owner).decode() if owner is not None else ""
+            if expiry <= now or owner_text in over:
+                size = len(txn.get(key, db=self._shares) or b"")
+                holdings.append(grants.Holding(bytes(key), owner_text, size, expiry))
+            else:
+                next_expiry = min(next_expiry, expiry)
+        victims = grants.eviction_order(policy, self.quota_bytes, holdings, accounts, now, need)
+        self._no_victims = None if holdings else (next_expiry, self.quota_bytes, generation)
+        return victims
 
     def _quarantine(self, share_id: bytes) -> None:
         with self._env.begin(write=True, buffers=True) as txn:
@@ -413,6 +610,18 @@ class ShareStore:
                 share_id,
                 _RECORD.pack(RECORD_VERSION, expiry, was_pinned if pinned is None else pinned, fid),
             )
+
+
+def _owner_key(owner: str | None) -> bytes:
+    key = (owner or "").encode()
+    if len(key) > MAX_OWNER:
+        raise ValueError(f"owner of {len(key)} bytes exceeds {MAX_OWNER}")
+    return key
+
+
+def _account(raw: bytes) -> grants.Account:
+    used, shares, credit = _ACCOUNT.unpack(raw)
+    return grants.Account(used, shares, credit)
 
 
 def _unpack(raw: bytes, size: int) -> ShareRecord:
