@@ -9,6 +9,7 @@ lookup). The credits service is a recording fake of its one storage call.
 from __future__ import annotations
 
 import random
+import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,3 +478,44 @@ async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
             owner.clock = lambda: 500_001 * EPOCH_S + 5.0
             report = await owner.upkeep()
         assert credits.calls and report.credit_claims == 0 and owner.credit_claims == 0
+
+
+async def test_a_holder_grants_what_peers_keep_for_it_and_a_refused_share_goes_elsewhere(tmp_path):
+    """Node 3 (4 MiB quota) grants each peer 256 KiB until it keeps node 3's shares: node
+    0's put of 2 MiB (1 MiB of shares per holder) is refused there with ``grant`` and
+    succeeds on the others; once node 3 has put a file of its own and found its holders,
+    they earn twice what they keep for it, and node 0's next put fits."""
+    small = FakeConfig(storage_quota=4 << 20)
+    async with storage_mesh(tmp_path, 4, configs={3: small}) as (nodes, services):
+        holder, putter = services[3], services[0]
+        me = nodes[0].host.peer_id
+        with trio.fail_after(90):
+            first = await putter.put(write(tmp_path, "a", 2 << 20, 10), params=PARAMS)
+            assert first.shares_failed > 0 and holder.server.statistics().grant_refusals > 0
+            assert putter.transport.statistics().refusals.get("grant", 0) > 0
+            await holder.refresh_statistics()
+            grants = holder.status()["grants"]
+            row = next(r for r in grants["top"] if r["peer"] == me)
+            assert row["used_bytes"] <= row["grant_bytes"] == (4 << 20) // 16 and row["credit_bytes"] == 0
+            await putter.get(first.file_id, tmp_path / "a.out")
+            assert (tmp_path / "a.out").read_bytes() == (tmp_path / "a").read_bytes()
+            own = await holder.put(write(tmp_path, "b", 600_000, 11), params=PARAMS)
+            await holder.upkeep()
+            grants = holder.status()["grants"]
+            row = next(r for r in grants["top"] if r["peer"] == me)
+            kept = _kept(services[0].store, own.manifest)
+            assert row["credit_bytes"] == kept > 0
+            assert row["grant_bytes"] == (4 << 20) // 16 + 2 * kept
+        # what node 0 keeps there is charged to it, each lease capped at 31 days
+        m = first.manifest
+        ids = [m.file_id()] + [m.share_id(s, i) for s in range(m.segment_count) for i in range(m.n)]
+        records = [holder.store.record(i) for i in ids]
+        held = [r for r in records if r is not None]
+        assert held and {r.owner for r in held} == {me}
+        assert sum(r.size for r in held) == row["used_bytes"]
+        assert all(r.lease_expiry <= int(time.time()) + 31 * 86400 for r in held)
+
+
+def _kept(store, m) -> int:
+    ids = [m.share_id(s, i) for s in range(m.segment_count) for i in range(m.n)]
+    return sum(store.record(i).size for i, held in zip(ids, store.has(ids), strict=True) if held)

@@ -36,6 +36,12 @@ so a get's resident memory stays flat whatever the file size.
 **Quota.** :meth:`StorageService.set_quota` is saved in ``storage/quota.json``
 with the configured quota it overrode; it holds across restarts until the
 configured ``storage_quota`` itself changes.
+
+**Grants.** What each peer may keep here is bounded by what this node grants it
+(:mod:`poolai.storage.grants`): a newcomer allowance plus twice what that peer
+keeps of this node's files, as the last upkeep pass found (``set_credits``);
+leases are capped at 31 days and renewed by their owners. A holder's refusal
+(``grant``) counts like a full quota: the put places the share elsewhere.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ from poolai.node.files.catalog import (
 )
 from poolai.node.files.ring import RingSource
 from poolai.node.files.upkeep import FileHealth, UpkeepReport
-from poolai.storage import integrity, memory, raid, upkeep
+from poolai.storage import grants, integrity, memory, raid, upkeep
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.errors import (
     NotEnoughShares,
@@ -80,8 +86,8 @@ from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
 from poolai.storage.protocol import PROTOCOL, ShareRefused
 from poolai.storage.raid import RaidConfig, ShareMeta
-from poolai.storage.server import ShareServer
-from poolai.storage.store import ShareStore, StoreStatistics
+from poolai.storage.server import ServerConfig, ShareServer
+from poolai.storage.store import GrantStatistics, ShareStore, StoreStatistics
 from poolai.storage.transport import Libp2pShareTransport
 
 if TYPE_CHECKING:
@@ -100,10 +106,13 @@ MAP_CEILING = 1 << 40  # quota the share store's LMDB map leaves room for withou
 # a holder silent for hedge_delay is hedged.
 RAID = RaidConfig(manifest_copies=10, manifest_happy=2, extra_fetches=0, hedge_delay=1.0)
 PhaseProgress = Callable[[str, int, int], None]
+GRANTS = grants.GrantPolicy()
+TOP_ACCOUNTS = 10  # peers keeping the most here, shown in the status
 
 
 class QuotaRefused(PutFailed):
-    """A put failed because holders refused shares: their storage quotas are full."""
+    """A put failed because holders refused shares: their storage quotas are full, or this
+    node's grants on them are used up."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,6 +182,8 @@ class StorageService:
         self.recent_errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.recent_ops: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self._stats: StoreStatistics | None = None
+        self._grants: GrantStatistics | None = None
+        self.leases_asked: dict[bytes, int] = {}  # file id -> capped expiry holders were asked for
         self._cpu_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._io_limiter = trio.CapacityLimiter(8)
         self._upkeep_lock = trio.Lock()
@@ -201,11 +212,13 @@ class StorageService:
         # The LMDB map is sized for MAP_CEILING (address space, not disk) so that set_quota
         # can raise the quota later without reopening; the quota itself is the attribute.
         self.store = await self.offload_io(
-            lambda: ShareStore(self.ctx.data_dir / "shares", quota_bytes=max(self.quota, MAP_CEILING))
+            lambda: ShareStore(self.ctx.data_dir / "shares", quota_bytes=max(self.quota, MAP_CEILING),
+                               grant_policy=GRANTS)
         )
         self.store.quota_bytes = self.quota
         try:
-            self.server = ShareServer(self.store, offload=self.offload_io)
+            self.server = ShareServer(self.store, config=ServerConfig(max_lease_s=GRANTS.max_lease_s),
+                                      offload=self.offload_io)
             self.transport = Libp2pShareTransport(self.host, local=self.server,
                                                   addresses=self.rings.addresses,
                                                   dial_failed=self.rings.mark_unreachable)
@@ -281,10 +294,11 @@ class StorageService:
         except PutFailed as exc:
             self._record("put", file_id, exc)
             await self.offload_io(memory.trim)
-            full = counting.refusals["quota"]
+            full = counting.refusals["quota"] + counting.refusals["grant"]
             if full:
                 raise QuotaRefused(
-                    f"{exc}; holders refused {full} shares: their storage quota is full"
+                    f"{exc}; holders refused {full} shares: their storage quota is full "
+                    "or what they grant this node is used up"
                 ) from None
             raise
         clock.append(time.perf_counter())
@@ -296,6 +310,7 @@ class StorageService:
             progress("renew", 0, 1)
         renewed = await upkeep.renew_file(self.transport, ring, m, lease,
                                           manifest_copies=RAID.manifest_copies)
+        self.leases_asked[file_id] = min(lease, now + GRANTS.max_lease_s)
         if pin:
             await self.offload_io(self._pin_local, m, True)
         clock.append(time.perf_counter())
@@ -416,6 +431,7 @@ class StorageService:
         await self.offload_io(self.files.put, entry)
         await upkeep.renew_file(self.transport, await self.reading_ring(), m, lease,
                                 manifest_copies=RAID.manifest_copies)
+        self.leases_asked[file_id] = min(lease, now + GRANTS.max_lease_s)
         await self.offload_io(self._pin_local, m, True)
         return entry
 
@@ -478,6 +494,7 @@ class StorageService:
     async def refresh_statistics(self) -> StoreStatistics:
         assert self.store is not None
         self._stats = await self.offload_io(self.store.statistics)
+        self._grants = await self.offload_io(self.store.grant_statistics, TOP_ACCOUNTS)
         return self._stats
 
     async def _statistics_loop(self) -> None:
@@ -518,11 +535,27 @@ class StorageService:
             "recent_errors": list(self.recent_errors),
             "recent_ops": list(self.recent_ops),
         }
+        if self._grants is not None:
+            out["grants"] = _grants_status(self._grants)
         if self.server is not None and self.transport is not None:
             out["server"] = dataclasses.asdict(self.server.statistics())
             out["transport"] = dataclasses.asdict(self.transport.statistics())
         return out
 
+
+
+def _grants_status(g: GrantStatistics) -> dict[str, Any]:
+    return {
+        "policy": {"ratio": GRANTS.ratio, "newcomer_share": GRANTS.newcomer_share,
+                   "pool_share": GRANTS.pool_share, "peer_share": GRANTS.peer_share,
+                   "max_accounts": GRANTS.max_accounts, "max_lease_s": GRANTS.max_lease_s},
+        "accounts": g.accounts,
+        "pool_used_bytes": g.pool_used,
+        "pool_bytes": g.pool_bytes,
+        "evicted": g.evicted,
+        "top": [{"peer": peer, "used_bytes": a.used, "shares": a.shares, "credit_bytes": a.credit,
+                 "grant_bytes": grant} for peer, a, grant in g.top],
+    }
 
 
 def _phase(progress: PhaseProgress | None, phase: str) -> raid.Progress | None:

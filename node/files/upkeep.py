@@ -13,24 +13,31 @@ Run by :meth:`StorageService.upkeep` (every ``storage_interval`` seconds, or
    :class:`~poolai.node.files.audits.AuditLedger`, and report the holders
    that passed all their audits in an epoch now over to the credits service
    (``storage_audited``), once per holder and epoch; a node without the
-   credits service drops the evidence.
+   credits service drops the evidence;
+4. tell the share store what each holder keeps of ours (:func:`holder_credits`):
+   its credit, which grows what that peer may keep here (``storage.grants``).
+
+Holders keep a share at most ``grants.MAX_LEASE_S`` past the last put or renewal,
+so a file whose own lease is longer is renewed whenever less than half of that
+is left (``grants.renewal_due``), pinned or not.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolai.mesh.errors import MeshError
 from poolai.mesh.peer_ids import peer_id_text
 from poolai.node.files.catalog import FileEntry
-from poolai.storage import raid, upkeep
+from poolai.storage import grants, raid, upkeep
 from poolai.storage.errors import ShareNotFound
 from poolai.storage.manifest import Manifest
 
@@ -59,6 +66,7 @@ class StorageService(Protocol):
     health: dict[bytes, FileHealth]
     credit_claims: int
     scrub_cursor: bytes
+    leases_asked: dict[bytes, int]  # file id -> the (capped) expiry its holders were last asked for
     lease_s: int
     raid_config: RaidConfig
     rng: random.Random
@@ -129,18 +137,54 @@ async def upkeep_pass(svc: StorageService) -> UpkeepReport:
         if not entry.pinned and entry.lease_expiry <= now:
             await svc.offload_io(svc.files.remove, entry.file_id)
             svc.health.pop(entry.file_id, None)
+            svc.leases_asked.pop(entry.file_id, None)
             n["expired"] += 1
             continue
         if entry.pinned and entry.lease_expiry - now < svc.lease_s // 2:
             entry = dataclasses.replace(entry, lease_expiry=now + svc.lease_s)
             await svc.offload_io(svc.files.put, entry)
-            await upkeep.renew_file(svc.transport, await svc.ring(), entry.manifest, entry.lease_expiry,
-                                    manifest_copies=svc.raid_config.manifest_copies)
+            await _renew(svc, entry, now)
+        # after a restart: as if asked at the put (it was asked then at least)
+        asked = svc.leases_asked.get(entry.file_id, entry.added + grants.MAX_LEASE_S)
+        if grants.renewal_due(asked, entry.lease_expiry, now):
+            await _renew(svc, entry, now)
         await _look_after(svc, entry, n)
+    await svc.offload_io(svc.store.set_credits, holder_credits(svc.health.values(), svc.ledger.me))
     claims = await _claim_credits(svc)
     return UpkeepReport(time.time(), gc.shares, gc.bytes, scrubbed, bad, len(svc.files), n["expired"],
                         n["missing"], n["rebuilt"], n["lost"], n["audited"], n["audit_failed"],
                         n["healed"], claims)
+
+
+async def _renew(svc: StorageService, entry: FileEntry, now: int) -> None:
+    assert svc.transport is not None
+    await upkeep.renew_file(svc.transport, await svc.ring(), entry.manifest, entry.lease_expiry,
+                            manifest_copies=svc.raid_config.manifest_copies)
+    svc.leases_asked[entry.file_id] = min(entry.lease_expiry, now + grants.MAX_LEASE_S)
+
+
+def holder_credits(health: Iterable[FileHealth], me: bytes) -> dict[str, int]:
+    """Bytes of this node's shares each holder was last found keeping (distinct shares),
+    by peer id text; none for a holder that failed a proof, nor for this node."""
+    held: dict[bytes, dict[bytes, int]] = {}
+    failed: set[bytes] = set()
+    for file in health:
+        m = file.manifest
+        for check in file.segments:
+            size = _share_size(m, check.segment)
+            for i, holder in enumerate(check.holders):
+                if holder is None or holder == me:
+                    continue
+                if check.verified[i] is False:
+                    failed.add(holder)
+                else:
+                    held.setdefault(holder, {})[m.share_id(check.segment, i)] = size
+    out = {}
+    for holder, shares in held.items():
+        if holder not in failed:
+            with contextlib.suppress(ValueError):  # not a peer id: nobody to credit
+                out[peer_id_text(holder)] = sum(shares.values())
+    return out
 
 
 async def _look_after(svc: StorageService, entry: FileEntry, n: collections.Counter[str]) -> None:
