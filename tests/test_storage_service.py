@@ -480,6 +480,7 @@ async def test_a_credits_service_that_refuses_does_not_stop_upkeep(tmp_path):
         assert credits.calls and report.credit_claims == 0 and owner.credit_claims == 0
 
 
+@pytest.mark.live
 async def test_a_holder_grants_what_peers_keep_for_it_and_a_refused_share_goes_elsewhere(tmp_path):
     """Node 3 (4 MiB quota) grants each peer 256 KiB until it keeps node 3's shares: node
     0's put of 2 MiB (1 MiB of shares per holder) is refused there with ``grant`` and
