@@ -21,7 +21,8 @@ LMDB environment in ``path`` with five named databases::
                b"unearned" -> u64 unearned bytes of all peers together (grants.py)
 
 "owners" and "peers" came with grants; the previous release opens such a store
-and ignores them (records are unchanged), so a store can go back and forth.
+and ignores them (records are unchanged), though shares it deletes then stay
+charged to their peers.
 
 Crash safety: a share, its record, its owner, the owner's account and the
 totals change in one write transaction. LMDB commits by a single meta-page write after the data pages,
