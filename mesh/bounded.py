@@ -12,7 +12,7 @@ predicate; they are never dropped and do not count toward the capacity.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -55,6 +55,19 @@ class CappedDict(MutableMapping[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __reversed__(self) -> Iterator[K]:
+        return reversed(self._data)  # newest first
+
+    # The dict's own views: reversible (newest first) like a dict's, and faster than Mapping's.
+    def keys(self) -> KeysView[K]:
+        return self._data.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
+
+    def items(self) -> ItemsView[K, V]:
+        return self._data.items()
 
     def __repr__(self) -> str:
         return f"CappedDict({dict(self._data)!r}, capacity={self.capacity})"

@@ -105,3 +105,12 @@ def test_measurements_forget_the_least_recently_measured_but_never_a_kept_peer()
     # past memory + SLACK peers besides the kept one: back to memory of them, oldest gone first
     assert list(meas.rtt) == [peer(i).peer_id for i in (0, 4 + SLACK - 1, 1, 100, 101)]
     assert meas.rtt[peer(1).peer_id][0] == pytest.approx(0.7 * 11.0 + 0.3 * 50.0)
+
+
+def test_views_run_oldest_first_and_reverse_newest_first():
+    table: CappedDict[str, int] = CappedDict(3)
+    for i, key in enumerate("abc"):
+        table[key] = i
+    assert list(table.values()) == [0, 1, 2] and list(reversed(table.values())) == [2, 1, 0]
+    assert list(reversed(table)) == ["c", "b", "a"] and list(reversed(table.items()))[0] == ("c", 2)
+    assert list(table.keys()) == ["a", "b", "c"]

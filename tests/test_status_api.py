@@ -117,6 +117,11 @@ async def test_page_json_openapi_log_and_metrics(tmp_path):
             logging.getLogger("poolai.test").warning("a warning for the page")
             page = (await client.get("/api/page")).json()
             assert page["node"]["peer_id"] == node.peer_id
+            # every read route answers on a fresh node (the job list once failed on its own table)
+            for path in ("/api/jobs", "/api/storage", "/api/credits", "/api/capacity", "/api/overlay"):
+                r = await client.get(path)
+                assert r.status_code == 200, (path, r.text)
+            assert (await client.get("/api/jobs")).json() == {"jobs": []}
             assert page["node"]["reachability"]["state"] == "local"
             assert page["peers"] == {"total": 0, "offset": 0, "size": view.PEERS_PAGE, "items": []}
             assert page["overlay"]["position"] and page["devices"]["self"]["cpu_cores"] >= 1
