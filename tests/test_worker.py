@@ -11,9 +11,11 @@ import hashlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from poolai.node.jobs.runner import (
     worker_argv,
 )
 from poolai.node.jobs.spec import (
+    LIFELINE_ENV,
     BuiltinProgram,
     FileRef,
     JobSpec,
@@ -372,3 +375,58 @@ def test_node_side_modules_do_not_import_torch() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.stdout.strip() == b"[]", proc.stderr.decode()[-2000:]
+
+
+@pytest.mark.live
+async def test_a_worker_outlives_the_thread_that_started_it() -> None:
+    """trio forks from a cached thread that exits after 10 s idle; a worker tied to that
+    thread (PR_SET_PDEATHSIG) was SIGKILLed 10 s into every longer job."""
+    with trio.fail_after(60):
+        proc = await py("import time; time.sleep(12); print('done')", timeout_s=40.0)
+    assert (proc.returncode, proc.stdout.strip()) == (0, b"done"), proc.stderr[-500:]
+
+
+def test_a_worker_ends_its_process_group_when_its_node_is_gone() -> None:
+    """The worker's side of the lifeline: EOF on the pipe (its node closed it or died)
+    kills the worker and anything it started, and nothing else."""
+    read_end, write_end = os.pipe()
+    code = ("import subprocess, sys, time\n"
+            "from poolai.node.jobs.worker import hold_lifeline\n"
+            "assert hold_lifeline()\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, LIFELINE_ENV: str(read_end)}, pass_fds=(read_end,),
+                            start_new_session=True)
+    os.close(read_end)
+    try:
+        grandchild = int(proc.stdout.readline())
+        assert proc.poll() is None
+        os.close(write_end)  # the node is gone
+        assert proc.wait(timeout=20) == -signal.SIGKILL
+        deadline = time.monotonic() + 20  # the grandchild got the same SIGKILL; wait for the kernel
+        while alive(grandchild):
+            assert time.monotonic() < deadline, "the worker's child outlived it"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def test_the_runner_hands_every_worker_a_lifeline() -> None:
+    code = ("import os\nfd = int(os.environ['POOLAI_LIFELINE_FD'])\n"
+            "os.set_blocking(fd, False)\n"
+            "try:\n print(os.read(fd, 1))\nexcept BlockingIOError:\n print('open')")
+    proc = await py(code)
+    assert proc.stdout.strip() == b"open"  # held open by the runner while the worker runs

@@ -14,6 +14,11 @@ Isolation applied to every worker (in ``preexec_fn``, between fork and exec):
   worker runs without it and a warning is logged (``ProcessOutcome.network_isolated``
   says which happened; :attr:`WorkerPolicy.require_network_isolation` refuses instead);
 * a new session (its own process group), killed with SIGKILL on timeout or cancellation;
+* a lifeline: the read end of a pipe whose write end only the node holds, its number in
+  ``POOLAI_LIFELINE_FD``. The worker kills its process group when the pipe reads EOF, that
+  is when the node is gone, however it ended. (``PR_SET_PDEATHSIG`` cannot do this: it
+  fires when the *thread* that forked the child exits, and trio forks from a cached
+  worker thread that exits after 10 s idle, which killed every job running longer);
 * a minimal environment with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set;
 * stdout and stderr captured up to a cap (the rest is drained and dropped).
 
@@ -42,6 +47,7 @@ from pathlib import Path
 import trio
 
 from poolai.node.jobs.spec import (
+    LIFELINE_ENV,
     Device,
     InvalidJob,
     JobError,
@@ -56,7 +62,6 @@ from poolai.node.jobs.spec import (
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
 WORKER_NICENESS = 10
 MAX_RESULT_BYTES = 1 << 20
 _READ_CHUNK = 65536
@@ -148,14 +153,6 @@ def _libc_unshare() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _UNSHARE = _libc_unshare()
 
 
-def _libc_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()
 
 
 def _preexec(limits: ProcessLimits, unshare_net: bool):  # type: ignore[no-untyped-def]
@@ -168,9 +165,6 @@ def _preexec(limits: ProcessLimits, unshare_net: bool):  # type: ignore[no-untyp
         if limits.file_size_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE,
                                (limits.file_size_bytes, limits.file_size_bytes))
-        # Die with the node: a SIGKILLed node must not leave its worker computing for nobody.
-        if _PRCTL is not None:
-            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
         # Workers yield the CPU to the node process, whose heartbeats and offers are what the
         # rest of the mesh sees; a starved node looks dead to its submitters.
         os.nice(WORKER_NICENESS)
@@ -221,9 +215,25 @@ async def run_isolated(argv: Sequence[str], *, stdin: bytes, limits: ProcessLimi
     unshare_net = limits.isolate_network and os.geteuid() == 0
     thread_env = {"OMP_NUM_THREADS": str(limits.threads), "MKL_NUM_THREADS": str(limits.threads)}
     start = trio.current_time()
-    proc = await trio.lowlevel.open_process(
-        list(argv), stdin=-1, stdout=-1, stderr=-1, cwd=cwd, env={**env, **thread_env},
-        start_new_session=True, preexec_fn=_preexec(limits, unshare_net))
+    lifeline, held = os.pipe()  # see the module docstring; the node keeps ``held`` open
+    try:
+        proc = await trio.lowlevel.open_process(
+            list(argv), stdin=-1, stdout=-1, stderr=-1, cwd=cwd,
+            env={**env, **thread_env, LIFELINE_ENV: str(lifeline)}, pass_fds=(lifeline,),
+            start_new_session=True, preexec_fn=_preexec(limits, unshare_net))
+    except BaseException:
+        os.close(held)
+        raise
+    finally:
+        os.close(lifeline)
+    try:
+        return await _supervise(proc, stdin, limits, start, unshare_net)
+    finally:
+        os.close(held)
+
+
+async def _supervise(proc: trio.Process, stdin: bytes, limits: ProcessLimits, start: float,
+                     unshare_net: bool) -> ProcessOutcome:
     ours, theirs = _netns("self"), _netns(proc.pid)
     isolated = ours is not None and theirs is not None and ours != theirs
     if limits.require_network_isolation and not isolated:

@@ -31,6 +31,8 @@ from typing import Any
 
 SPEC_VERSION = 1
 MAX_SPEC_BYTES = 64 * 1024
+# The environment variable naming a worker's lifeline pipe (see poolai.node.jobs.runner).
+LIFELINE_ENV = "POOLAI_LIFELINE_FD"
 MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights
 MAX_INPUT_ELEMENTS = 1 << 26  # per input tensor
 MAX_FILE_BYTES = 8 << 30

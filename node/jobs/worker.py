@@ -20,8 +20,11 @@ import hashlib
 import io
 import json
 import logging
+import os
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from poolai.node.jobs.sanitise import (
     sanitise_pt2,
 )
 from poolai.node.jobs.spec import (
+    LIFELINE_ENV,
     MAX_SPEC_BYTES,
     BuiltinProgram,
     Device,
@@ -269,7 +273,32 @@ def write_result(out_dir: Path, result: JobResult) -> None:
     write_atomic(out_dir / RESULT_FILE, json.dumps(result_to_dict(result)).encode())
 
 
+def hold_lifeline(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """End this worker's process group when the node that started it is gone: a thread
+    waits on the lifeline pipe (see :mod:`poolai.node.jobs.runner`), whose EOF means the
+    node closed it or died. False when the node passed none (a worker run by hand)."""
+    raw = environ.get(LIFELINE_ENV, "")
+    if not raw.isdigit():
+        return False
+    fd = int(raw)
+
+    def wait_for_the_node() -> None:
+        while True:
+            try:
+                if os.read(fd, 1) == b"":
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=wait_for_the_node, name="lifeline", daemon=True).start()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    hold_lifeline()
     parser = argparse.ArgumentParser(prog="python -m poolai.node.jobs.worker")
     parser.add_argument("--files", type=Path, required=True, help="the job's files")
     parser.add_argument("--out", type=Path, required=True, help="directory for outputs and result")
