@@ -81,6 +81,8 @@ AF_UNIX = 1
 
 # libseccomp's ABI (seccomp.h): actions are the kernel's SECCOMP_RET_* values.
 _SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_ACT_KILL_PROCESS = 0x80000000
+_SCMP_FLTATR_ACT_BADARCH = 2  # enum scmp_filter_attr: ACT_DEFAULT is 1
 _SCMP_ACT_ERRNO = 0x00050000
 _SCMP_CMP_NE = 1
 _SCMP_CMP_MASKED_EQ = 7
@@ -110,6 +112,8 @@ def _libseccomp() -> ctypes.CDLL:
     lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                            ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
     lib.seccomp_rule_add_array.restype = ctypes.c_int
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_attr_set.restype = ctypes.c_int
     lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.seccomp_export_bpf.restype = ctypes.c_int
     return lib
@@ -130,6 +134,9 @@ def seccomp_program() -> bytes:
     if not ctx:
         raise SandboxUnavailable("seccomp_init failed")
     try:
+        if lib.seccomp_attr_set(ctx, _SCMP_FLTATR_ACT_BADARCH, _SCMP_ACT_KILL_PROCESS) < 0:
+            raise SandboxUnavailable("libseccomp refused to kill syscalls of other ABIs")
+
         def rule(action: int, name: str, *cmps: tuple[int, int, int, int]) -> None:
             nr = lib.seccomp_syscall_resolve_name(name.encode())
             if nr < 0:  # __NR_SCMP_ERROR: unknown to this libseccomp
@@ -229,6 +236,8 @@ def python_paths(python: str) -> tuple[str, ...]:
         raise SandboxUnavailable(f"{python} cannot list its paths: {exc}") from None
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise SandboxUnavailable(f"{python} cannot list its paths: {probe.stderr[-300:]}")
+    if "/" in paths:  # the whole file system would be visible
+        raise SandboxUnavailable(f"{python} lists / among its import paths")
     return tuple(paths)
 
 
