@@ -174,6 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("job_queue", 16, _int_in(0, 4096), "accepted jobs that may wait for a slot"),
     Setting("job_memory_mib", 4096, _int_in(1024, 1 << 20),
             "address-space cap of a CPU job's worker process, in MiB"),
+    Setting("unsandboxed_jobs", False, _bool,
+            "run peers' jobs even where the worker sandbox (bubblewrap) is unavailable"),
     Setting("capacity_heartbeat", 10.0, _float_in(0.2, 3600.0), "seconds between capacity adverts"),
     Setting("capacity_expiry", 3, _int_in(2, 100), "missed heartbeats before a peer's advert expires"),
     Setting("payout_address", "", parse_payout_setting,
@@ -210,6 +212,7 @@ class Config:
     job_slots: int
     job_queue: int
     job_memory_mib: int
+    unsandboxed_jobs: bool
     capacity_heartbeat: float
     capacity_expiry: int
     payout_address: str

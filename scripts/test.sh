@@ -4,15 +4,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The status page's browser test drives Debian's chromium through Playwright (pip, dev extra).
-# Install the browser when it is missing and we may (root with apt); otherwise that test skips.
+# Debian packages some tests need, installed when missing and we may (root with apt).
+APT_UPDATED=
+apt_install() {
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+    if [ -z "$APT_UPDATED" ]; then apt-get update -qq || return 1; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# The status page's browser test drives Debian's chromium through Playwright (pip, dev extra);
+# without it that test skips.
 if ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-            || echo "warning: could not install chromium; the browser test will be skipped" >&2
-    else
-        echo "note: chromium is not installed (as root: apt-get install chromium); the browser test will be skipped" >&2
-    fi
+    apt_install chromium \
+        || echo "note: chromium is not installed (as root: apt-get install chromium); the browser test will be skipped" >&2
+fi
+
+# Job workers run under bubblewrap with a seccomp filter built by libseccomp (node/jobs/sandbox.py).
+# Without bwrap a node refuses peers' jobs, and tests/test_sandbox.py skips (fails under CI=true).
+if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null; then
+    apt_install bubblewrap libseccomp2 \
+        || echo "warning: bubblewrap is not installed (as root: apt-get install bubblewrap); job workers cannot be sandboxed" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

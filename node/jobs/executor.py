@@ -8,6 +8,9 @@
 * a free slot takes the next job by aged priority: fetch program and inputs from storage
   by id, run :func:`poolai.node.jobs.runner.run_job` (a sandboxed process; a GPU job on a
   simulated GPU runs on the CPU and says so in its result), store the output, report;
+* where this machine has no worker sandbox (:mod:`poolai.node.jobs.sandbox`), a peer's
+  offer is refused as ``incapable`` unless the owner set ``unsandboxed_jobs``; the node's
+  own jobs still run, with only their network isolated;
 * every held job is reported to its submitter at least every ``heartbeat_s`` and at once
   when its state changes; a submitter that answers "do not keep" stops the job;
 * a result is re-sent until its submitter acknowledges it (accepted or duplicate); one
@@ -41,6 +44,7 @@ from poolai.node.jobs.files import Files, FileTransferError
 from poolai.node.jobs.held import MAX_STATE_BYTES, STATE_FILE, Held, Pending, decode_state, encode_state
 from poolai.node.jobs.queue import GpuSlot, Started, WorkerLimits, WorkItem, WorkQueue
 from poolai.node.jobs.runner import JobOutcome, WorkerPolicy, run_job
+from poolai.node.jobs.sandbox import Sandbox
 from poolai.node.jobs.spec import (
     Device,
     InvalidJob,
@@ -88,8 +92,15 @@ class Executor:
                  on_load: Callable[[int, int], None] | None = None,
                  priority_of: Callable[[str], int] | None = None,
                  on_accepted: Callable[[str, jp.Result], Awaitable[None]] | None = None,
-                 runner: Runner = run_job) -> None:
+                 runner: Runner = run_job, sandbox: Sandbox | None = None,
+                 unsandboxed_jobs: bool = False, hidden: tuple[Path, ...] = ()) -> None:
         self.peer_id = peer_id
+        # What workers run in; the jobs service sets it once it has probed the machine.
+        # None: no gate (a stand-in runner). Unavailable: peers' offers are refused unless
+        # the owner opted in with unsandboxed_jobs. ``hidden``: the node's data directory.
+        self.sandbox = sandbox
+        self.unsandboxed_jobs = unsandboxed_jobs
+        self.hidden = hidden
         # Told of each result its submitter accepted as the job's (the credits claim).
         self.on_accepted = on_accepted
         # Queue order comes from the submitter's earned credit, never from what the
@@ -135,6 +146,10 @@ class Executor:
             return jp.Refuse(job_id="", reason=Refusal.INVALID.value, message=str(exc)[:512])
         job = parsed.job
         key = (sender, job.job_id)
+        if sender != self.peer_id and (refusal := self.unsandboxed_refusal()):
+            self.stats["refused"] += 1
+            return jp.Refuse(job_id=job.job_id, reason=Refusal.INCAPABLE.value,
+                             message=refusal[:512])
         if (self.draining or self.paused) and key not in self.held and key not in self.pending:
             self.stats["refused"] += 1
             state = "draining" if self.draining else "paused"
@@ -164,6 +179,14 @@ class Executor:
         self._changed.set()
         return jp.Accept(job_id=job.job_id, attempt=parsed.attempt,
                          ahead=self.queue.position(key, time.time()))
+
+    def unsandboxed_refusal(self) -> str:
+        """Why this node runs no peer's job (no sandbox, no opt-in), or "" when it does."""
+        sandbox = self.sandbox
+        if sandbox is None or sandbox.available or self.unsandboxed_jobs:
+            return ""
+        return (f"this node has no job sandbox ({sandbox.problem}) and runs only its "
+                f"owner's jobs")
 
     def query(self, sender: str, job_id: str) -> jp.Entry | None:
         """The state of a job held for ``sender``; None if this node has none."""
@@ -233,6 +256,9 @@ class Executor:
 
     async def _attempt(self, held: Held, gpu: GpuSlot | None, work: Path) -> jp.Result:
         job = decode_job(held.spec)
+        if held.item.submitter != self.peer_id and (refusal := self.unsandboxed_refusal()):
+            # Accepted before a restart on a machine that has since lost its sandbox.
+            return self._message(held, JobResult(job.job_id, JobStatus.CRASHED, error=refusal))
         files_dir, out_dir = work / "files", work / "out"
         try:
             await trio.to_thread.run_sync(_fresh_dirs, work, files_dir, out_dir)
@@ -278,7 +304,8 @@ class Executor:
                 memory_mib=min(max(job.requirements.memory_mib, 2048), limits.memory_mib)))
         policy = WorkerPolicy(python=sys.executable, max_memory_bytes=limits.memory_mib << 20,
                               max_timeout_s=self.config.max_timeout_s, threads=self.config.threads,
-                              cuda_visible_devices=str(gpu.index) if gpu is not None else "")
+                              cuda_visible_devices=str(gpu.index) if gpu is not None else "",
+                              sandbox=self.sandbox, hidden=self.hidden)
         return spec, policy
 
     def _message(self, held: Held, result: JobResult, output: str = "", tail: str = "",
@@ -432,8 +459,11 @@ class Executor:
         for h in self.held.values():
             by_state[h.state.value] = by_state.get(h.state.value, 0) + 1
         running, queued = self.queue.load()
+        sandbox = None if self.sandbox is None else {
+            **self.sandbox.to_json(), "unsandboxed_jobs": self.unsandboxed_jobs,
+            "runs_peer_jobs": not self.unsandboxed_refusal()}
         return {"slots": self.queue.limits.slots, "draining": self.draining, "paused": self.paused,
-                "run_by_state": by_state, "queue_length": queued,
+                "sandbox": sandbox, "run_by_state": by_state, "queue_length": queued,
                 "running": running, "undelivered": len(self.pending), "stats": dict(self.stats),
                 "held": [{"job_id": h.item.job_id, "submitter": h.item.submitter,
                           "attempt": h.item.attempt, "state": h.state.value,

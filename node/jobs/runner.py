@@ -9,9 +9,14 @@ Isolation applied to every worker (in ``preexec_fn``, between fork and exec):
 
 * ``RLIMIT_AS`` (address space) for CPU jobs, ``RLIMIT_FSIZE`` (largest file it may
   write) and ``RLIMIT_CORE`` = 0;
-* a new, empty network namespace (``unshare(CLONE_NEWNET)``, root only): only a
-  ``lo`` that is down, so no connection can be made. If the kernel refuses, the
-  worker runs without it and a warning is logged (``ProcessOutcome.network_isolated``
+* with a :class:`~poolai.node.jobs.sandbox.Sandbox` (what the node runs peers' jobs in):
+  bubblewrap namespaces (user, mount, pid, network, ipc, uts, cgroup), no capabilities,
+  ``no_new_privs`` and a seccomp filter; the worker sees read-only system and Python
+  paths and its job's directories at ``/job/files`` and ``/job/out``, never the node's
+  data directory (see that module);
+* without one, only a new, empty network namespace (``unshare(CLONE_NEWNET)``, root
+  only): only a ``lo`` that is down, so no connection can be made. If the kernel refuses,
+  the worker runs without it and a warning is logged (``ProcessOutcome.network_isolated``
   says which happened; :attr:`WorkerPolicy.require_network_isolation` refuses instead);
 * a new session (its own process group), killed with SIGKILL on timeout or cancellation;
 * a lifeline: the read end of a pipe whose write end only the node holds, its number in
@@ -46,6 +51,16 @@ from pathlib import Path
 
 import trio
 
+from poolai.node.jobs.sandbox import (
+    FILES_INSIDE,
+    OUT_INSIDE,
+    Layout,
+    Sandbox,
+    bwrap_argv,
+    gpu_devices,
+    job_layout,
+    seccomp_fd,
+)
 from poolai.node.jobs.spec import (
     LIFELINE_ENV,
     Device,
@@ -71,7 +86,11 @@ _OOM_STDERR = (b"MemoryError", b"std::bad_alloc", b"Cannot allocate memory", b"o
 
 @dataclass(frozen=True, slots=True)
 class ProcessLimits:
-    """Limits for one sandboxed process. ``memory_bytes=None`` leaves RLIMIT_AS alone."""
+    """Limits for one sandboxed process. ``memory_bytes=None`` leaves RLIMIT_AS alone.
+
+    ``sandbox`` (when available) runs the process under bubblewrap in ``layout`` (default:
+    the sandbox's read-only paths only); otherwise only the network is isolated.
+    """
 
     timeout_s: float
     memory_bytes: int | None = 2 << 30
@@ -80,6 +99,8 @@ class ProcessLimits:
     capture_bytes: int = 64 * 1024
     isolate_network: bool = True
     require_network_isolation: bool = False
+    sandbox: Sandbox | None = None
+    layout: Layout | None = None
 
 
 class IsolationUnavailable(JobError):
@@ -100,6 +121,7 @@ class ProcessOutcome:
     network_isolated: bool
     peak_rss_bytes: int = 0  # read from /proc just before a kill (0 when unknown)
     cpu_s: float = 0.0  # likewise
+    sandboxed: bool = False  # ran under bubblewrap and the seccomp filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +130,9 @@ class WorkerPolicy:
 
     The worker gets a minimal environment, so ``python`` must be an interpreter that can
     import ``poolai`` without ``PYTHONPATH`` (or pass one in ``extra_env``).
+    ``sandbox``: what the worker runs in (None or unavailable: network isolation only);
+    ``hidden``: paths a sandboxed worker must not see even where they lie under a visible
+    one (the node's data directory).
     """
 
     python: str = sys.executable
@@ -120,6 +145,12 @@ class WorkerPolicy:
     require_network_isolation: bool = False
     cuda_visible_devices: str = "0"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    sandbox: Sandbox | None = None
+    hidden: tuple[Path, ...] = ()
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None and self.sandbox.available
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +226,28 @@ def _proc_usage(pid: int) -> tuple[int, float]:
     return rss, cpu
 
 
+def _descendants(pid: int, limit: int = 64) -> list[int]:
+    """``pid`` and its descendants (breadth first, at most ``limit``), from /proc."""
+    found, i = [pid], 0
+    while i < len(found) < limit:
+        try:
+            tasks = os.listdir(f"/proc/{found[i]}/task")
+            for task in tasks:
+                text = Path(f"/proc/{found[i]}/task/{task}/children").read_text()
+                found.extend(int(c) for c in text.split() if int(c) not in found)
+        except (OSError, ValueError):
+            pass
+        i += 1
+    return found[:limit]
+
+
+def _tree_usage(pid: int) -> tuple[int, float]:
+    """Peak RSS of the largest process and CPU seconds of all, in ``pid``'s tree: under
+    bubblewrap the worker is a grandchild of the process the runner started."""
+    usages = [_proc_usage(p) for p in _descendants(pid)]
+    return max(rss for rss, _ in usages), sum(cpu for _, cpu in usages)
+
+
 def _kill_group(proc: trio.Process) -> None:
     if proc.returncode is None:  # not reaped yet, so the pid cannot have been reused
         try:
@@ -211,31 +264,53 @@ async def run_isolated(argv: Sequence[str], *, stdin: bytes, limits: ProcessLimi
     is cancelled, the process group is killed and reaped before Cancelled propagates.
     Raises :class:`IsolationUnavailable` (having killed the process before it read any
     input) when ``require_network_isolation`` is set and no namespace could be made.
+    Under a sandbox, ``argv`` and ``cwd`` name paths inside its layout.
     """
-    unshare_net = limits.isolate_network and os.geteuid() == 0
+    sandbox = limits.sandbox if limits.sandbox is not None and limits.sandbox.available else None
+    unshare_net = sandbox is None and limits.isolate_network and os.geteuid() == 0
     thread_env = {"OMP_NUM_THREADS": str(limits.threads), "MKL_NUM_THREADS": str(limits.threads)}
     start = trio.current_time()
     lifeline, held = os.pipe()  # see the module docstring; the node keeps ``held`` open
+    env = {**env, **thread_env, LIFELINE_ENV: str(lifeline)}
     try:
-        proc = await trio.lowlevel.open_process(
-            list(argv), stdin=-1, stdout=-1, stderr=-1, cwd=cwd,
-            env={**env, **thread_env, LIFELINE_ENV: str(lifeline)}, pass_fds=(lifeline,),
-            start_new_session=True, preexec_fn=_preexec(limits, unshare_net))
+        proc, isolated = await _start(argv, limits, sandbox, unshare_net, env, cwd, lifeline)
     except BaseException:
         os.close(held)
         raise
     finally:
         os.close(lifeline)
     try:
-        return await _supervise(proc, stdin, limits, start, unshare_net)
+        return await _supervise(proc, stdin, limits, start, unshare_net, isolated, sandbox is not None)
     finally:
         os.close(held)
 
 
-async def _supervise(proc: trio.Process, stdin: bytes, limits: ProcessLimits, start: float,
-                     unshare_net: bool) -> ProcessOutcome:
+async def _start(argv: Sequence[str], limits: ProcessLimits, sandbox: Sandbox | None,
+                 unshare_net: bool, env: Mapping[str, str], cwd: Path | None, lifeline: int
+                 ) -> tuple[trio.Process, bool]:
+    """The started process, and whether it has a network namespace of its own."""
+    if sandbox is not None:
+        layout = limits.layout or Layout(readable=sandbox.readable)
+        if cwd is not None:
+            layout = replace(layout, cwd=str(cwd))
+        fd = seccomp_fd(sandbox.seccomp)
+        try:
+            proc = await trio.lowlevel.open_process(
+                bwrap_argv(sandbox, layout, argv, fd), stdin=-1, stdout=-1, stderr=-1,
+                cwd="/", env=env, pass_fds=(fd, lifeline), start_new_session=True,
+                preexec_fn=_preexec(limits, False))
+        finally:
+            os.close(fd)
+        return proc, True  # bwrap --unshare-all gives it a network namespace, or fails
+    proc = await trio.lowlevel.open_process(
+        list(argv), stdin=-1, stdout=-1, stderr=-1, cwd=cwd, env=env, pass_fds=(lifeline,),
+        start_new_session=True, preexec_fn=_preexec(limits, unshare_net))
     ours, theirs = _netns("self"), _netns(proc.pid)
-    isolated = ours is not None and theirs is not None and ours != theirs
+    return proc, ours is not None and theirs is not None and ours != theirs
+
+
+async def _supervise(proc: trio.Process, stdin: bytes, limits: ProcessLimits, start: float,
+                     unshare_net: bool, isolated: bool, sandboxed: bool) -> ProcessOutcome:
     if limits.require_network_isolation and not isolated:
         _kill_group(proc)
         with trio.CancelScope(shield=True):
@@ -255,7 +330,7 @@ async def _supervise(proc: trio.Process, stdin: bytes, limits: ProcessLimits, st
                 await proc.wait()
         timed_out = scope.cancelled_caught and proc.returncode is None
         if timed_out:
-            usage = _proc_usage(proc.pid)
+            usage = _tree_usage(proc.pid) if sandboxed else _proc_usage(proc.pid)
     finally:
         _kill_group(proc)
         with trio.CancelScope(shield=True):
@@ -267,7 +342,8 @@ async def _supervise(proc: trio.Process, stdin: bytes, limits: ProcessLimits, st
         returncode=None if timed_out else proc.returncode, timed_out=timed_out,
         stdout=bytes(out.data), stderr=bytes(err.data), stdout_dropped=out.dropped,
         stderr_dropped=err.dropped, wall_s=trio.current_time() - start,
-        network_isolated=isolated, peak_rss_bytes=usage[0], cpu_s=usage[1])
+        network_isolated=isolated, peak_rss_bytes=usage[0], cpu_s=usage[1],
+        sandboxed=sandboxed)
 
 
 async def _feed(proc: trio.Process, data: bytes) -> None:
@@ -288,7 +364,18 @@ def job_limits(job: JobSpec, policy: WorkerPolicy) -> ProcessLimits:
         memory_bytes=None if gpu else memory,
         file_size_bytes=policy.max_output_bytes, threads=policy.threads,
         capture_bytes=policy.capture_bytes, isolate_network=policy.isolate_network,
-        require_network_isolation=policy.require_network_isolation)
+        require_network_isolation=policy.require_network_isolation,
+        sandbox=policy.sandbox if policy.sandboxed else None)
+
+
+def job_sandbox_layout(job: JobSpec, policy: WorkerPolicy, files_dir: Path,
+                       out_dir: Path) -> Layout:
+    """The sandboxed worker's file system: see :func:`poolai.node.jobs.sandbox.job_layout`.
+    A GPU job gets the device nodes of the GPUs in ``policy.cuda_visible_devices``."""
+    assert policy.sandbox is not None
+    gpu = job.requirements.device is Device.GPU and policy.cuda_visible_devices
+    return job_layout(policy.sandbox, policy.python, files_dir, out_dir, hidden=policy.hidden,
+                      devices=gpu_devices(policy.cuda_visible_devices) if gpu else ())
 
 
 def worker_env(job: JobSpec, policy: WorkerPolicy, scratch: Path) -> dict[str, str]:
@@ -305,7 +392,7 @@ def worker_env(job: JobSpec, policy: WorkerPolicy, scratch: Path) -> dict[str, s
     }
 
 
-def worker_argv(policy: WorkerPolicy, files_dir: Path, out_dir: Path) -> list[str]:
+def worker_argv(policy: WorkerPolicy, files_dir: Path | str, out_dir: Path | str) -> list[str]:
     """The worker's command line (absolute paths: the worker runs with ``cwd=out_dir``)."""
     return [policy.python, "-m", "poolai.node.jobs.worker",
             "--files", os.path.abspath(files_dir), "--out", os.path.abspath(out_dir)]
@@ -338,9 +425,13 @@ async def run_job(job: JobSpec, files_dir: Path, out_dir: Path,
 
     policy = policy or WorkerPolicy()
     limits = job_limits(job, policy)
-    argv = worker_argv(policy, files_dir, out_dir)
+    if limits.sandbox is not None:
+        limits = replace(limits, layout=job_sandbox_layout(job, policy, files_dir, out_dir))
+        argv = worker_argv(policy, FILES_INSIDE, OUT_INSIDE)
+    else:
+        argv = worker_argv(policy, files_dir, out_dir)
     proc = await run_isolated(argv, stdin=encode_job(job), limits=limits,
-                              env=worker_env(job, policy, Path(argv[-1])), cwd=out_dir)
+                              env=worker_env(job, policy, Path(argv[-1])), cwd=Path(argv[-1]))
     if proc.timed_out:
         result = JobResult(job.job_id, JobStatus.TIMED_OUT,
                            timings=Timings(wall_s=proc.wall_s, cpu_s=proc.cpu_s),

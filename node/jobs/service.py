@@ -56,6 +56,7 @@ from poolai.node.jobs.executor import Executor
 from poolai.node.jobs.files import CachedFiles, Files, StorageFiles
 from poolai.node.jobs.queue import GpuSlot, WorkerLimits
 from poolai.node.jobs.runs import MAX_RUNS, Check, Report, RunPlan, StartRun
+from poolai.node.jobs.sandbox import detect as detect_sandbox
 from poolai.node.jobs.spec import (
     SPEC_VERSION,
     Device,
@@ -106,7 +107,9 @@ class JobService:
         self.cache = CachedFiles(self.files, self.dir / "cache")
         self.executor = Executor(self.peer_id, self.dir, self.cache, self.call, self._limits,
                                  on_load=self._advertise_load, priority_of=self._priority_of,
-                                 on_accepted=functools.partial(claim_credit, credits, self.peer_id))
+                                 on_accepted=functools.partial(claim_credit, credits, self.peer_id),
+                                 unsandboxed_jobs=bool(getattr(ctx.config, "unsandboxed_jobs", False)),
+                                 hidden=(ctx.data_dir,))
         self.checks = OutputChecks(self.peer_id, self.files, self.dir, credits=credits,
                                    adverts=capacity.table if capacity is not None else None)
         self.jobs: CappedDict[str, Submission] = CappedDict(MAX_KEPT)  # finished ones past MAX_KEPT go
@@ -122,6 +125,16 @@ class JobService:
         service = rpc.Service("jobs", self._handle, rpc.ServiceConfig(
             jp.REQUESTS, max_frame=jp.MAX_FRAME, handler_timeout=10.0, max_concurrent=256))
         self.host.serve(jp.PROTOCOL, service)
+        self.executor.sandbox = sandbox = await trio.to_thread.run_sync(detect_sandbox)
+        if sandbox.available:
+            log.info("job sandbox: %s", sandbox.describe())
+        elif self.executor.unsandboxed_jobs:
+            log.warning("job sandbox unavailable: %s; peers' jobs run WITHOUT it "
+                        "(unsandboxed_jobs = true)", sandbox.problem)
+        else:
+            log.warning("job sandbox unavailable: %s; peers' jobs are refused, this node's "
+                        "own jobs still run (unsandboxed_jobs = true runs peers' jobs too)",
+                        sandbox.problem)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.executor.run)

@@ -122,6 +122,14 @@ def alerts(status: Mapping[str, Any], warnings: Sequence[Mapping[str, Any]]) -> 
             add("info", "Draining: running jobs finish, no new job is accepted.")
         if jobs.get("paused"):
             add("info", "Jobs are paused: queued jobs wait until you resume.")
+        sandbox = jobs.get("sandbox")
+        if isinstance(sandbox, Mapping) and sandbox.get("available") is False:
+            if sandbox.get("unsandboxed_jobs"):
+                add("warning", f"No job sandbox ({sandbox.get('problem')}): peers' jobs run "
+                               "without it because unsandboxed_jobs = true.")
+            else:
+                add("warning", f"No job sandbox ({sandbox.get('problem')}): peers' jobs are "
+                               "refused; this node's own jobs still run.")
     room = MAX_ALERTS - len(found)
     for entry in list(warnings)[-room:] if room > 0 else []:
         add(entry["level"], f"{entry['logger']}: {entry['msg']}")
