@@ -11,23 +11,41 @@ own copy of the code; nothing in poolai itself knows about them:
   also carries: a receipt it signed as both worker and submitter, one "countersigned" for
   the fetching peer with its own key, one with its signature alone, and three replays of
   the first receipt on the page.
+
+With ``POOLAI_EVIL_FLOOD=1`` it serves a receipt flood instead: every ``ledger.fetch`` is
+answered with a full page of freshly minted, valid receipts and ``more: true``. Each page
+uses two new throwaway keys: half its receipts are between this node and the first
+(claims it signs as worker, the throwaway key pays), half between the two throwaway keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from poolai.mesh import wire
+from poolai.mesh.adverts import peer_id_from_public_key
 from poolai.node.credits import ledger as lg
 from poolai.node.credits import service as credits_service
-from poolai.node.credits.receipts import EARNER_DOMAIN, PAYER_DOMAIN, JobClaim, Receipt, start_receipt
+from poolai.node.credits.receipts import (
+    EARNER_DOMAIN,
+    PAYER_DOMAIN,
+    JobClaim,
+    Receipt,
+    SigningKey,
+    add_signature,
+    start_receipt,
+)
 from poolai.node.jobs import service as job_service
 from poolai.node.jobs.executor import Executor
 from poolai.node.jobs.runner import JobOutcome, WorkerPolicy, run_job
@@ -35,6 +53,8 @@ from poolai.node.jobs.spec import FileRef, JobSpec, JobStatus
 
 H100 = "NVIDIA H100 80GB HBM3"
 FORGED_JOB = "forged"  # job ids of forged claims start with this
+FLOOD = "POOLAI_EVIL_FLOOD"
+FLOOD_JOB = "flood"  # job ids of flood receipts start with this
 
 
 def corrupt(path: Path) -> tuple[str, int]:
@@ -91,6 +111,34 @@ async def forging_handle(self: credits_service.CreditsService, peer: str, reques
     return reply
 
 
+def throwaway_key() -> SigningKey:
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return SigningKey(peer_id_from_public_key(public), public, private.sign)
+
+
+_minted = itertools.count()
+
+
+def flood_page(me: SigningKey, n: int) -> list[bytes]:
+    """``n`` valid receipts: half between ``me`` and a new throwaway key, half between two."""
+    first, second = throwaway_key(), throwaway_key()
+    out = []
+    for i in range(n):
+        worker, payer = (me, first) if i % 2 == 0 else (first, second)
+        claim = JobClaim(1, f"{FLOOD_JOB}-{next(_minted)}", worker.peer_id, payer.peer_id, "cpu", "cpu",
+                         1.0, b"\x05" * 32, time.time())
+        out.append(add_signature(start_receipt(claim, worker), payer))
+    return out
+
+
+async def flooding_handle(self: credits_service.CreditsService, peer: str, request: Any) -> Any:
+    if isinstance(request, lg.Fetch):
+        receipts = await trio.to_thread.run_sync(flood_page, self.key, request.limit)
+        return lg.Page(receipts=tuple(receipts), next=request.since + len(receipts), more=True)
+    return await _honest_handle(self, peer, request)
+
+
 def command(*args: str) -> list[str]:
     """The command line that starts this node with poolai CLI ``args``: the twin of
     :func:`poolai.node.launcher.poolai_command`, to pass as a ``NodeProcess`` program."""
@@ -99,7 +147,8 @@ def command(*args: str) -> list[str]:
 
 def main() -> int:
     job_service.Executor = CorruptingExecutor  # type: ignore[misc]
-    credits_service.CreditsService._handle = forging_handle  # type: ignore[method-assign]
+    flood = os.environ.get(FLOOD) == "1"
+    credits_service.CreditsService._handle = flooding_handle if flood else forging_handle  # type: ignore[method-assign]
     from poolai.node.cli.main import main as poolai_main
 
     return poolai_main(sys.argv[1:])

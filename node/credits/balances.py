@@ -78,6 +78,14 @@ class Tally:
         self._post(checked, 1)
         return True
 
+    def discard(self, receipt_id: bytes, claim_key: bytes) -> None:
+        """Forget a receipt the ledger evicted: it no longer counts, and may be added again."""
+        self._seen.discard(receipt_id)
+        held = self._best.get(claim_key)
+        if held is not None and held.receipt_id == receipt_id:
+            del self._best[claim_key]
+            self._post(held, -1)
+
     def seen(self, receipt_id: bytes) -> bool:
         """Whether this receipt was added before (counted or not)."""
         return receipt_id in self._seen
@@ -102,9 +110,16 @@ class Tally:
                         self.superseded)
 
     def _post(self, c: Checked, sign: int) -> None:
-        e, p = self.account(c.earner), self.account(c.payer)
-        self._accounts[c.earner] = Account(e.earned + sign * c.credit, e.spent, e.receipts + sign)
-        self._accounts[c.payer] = Account(p.earned, p.spent + sign * c.credit, p.receipts + sign)
+        e = self.account(c.earner)
+        self._set(c.earner, Account(e.earned + sign * c.credit, e.spent, e.receipts + sign))
+        p = self.account(c.payer)
+        self._set(c.payer, Account(p.earned, p.spent + sign * c.credit, p.receipts + sign))
+
+    def _set(self, peer: str, account: Account) -> None:
+        if account.receipts:
+            self._accounts[peer] = account
+        else:  # no receipt left: no account (so evicted peers leave nothing behind)
+            self._accounts.pop(peer, None)
 
 
 def check_all(receipts: Sequence[bytes], *, complete: bool = True

@@ -1,24 +1,29 @@
-"""The ledger: every verified receipt this node holds, in LMDB, append-only; and the
-messages of ``/poolai/ledger/1.0.0``, over which nodes fetch each other's receipts
-and ask each other to countersign.
+"""The ledger: the verified receipts this node keeps, in LMDB; and the messages of
+``/poolai/ledger/1.0.0``, over which nodes fetch each other's receipts and ask each
+other to countersign.
 
 Synchronous on purpose, like the share store: async callers go through
 ``trio.to_thread.run_sync``. Only :class:`~poolai.node.credits.receipts.Checked` receipts
 signed by both parties get in, so the file never holds evidence that would not count.
+Which receipts are kept, and which are evicted, is decided by
+:mod:`poolai.node.credits.retention`; this module only carries it out.
 
-On-disk layout (schema 1), one LMDB environment in ``path``::
+On-disk layout (schema 2), one LMDB environment in ``path``::
 
-    "receipts"  receipt id (32 bytes) -> envelope            append-only: never overwritten or deleted
+    "receipts"  receipt id (32 bytes) -> envelope            never overwritten; deleted only when evicted
+    "seqs"      receipt id -> seq (u64 BE)                   where its log and party entries are
     "log"       seq (u64 BE) -> receipt id                   arrival order; cursors of ledger.fetch
     "party"     peer id (utf-8) 0x00 seq (u64 BE) -> receipt id   receipts each party signed
     "pending"   claim key (32 bytes) -> envelope with our signature only   until the other party signs
     "standing"  peer id (utf-8) -> 4 x u32 BE (verified, agreed, mismatched, failed)
-    "info"      b"schema" -> u32 (1),  b"seq" -> u64 next sequence number
+    "info"      b"schema" -> u32 (2),  b"seq" -> u64 next sequence number
 
-A receipt, its log entry, both party entries and the next sequence number change in
-one write transaction; LMDB commits with a single meta-page write, so a process
-killed at any instant leaves the ledger as it was before or after a whole receipt.
-With ``durable=True`` each commit is also fsynced (power loss).
+Schema 1 (no "seqs") is upgraded in place at open. Receipts added, receipts evicted
+for them, their log, seq and party entries and the next sequence number change in one
+write transaction; LMDB commits with a single meta-page write, so a process killed at
+any instant leaves the ledger as it was before or after the whole change. A sequence
+number is never reused, so a peer's cursor stays valid across evictions. With
+``durable=True`` each commit is also fsynced (power loss).
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ import lmdb
 from poolai.mesh.wire import field, message
 from poolai.node.credits.policy import Standing
 from poolai.node.credits.receipts import MAX_PEER_ID, MAX_RECEIPT, Checked
+from poolai.node.credits.retention import Held
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAP_SIZE = 1 << 30  # address space, not disk: ~1.5 million receipts
 _U64 = struct.Struct(">Q")
 _STANDING = struct.Struct(">IIII")
@@ -96,12 +102,13 @@ class Ledger:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=6, sync=durable,
+            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=7, sync=durable,
                                   metasync=durable, readahead=False)
         except lmdb.Error as exc:
             raise LedgerError(f"cannot open the ledger in {self.path}: {exc}") from None
         self._env.reader_check()  # reader slots left by a killed process
         self._receipts = self._env.open_db(b"receipts")
+        self._seqs = self._env.open_db(b"seqs")
         self._log = self._env.open_db(b"log")
         self._party = self._env.open_db(b"party")
         self._pending = self._env.open_db(b"pending")
@@ -110,10 +117,13 @@ class Ledger:
         with self._env.begin(write=True, db=self._info) as txn:
             raw = txn.get(b"schema")
             if raw is None:
-                txn.put(b"schema", struct.pack(">I", SCHEMA_VERSION))
                 txn.put(b"seq", _U64.pack(0))
+            elif struct.unpack(">I", raw)[0] == 1:  # schema 1 had no "seqs": index the log
+                for key, rid in txn.cursor(db=self._log):
+                    txn.put(rid, key, db=self._seqs)
             elif struct.unpack(">I", raw)[0] != SCHEMA_VERSION:
                 raise LedgerError(f"{self.path}: unsupported ledger schema {raw.hex()}")
+            txn.put(b"schema", struct.pack(">I", SCHEMA_VERSION))
 
     def close(self) -> None:
         self._env.close()
@@ -130,8 +140,9 @@ class Ledger:
         """Append a receipt signed by both parties; False if this receipt id is already held."""
         return self.add_many([checked]) == 1
 
-    def add_many(self, receipts: Sequence[Checked]) -> int:
-        """Append several receipts in one transaction; returns how many were new."""
+    def add_many(self, receipts: Sequence[Checked], evict: Sequence[Held] = ()) -> int:
+        """Append several receipts and delete the ``evict`` ones, in one transaction;
+        returns how many receipts were new."""
         for checked in receipts:
             if not checked.complete:
                 raise ValueError("the ledger holds only receipts signed by both parties")
@@ -145,15 +156,31 @@ class Ledger:
                         continue
                     key = _U64.pack(seq)
                     txn.put(key, rid, db=self._log)
+                    txn.put(rid, key, db=self._seqs)
                     for peer in {checked.earner, checked.payer}:
                         txn.put(peer.encode() + b"\x00" + key, rid, db=self._party)
                     txn.delete(checked.claim_key, db=self._pending)
                     seq += 1
                     added += 1
                 txn.put(b"seq", _U64.pack(seq), db=self._info)
+                for held in evict:
+                    self._delete(txn, held)
         except lmdb.MapFullError:
             raise LedgerError(f"the ledger in {self.path} is full") from None
         return added
+
+    def evict(self, receipts: Sequence[Held]) -> None:
+        """Delete these receipts and their index entries, in one transaction."""
+        self.add_many([], receipts)
+
+    def _delete(self, txn: lmdb.Transaction, held: Held) -> None:
+        key = txn.pop(held.receipt_id, db=self._seqs)
+        if key is None:
+            return  # not held (deleted before)
+        txn.delete(held.receipt_id, db=self._receipts)
+        txn.delete(key, db=self._log)
+        for peer in set(held.parties):
+            txn.delete(peer.encode() + b"\x00" + key, db=self._party)
 
     def get(self, receipt_id: bytes) -> bytes | None:
         with self._env.begin(db=self._receipts) as txn:

@@ -1,5 +1,6 @@
 """What credits decide, the pure rules: what a submitter signs, redundant runs,
-reputation and queue priority.
+reputation and queue priority. (What the ledger keeps of other peers' receipts, and
+why, is the other pure rule: :mod:`poolai.node.credits.retention`.)
 
 **What a submitter pays for.** It countersigns a worker's job claim only when
 :func:`payer_refusal` finds nothing wrong with it against the :class:`Expectation` it

@@ -276,6 +276,16 @@ def check_receipt(data: bytes, *, complete: bool = True) -> Checked:
     return _check(data, need=2 if complete else 1)
 
 
+def parties_of(data: bytes) -> tuple[str, str]:
+    """(earner, payer) an envelope names, read without checking any signature: what a
+    receiver looks at to decide whether a receipt is worth checking at all. Raises
+    :class:`ReceiptRejected` for an envelope that does not decode."""
+    if len(data) > MAX_RECEIPT:
+        raise ReceiptRejected("oversize", f"{len(data)} bytes, limit {MAX_RECEIPT}")
+    claim = _decode_claim(_decode(Receipt, data).body)  # type: ignore[attr-defined]
+    return earner_of(claim), payer_of(claim)
+
+
 def _check(data: bytes, need: int) -> Checked:
     if len(data) > MAX_RECEIPT:
         raise ReceiptRejected("oversize", f"{len(data)} bytes, limit {MAX_RECEIPT}")

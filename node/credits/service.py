@@ -4,7 +4,10 @@ It owns the :class:`~poolai.node.credits.ledger.Ledger` and a :class:`~poolai.no
 of every receipt held, serves ``/poolai/ledger/1.0.0`` (``ledger.fetch`` pages and
 ``ledger.sign`` countersigning), pulls new receipts from connected peers every
 ``credits_sync_interval`` seconds, and re-sends claims awaiting the other party's
-signature with backoff until they are signed or refused.
+signature with backoff until they are signed or refused. What it keeps of other
+peers' receipts is bounded by :mod:`poolai.node.credits.retention` (its own always;
+others' only for tracked peers, per peer and in all); the connected peers and its own
+counterparties are the tracked peers.
 
 Other services call it through these seams (all on the event loop):
 
@@ -31,6 +34,7 @@ import trio
 
 from poolai.mesh import rpc
 from poolai.mesh.backoff import Backoff
+from poolai.mesh.bounded import CappedDict
 from poolai.mesh.errors import MeshError, ProtocolError, RemoteError
 from poolai.node.credits import ledger as lg
 from poolai.node.credits.balances import Tally, check_all
@@ -58,8 +62,10 @@ from poolai.node.credits.receipts import (
     add_signature,
     check_receipt,
     device_of,
+    parties_of,
     start_receipt,
 )
+from poolai.node.credits.retention import Bounds, Held, Retention, wanted
 
 if TYPE_CHECKING:
     from poolai.node.capacity.rules import CapacityTable
@@ -77,6 +83,7 @@ RETRY_MAX_S = 600.0
 CLAIM_BACKOFF = Backoff(base=2.0, cap=RETRY_MAX_S)  # 2, 4, 8 ... 512, 600 s between sends
 MAX_TRIES = 24  # a claim nobody signs is dropped after this many sends (about 3 hours)
 MAX_EXPECTED = 10_000  # checked results (and replicated jobs) remembered for workers' claims
+MAX_CURSORS = 1024  # peers whose sync cursor is remembered; a forgotten one starts from 0
 
 
 @dataclass
@@ -90,9 +97,11 @@ class CreditsService:
     name = "credits"
 
     def __init__(self, ctx: NodeContext, *, adverts: CapacityTable | None = None,
-                 rng: random.Random | None = None, durable: bool = True) -> None:
+                 rng: random.Random | None = None, durable: bool = True,
+                 bounds: Bounds | None = None) -> None:
         """``adverts`` (the capacity table) tells which GPUs a worker advertised, to bound
-        what it may claim; without it claims are checked against the job alone."""
+        what it may claim; without it claims are checked against the job alone.
+        ``bounds``: how many of other peers' receipts the ledger keeps (default: Bounds())."""
         self.ctx = ctx
         self.host = ctx.host
         self.peer_id = ctx.host.peer_id
@@ -104,6 +113,8 @@ class CreditsService:
         self.sync_interval = cfg.credits_sync_interval
         self.payout_address = cfg.payout_address
         self.tally = Tally()
+        self.retention = Retention(self.peer_id, bounds or Bounds())
+        self._counterparties: set[str] = set()  # peers we hold a receipt with: tracked
         self.ledger: lg.Ledger | None = None
         self._durable = durable
         self._rng = rng or random.SystemRandom()
@@ -112,7 +123,8 @@ class CreditsService:
         self._pending: dict[bytes, _Pending] = {}
         self._sending: set[bytes] = set()
         self._wake = trio.Event()
-        self._cursors: dict[str, int] = {}
+        self._cursors: CappedDict[str, int] = CappedDict(MAX_CURSORS, renew=True)  # per peer synced from
+        self._writing = trio.Lock()  # one admission and ledger write at a time
         self._rejected: dict[str, int] = {}
         self._synced_at: float | None = None
         self._standings: dict[str, Standing] = {}
@@ -130,8 +142,14 @@ class CreditsService:
             self.ledger = ledger
             held, pending = await trio.to_thread.run_sync(_load, ledger)
             self._standings = await trio.to_thread.run_sync(ledger.standings)
+            evict = {h.receipt_id: h for h in self.retention.load(_held(c) for c in held)}
+            if evict:  # the bounds shrank, or the ledger predates them: compact it now
+                await trio.to_thread.run_sync(ledger.evict, list(evict.values()))
+                log.info("ledger: %d receipt(s) of other peers evicted to stay within %s",
+                         len(evict), self.retention.bounds)
             for checked in held:
-                self.tally.add(checked)
+                if checked.receipt_id not in evict:
+                    self._count(checked)
             for checked in pending:
                 self._pending[checked.claim_key] = _Pending(checked)
             log.info("ledger: %d receipt(s), %d claim(s) awaiting a signature", len(held), len(pending))
@@ -162,7 +180,10 @@ class CreditsService:
             "payout_address": self.payout_address,
             "ledger": {"held": len(self.tally), "pending": len(self._pending),
                        "superseded": self.tally.superseded,
-                       "rejected": dict(self._rejected), "synced_at": self._synced_at},
+                       "rejected": dict(self._rejected), "synced_at": self._synced_at,
+                       "others": {"receipts": len(self.retention), "bytes": self.retention.bytes,
+                                  "peers": self.retention.peers(), "evicted": self.retention.evicted,
+                                  "not_kept": dict(self.retention.refused)}},
             "redundancy_fraction": self.policy.fraction,
             "reputation": {peer: round(reputation(s), 4) for peer, s in worst},
         }
@@ -416,37 +437,79 @@ class CreditsService:
                                            timeout=FETCH_TIMEOUT_S, max_frame=lg.MAX_FRAME)
             if page.next < cursor or (page.receipts and page.next == cursor):
                 raise ProtocolError(f"ledger page cursor went from {cursor} to {page.next}")
-            good, rejected = await trio.to_thread.run_sync(check_all, page.receipts)
+            good, rejected = await trio.to_thread.run_sync(_check_page, page.receipts, self.peer_id,
+                                                           self._tracked())
+            skipped = len(page.receipts) - len(good) - sum(rejected.values())
+            if skipped:
+                self.retention.refused["untracked"] = self.retention.refused.get("untracked", 0) + skipped
             for reason, count in rejected.items():
                 self._rejected[reason] = self._rejected.get(reason, 0) + count
             added += await self._store(good)
-            cursor = self._cursors[peer] = page.next
+            cursor = page.next
+            self._cursors.put(peer, cursor)
             if not page.more:
                 break
         return added
 
+    def _tracked(self) -> frozenset[str]:
+        return frozenset(self.host.connected_peers()) | self._counterparties
+
     async def _store(self, receipts: list[Checked]) -> int:
-        """Append new receipts to the ledger, then count them; returns how many were new."""
-        fresh = [c for c in receipts if not self.tally.seen(c.receipt_id)]
-        settled = [c.claim_key for c in receipts if c.claim_key in self._pending]
-        if fresh or settled:
-            ledger = self._ledger()
+        """Keep the new receipts the retention rule admits, evicting what it says, in one
+        ledger transaction; then count them. Returns how many were kept."""
+        async with self._writing:  # admissions decide on the state the previous write left
+            keep, evict = self._admit(receipts)
+            settled = [c.claim_key for c in receipts if c.claim_key in self._pending]
+            if keep or evict or settled:
+                ledger = self._ledger()
 
-            def write() -> None:
-                ledger.add_many(fresh)
-                for key in settled:
-                    ledger.drop_pending(key)
+                def write() -> None:
+                    ledger.add_many(keep, evict)
+                    for key in settled:
+                        ledger.drop_pending(key)
 
-            await trio.to_thread.run_sync(write)
-        new = 0
-        for checked in receipts:  # another task may have counted some while we wrote
-            if not self.tally.seen(checked.receipt_id):
-                self.tally.add(checked)
-                new += 1
-        for key in settled:
-            self._pending.pop(key, None)
+                await trio.to_thread.run_sync(write)
+            for checked in keep:
+                self._count(checked)
+            for held in evict:
+                self.tally.discard(held.receipt_id, held.claim_key)
+            for key in settled:
+                self._pending.pop(key, None)
         self._changed()
-        return new
+        return len(keep)
+
+    def _admit(self, receipts: list[Checked]) -> tuple[list[Checked], list[Held]]:
+        tracked = self._tracked().__contains__
+        keep: dict[bytes, Checked] = {}
+        evict: list[Held] = []
+        best: dict[bytes, Checked] = {}  # claim key -> the receipt that pays it, this batch included
+        for checked in receipts:
+            if self.tally.seen(checked.receipt_id) or checked.receipt_id in keep:
+                continue
+            own = self.peer_id in (checked.earner, checked.payer)
+            paid = best.get(checked.claim_key) or self.tally.counted(checked.claim_key)
+            if not own and paid is not None and (paid.credit, paid.receipt_id) <= (
+                    checked.credit, checked.receipt_id):
+                self.retention.refused["superseded"] = self.retention.refused.get("superseded", 0) + 1
+                continue  # rule 5: it would not count
+            admission = self.retention.admit(_held(checked), tracked)
+            evict.extend(admission.evict)
+            if not admission.store:
+                continue
+            keep[checked.receipt_id] = checked
+            best[checked.claim_key] = checked
+            if not own and paid is not None:
+                gone = self.retention.remove(paid.receipt_id)
+                if gone is not None:
+                    evict.append(gone)
+        both = keep.keys() & {h.receipt_id for h in evict}  # admitted, then evicted by a later one
+        return ([c for c in keep.values() if c.receipt_id not in both],
+                [h for h in evict if h.receipt_id not in both])
+
+    def _count(self, checked: Checked) -> None:
+        self.tally.add(checked)
+        if self.peer_id in (checked.earner, checked.payer):
+            self._counterparties.add(checked.payer if checked.earner == self.peer_id else checked.earner)
 
     # ------------------------------------------------------------------ helpers
     def _ledger(self) -> lg.Ledger:
@@ -479,6 +542,27 @@ class CreditsService:
         while True:
             await trio.sleep(self.sync_interval * self._rng.uniform(0.9, 1.1))
             await self.sync_now()
+
+
+def _held(checked: Checked) -> Held:
+    return Held(checked.receipt_id, (checked.earner, checked.payer), len(checked.raw), checked.claim_key)
+
+
+def _check_page(receipts: Sequence[bytes], me: str, tracked: frozenset[str]
+                ) -> tuple[list[Checked], dict[str, int]]:
+    """check_all of the receipts on a page that would be kept if they pass (retention
+    rules 1-2): the others cost no signature check."""
+    worth = []
+    for raw in receipts:
+        try:
+            parties = parties_of(raw)
+        except ReceiptRejected:
+            worth.append(raw)  # check_all counts it by reason
+            continue
+        if wanted(parties, me, tracked.__contains__):
+            worth.append(raw)
+    return check_all(worth)
+
 
 def _load(ledger: lg.Ledger) -> tuple[list[Checked], list[Checked]]:
     good, rejected = check_all(ledger.receipts())
