@@ -1,7 +1,8 @@
 """The libp2p host: how a node's py-libp2p host is built, and wrapped in PoolAI's own types.
 
 libp2p is imported only under mesh/: here, in identity (keys), peer_ids, latency (ping
-handler), gossip (pubsub) and the guarded py-libp2p patches in mesh/patches/.
+handler), gossip (pubsub), inbound (admission of inbound connections) and the guarded
+py-libp2p patches in mesh/patches/.
 
 py-libp2p's defaults are unsafe or slow for a long-running node (see NETWORK.md,
 "Transport"), so the host is built explicitly: TCP only, Noise as the only
