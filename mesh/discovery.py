@@ -5,17 +5,25 @@ peers from its :class:`~poolai.mesh.peers.PeerBook`, dialling bootstrap peers
 first and backing off exponentially on failure. After each new connection it
 asks that peer for the peers it knows (``/poolai/peers/1.0.0``), which is how a
 node that bootstrapped from one peer comes to know the rest of the mesh.
+
+It also keeps the node's inbound connections under ``inbound_cap``: when more are
+open (checked after each inbound connection and every round), it closes those
+:func:`~poolai.mesh.admission.choose_shed` picks, never the overlay's links
+(``protected``) nor a connection with a stream open. Newcomers are not refused
+for being many; the least useful connection makes room instead.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 import trio
 
 from poolai.mesh import rpc, wire
+from poolai.mesh.admission import MIN_IDLE, choose_shed, inbound_cap_for
 from poolai.mesh.errors import MeshError
 from poolai.mesh.host import MeshHost
 from poolai.mesh.peers import MAX_ADDR_LEN, MAX_ADDRS_PER_PEER, PeerBook
@@ -59,7 +67,10 @@ class ConnectionManager:
         request_timeout: float = 5.0,
         interval: float = 1.0,
         exchange_every: float = 30.0,
+        inbound_cap: int | None = None,
+        protected: Callable[[], Collection[str]] = frozenset,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.book = book
@@ -69,9 +80,14 @@ class ConnectionManager:
         self.interval = interval
         self.exchange_every = exchange_every
         self.clock = clock
+        self.monotonic = monotonic  # the host's connection facts are on this clock
+        self.inbound_cap = inbound_cap_for(target_peers) if inbound_cap is None else inbound_cap
+        self.protected = protected  # peers never shed: the overlay's links
         self.dials_ok = 0
         self.dials_failed = 0
+        self.shed = 0  # inbound connections closed to stay under inbound_cap
         self._dialling: set[str] = set()
+        self._shedding: set[str] = set()
         self._last_exchange: dict[str, float] = {}
         self._wake = trio.Event()
         self.service = rpc.Service(
@@ -84,6 +100,7 @@ class ConnectionManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.host.serve(PROTOCOL, self.service)
+        self.host.on_inbound(self.wake)
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
@@ -93,6 +110,7 @@ class ConnectionManager:
                 self._wake = trio.Event()
 
     def _round(self, nursery: trio.Nursery) -> None:
+        self._shed(nursery)
         now = self.clock()
         connected = set(self.host.connected_peers())
         for peer in connected:
@@ -108,6 +126,43 @@ class ConnectionManager:
             peer = min(stale, key=lambda p: self._last_exchange.get(p, 0.0))
             self._last_exchange[peer] = now
             nursery.start_soon(self._exchange, peer)
+
+    def _shed(self, nursery: trio.Nursery) -> None:
+        facts = [f for f in self.host.connection_facts() if f.peer_id not in self._shedding]
+        shed = choose_shed(facts, cap=self.inbound_cap, protected=set(self.protected()),
+                           now=self.monotonic(), min_idle=MIN_IDLE)
+        for peer in shed:
+            self._shedding.add(peer)
+            nursery.start_soon(self._disconnect, peer)
+        if shed:
+            self.shed += len(shed)
+            log.info("over the inbound cap of %d: closing %d idle connection(s)",
+                     self.inbound_cap, len(shed))
+
+    async def _disconnect(self, peer_id: str) -> None:
+        try:
+            await self.host.disconnect(peer_id)
+        finally:
+            self._shedding.discard(peer_id)
+
+    def status(self) -> dict[str, Any]:
+        """Connection counts and what inbound admission decided (for ``/api/status``)."""
+        facts = self.host.connection_facts()
+        inbound = sum(1 for f in facts if f.inbound)
+        out: dict[str, Any] = {
+            "inbound": inbound,
+            "outbound": len(facts) - inbound,
+            "inbound_cap": self.inbound_cap,
+            "dials_ok": self.dials_ok,
+            "dials_failed": self.dials_failed,
+            "shed": self.shed,
+        }
+        if self.host.admission is not None:
+            stats = self.host.admission.statistics()
+            out.update(accepted=stats.accepted, refused_ip_rate=stats.refused_ip_rate,
+                       refused_peer_rate=stats.refused_peer_rate,
+                       refused_total_rate=stats.refused_total_rate)
+        return out
 
     async def _dial(self, peer_id: str, addrs: list[str]) -> None:
         try:

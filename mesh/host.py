@@ -1,7 +1,8 @@
 """The libp2p host: how a node's py-libp2p host is built, and wrapped in PoolAI's own types.
 
 libp2p is imported only under mesh/: here, in identity (keys), peer_ids, latency (ping
-handler), gossip (pubsub) and the guarded py-libp2p patches in mesh/patches/.
+handler), gossip (pubsub), inbound (admission of inbound connections) and the guarded
+py-libp2p patches in mesh/patches/.
 
 py-libp2p's defaults are unsafe or slow for a long-running node (see NETWORK.md,
 "Transport"), so the host is built explicitly: TCP only, Noise as the only
@@ -46,7 +47,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from poolai.mesh import patches, rpc, wire
+from poolai.mesh.admission import ConnFacts, InboundAdmission
 from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, RequestTimeout
+from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
 
 log = logging.getLogger(__name__)
@@ -142,13 +145,17 @@ def _multiaddrs(addrs: list[str]) -> list[multiaddr.Multiaddr]:
 class MeshHost:
     """A running libp2p host. Create it with :func:`open_host`."""
 
-    def __init__(self, host: Any, key_pair: KeyPair, latency: EmulatedLatency | None = None) -> None:
+    def __init__(self, host: Any, key_pair: KeyPair, latency: EmulatedLatency | None = None,
+                 admission: InboundAdmission | None = None) -> None:
         self._host = host
         self.key_pair = key_pair
         self.peer_id = str(host.get_id())
         self._ping = PingService(host)
         self._id_cache: dict[str, ID] = {}
         self.latency = latency
+        self.admission = admission  # None: inbound connections are not rate limited
+        self._tracker = ConnectionTracker(admission)
+        host.get_network().register_notifee(self._tracker)
         if latency is not None:
             host.set_stream_handler(PING_PROTOCOL_ID, delayed_ping_handler(self._ping, latency))
 
@@ -190,6 +197,15 @@ class MeshHost:
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().connections.get(self._id(peer_id)))
+
+    def connection_facts(self) -> list[ConnFacts]:
+        """Every open connection as :func:`poolai.mesh.admission.choose_shed` sees it
+        (times on :func:`time.monotonic`)."""
+        return self._tracker.facts(self._host.get_network())
+
+    def on_inbound(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (it must not block or raise) after each inbound connection opens."""
+        self._tracker.on_inbound = callback
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """Transport addresses the peerstore holds for ``peer_id`` (learned by identify or dial)."""
@@ -334,10 +350,13 @@ class MeshHost:
 
 @asynccontextmanager
 async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
-                    latency: EmulatedLatency | None = None) -> AsyncIterator[MeshHost]:
+                    latency: EmulatedLatency | None = None,
+                    admission: InboundAdmission | None = None) -> AsyncIterator[MeshHost]:
     """Start a listening host; leaving the block closes every connection and listener.
 
     ``latency`` defaults to :meth:`EmulatedLatency.from_env` (normally None: no delays).
+    ``admission`` rate-limits inbound connections by remote IP, peer id and in total
+    (:mod:`poolai.mesh.inbound`); None (for tests' many-host meshes) limits none.
     Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen,
     :class:`~poolai.mesh.patches.PatchMismatch` if py-libp2p is not the version PoolAI patches.
     """
@@ -357,12 +376,13 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=maddrs,
         connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=5.0),
+        resource_manager=None if admission is None else AdmittingResourceManager(admission),
     )
     try:
         async with host.run(listen_addrs=maddrs):
             await _stop_auto_connector(host)
             try:
-                yield MeshHost(host, key_pair, latency)
+                yield MeshHost(host, key_pair, latency, admission)
             finally:
                 await _close_listeners(host)
     except OSError as exc:

@@ -346,6 +346,11 @@ class OverlayNode:
         )
 
     # ------------------------------------------------------------------ state
+    def link_peers(self) -> set[str]:
+        """Peer ids of every overlay link, both ways (the connections a node must keep)."""
+        links = self.table.links()
+        return {peer_id_text(p.peer_id) for p in links.peers() if p.peer_id != self.self_bytes}
+
     def snapshot(self) -> dict[str, Any]:
         """The overlay state for the status API (JSON-ready)."""
         links = self.table.links()

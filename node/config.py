@@ -166,6 +166,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_remote", False, _bool,
             "allow api_host to be a non-loopback address (every request then needs the admin token)"),
     Setting("max_peers", 32, _int_in(1, 1000), "connections the node keeps open"),
+    Setting("inbound_rate_ip", 5.0, _float_in(0.01, 10_000.0),
+            "inbound connections a second one remote IP may open (bursts of 10 s of it)"),
+    Setting("inbound_rate_peer", 0.5, _float_in(0.01, 10_000.0),
+            "inbound connections a second one peer id may open (bursts of 10 s of it)"),
+    Setting("inbound_rate_total", 20.0, _float_in(0.1, 10_000.0),
+            "inbound connections a second the node accepts from everyone (bursts of 10 s of it)"),
     Setting("overlay_scale", 1.0, _float_in(0.01, 100.0),
             "multiplier on overlay maintenance periods (below 1 = faster, for small test meshes)"),
     Setting("inventory_file", "", _text(4096),
@@ -207,6 +213,9 @@ class Config:
     api_port: int
     api_remote: bool
     max_peers: int
+    inbound_rate_ip: float
+    inbound_rate_peer: float
+    inbound_rate_total: float
     overlay_scale: float
     inventory_file: str
     job_slots: int

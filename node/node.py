@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from poolai.mesh import identity
+from poolai.mesh.admission import AdmissionConfig, InboundAdmission, Rate, inbound_cap_for
 from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.durable import write_atomic as _atomic_write
 from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
@@ -117,12 +118,15 @@ class Node:
         key_pair, created = identity.load_or_create(self.data_dir / KEY_FILE)
         if created:
             log.info("created a new identity in %s", self.data_dir / KEY_FILE)
-        async with open_host(key_pair, self.config.listen) as host:
+        async with open_host(key_pair, self.config.listen, admission=self._admission()) as host:
             self.host = host
             self.book = PeerBook(host.peer_id)
             self._load_peers()
-            self.connections = ConnectionManager(host, self.book, target_peers=self.config.max_peers)
             built = build_services(NodeContext(self.config, self.data_dir, host, self.book))
+            self.connections = ConnectionManager(
+                host, self.book, target_peers=self.config.max_peers,
+                inbound_cap=inbound_cap_for(self.config.max_peers),
+                protected=built.overlay.overlay.link_peers)
             self.overlay, self.capacity, self.credits = built.overlay, built.capacity, built.credits
             self.files, self.jobs = built.files, built.jobs
             self.services = built.in_start_order()
@@ -148,6 +152,12 @@ class Node:
                 self._remove_socket()
                 self._stopped.set()
 
+    def _admission(self) -> InboundAdmission:
+        cfg = self.config
+        return InboundAdmission(AdmissionConfig(
+            per_ip=Rate.of(cfg.inbound_rate_ip), per_peer=Rate.of(cfg.inbound_rate_peer),
+            total=Rate.of(cfg.inbound_rate_total)))
+
     # ------------------------------------------------------------------ state for API and CLI
     def status(self) -> dict[str, Any]:
         host = self.host
@@ -170,6 +180,8 @@ class Node:
             "known_peers": len(self.book),
             "api": self.api_url,
         }
+        if self.connections is not None:
+            status["connections"] = self.connections.status()
         for service in self.services:
             status[service.name] = service.status()
         return status

@@ -258,3 +258,16 @@ def test_metrics_text_parses_and_escapes_hostile_labels():
     assert levels == {"info": 3, "error": 1}
     # sections a node does not run leave no trace, and nothing breaks
     assert metrics.render(metrics.collect({})).startswith("# HELP poolai_info")
+
+
+def test_metrics_carry_the_inbound_connection_counters():
+    status = {"connections": {"inbound": 3, "outbound": 2, "inbound_cap": 128, "accepted": 40,
+                              "refused_ip_rate": 7, "refused_peer_rate": 1, "refused_total_rate": 0,
+                              "shed": 5}}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(metrics.collect(status)))}
+    assert {s.labels["direction"]: s.value for s in families["poolai_connections"].samples} == {
+        "inbound": 3, "outbound": 2}
+    outcomes = {s.labels["outcome"]: s.value for s in families["poolai_inbound_connections"].samples
+                if s.name.endswith("_total")}
+    assert outcomes == {"accepted": 40, "refused_ip_rate": 7, "refused_peer_rate": 1,
+                        "refused_total_rate": 0, "shed": 5}

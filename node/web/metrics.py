@@ -65,6 +65,16 @@ def collect(status: Mapping[str, Any], log_counts: Mapping[str, int] | None = No
              len(status.get("peers") or ())),
         _one("poolai_peers_known", "gauge", "Peers in the peer book.", status.get("known_peers")),
     ]
+    connections = status.get("connections")
+    if isinstance(connections, Mapping):
+        out += [
+            _many("poolai_connections", "gauge", "Open connections by direction.", "direction",
+                  {k: connections.get(k) for k in ("inbound", "outbound")}),
+            _many("poolai_inbound_connections_total", "counter",
+                  "Inbound connections by what the node did with them (NETWORK.md, inbound limits).",
+                  "outcome", {k: connections.get(k) for k in (
+                      "accepted", "refused_ip_rate", "refused_peer_rate", "refused_total_rate", "shed")}),
+        ]
     out += _overlay(status.get("overlay"))
     out += _capacity(status.get("capacity"))
     out += _jobs(status.get("jobs"))
