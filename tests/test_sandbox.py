@@ -239,8 +239,10 @@ async def test_the_memory_cap_and_the_timeout_hold_in_the_sandbox(sandbox: Sandb
     assert over.returncode == 1 and b"MemoryError" in over.stderr, over.stderr[-2000:]
     assert under.returncode == 0, under.stderr[-2000:]
     assert spin.timed_out and spin.returncode is None
-    # CPU and peak memory are the worker's, a grandchild of the process the runner started.
-    assert spin.cpu_s > 0.3 and spin.peak_rss_bytes > 32 << 20, spin
+    # CPU and peak memory are the worker's, a grandchild of the process the runner started:
+    # bwrap itself holds a few MiB and spends milliseconds. (How much CPU the spinner got in
+    # 1.5 s depends on the machine's load: 0.16 s on a loaded two-core machine.)
+    assert spin.cpu_s > 0.02 and spin.peak_rss_bytes > 32 << 20, spin
     with trio.fail_after(10):
         await poll_until(lambda: not processes_with(token))
 
