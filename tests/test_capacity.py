@@ -208,6 +208,122 @@ def test_offer_order_spreads_a_burst_by_offers_already_out():
     assert excluded == ["a", "b"]
 
 
+# --------------------------------------------------------------------------- admission
+
+
+def test_peers_only_heard_of_are_held_on_probation_within_both_bounds():
+    table = CapacityTable(max_heard=4, max_heard_per_relay=2)
+    taken = [table.apply(advert(f"r{i}"), 0.0, heard_via="relay-r") for i in range(3)]
+    assert taken == [True, True, False]  # the relay's share is full
+    assert [table.apply(advert(f"s{i}"), 0.0, heard_via="relay-s") for i in range(2)] == [True, True]
+    assert not table.apply(advert("t0"), 0.0, heard_via="relay-t")  # probation is full
+    assert (table.heard, table.heard_via("relay-r"), table.heard_via("relay-s")) == (4, 2, 2)
+    assert table.apply(advert("reached"), 0.0)  # reached peers are not held back
+    assert not table.on_probation("reached") and len(table) == 5
+
+    # A newer advert on probation stays there, counted against the relay that brought it ...
+    assert table.apply(advert("r0", seq=101), 1.0, heard_via="relay-s")
+    assert table.on_probation("r0") and table.heard_via("relay-r") == 2
+    # ... until its peer is reached: then the relay's share is free again.
+    assert table.apply(advert("r0", seq=102), 1.0)
+    assert not table.on_probation("r0") and table.heard_via("relay-r") == 1
+    assert table.apply(advert("r2"), 1.0, heard_via="relay-r")
+    # Expiry and removal free places too.
+    table.remove("s0")
+    assert table.heard_via("relay-s") == 1 and table.apply(advert("t0"), 1.0, heard_via="relay-t")
+    table.expire(100.0)
+    assert (len(table), table.heard, table.heard_via("relay-r")) == (0, 0, 0)
+
+
+def test_a_full_table_gives_up_heard_of_peers_first_and_never_takes_one_in_for_another():
+    table = CapacityTable(max_entries=3)
+    table.apply(advert("reached-soon", ttl=5.0), 0.0)
+    table.apply(advert("heard", ttl=30.0), 0.0, heard_via="relay")
+    table.apply(advert("reached", ttl=30.0), 0.0)
+    assert not table.apply(advert("heard-2"), 1.0, heard_via="relay")
+    assert table.apply(advert("new"), 1.0)  # displaces the peer on probation, not the one expiring
+    assert sorted(e.peer_id for e in table.entries(2.0)) == ["new", "reached", "reached-soon"]
+    assert table.heard == 0
+
+
+def test_standing():
+    assert capacity.standing_of(connected=True, measured=False, last_contact_age=None,
+                                vouched=False) is capacity.Standing.REACHED
+    assert capacity.standing_of(connected=False, measured=True, last_contact_age=None,
+                                vouched=False) is capacity.Standing.REACHED
+    assert capacity.standing_of(connected=False, measured=False, last_contact_age=60.0,
+                                vouched=False) is capacity.Standing.REACHED
+    long_ago = capacity.RECENT_CONTACT_S + 1
+    assert capacity.standing_of(connected=False, measured=False, last_contact_age=long_ago,
+                                vouched=True) is capacity.Standing.VOUCHED
+    assert capacity.standing_of(connected=False, measured=False, last_contact_age=long_ago,
+                                vouched=False) is capacity.Standing.HEARD
+
+
+def test_a_claimed_coordinate_cannot_make_an_unmeasured_peer_look_near():
+    assert capacity.rtt_estimate(0.0, None) == capacity.DEFAULT_RTT_MS  # a copy of ours
+    assert capacity.rtt_estimate(400.0, None) == 400.0  # claiming to be far is believed
+    assert capacity.rtt_estimate(3.0, 5.0) == 3.0  # a measured peer's coordinate is used
+    assert capacity.rtt_estimate(None, 5.0) == 5.0
+    assert capacity.rtt_estimate(None, None) is None
+
+
+def test_slots_beyond_belief_do_not_lower_the_load():
+    many = cpu_advert("many", job_slots=1024, free_slots=1000)  # 24 busy
+    assert capacity.load_of(many) == 24 / capacity.MAX_RANKED_SLOTS
+    assert capacity.load_of(cpu_advert("few", job_slots=4, free_slots=3)) == 0.25
+
+
+def sybils(n: int) -> list:
+    return [cpu_advert(f"sybil{i}", job_slots=1024, free_slots=1024) for i in range(n)]
+
+
+def test_peers_only_heard_of_rank_after_every_reached_peer_whatever_they_claim():
+    real = cpu_advert("real", job_slots=2, free_slots=1, queue_length=3)  # far and busy
+    entries = table_of(real, *sybils(50)).entries(1.0)
+
+    def standing(peer):
+        return capacity.Standing.REACHED if peer == "real" else capacity.Standing.HEARD
+
+    def rtt(peer):  # each sybil copied our coordinate; the real worker measured 300 ms
+        return 300.0 if peer == "real" else capacity.rtt_estimate(0.0, None)
+
+    ranked = rank(entries, Requirements(), rtt=rtt, rng=random.Random(3), standing=standing)
+    assert ranked[0].peer_id == "real" and len(ranked) == 51
+    assert all(c.standing is capacity.Standing.HEARD for c in ranked[1:])
+    assert ranked[0].to_json()["standing"] == "reached"
+    order = capacity.offer_order(entries, Requirements(), rtt=rtt, rng=random.Random(3),
+                                 standing=standing, given={"real": 5})
+    assert order[0] == "real"  # offers already out do not lift a heard-of peer above it
+    # Without the standing (the old ranking) the sybils came first.
+    assert rank(entries, Requirements(), rtt=rtt, rng=random.Random(3))[0].peer_id != "real"
+
+
+def test_failed_offers_cost_rank_for_a_while():
+    penalties = capacity.OfferPenalties(half_life=10.0, max_ms=1000.0, max_peers=3)
+    penalties.failed("a", "unreachable", 0.0)
+    assert penalties.cost_ms("a", 0.0) == capacity.OFFER_PENALTY_MS["unreachable"]
+    assert penalties.cost_ms("a", 10.0) == pytest.approx(capacity.OFFER_PENALTY_MS["unreachable"] / 2)
+    for _ in range(5):
+        penalties.failed("a", "timeout", 10.0)
+    assert penalties.cost_ms("a", 10.0) == 1000.0  # capped
+    penalties.failed("b", "invalid", 0.0)  # the job's fault, not the peer's
+    assert penalties.cost_ms("b", 0.0) == 0.0 and len(penalties) == 1
+    penalties.succeeded("a")
+    assert penalties.cost_ms("a", 10.0) == 0.0
+    for peer in ("p", "q", "r", "s"):
+        penalties.failed(peer, "busy", 20.0)
+    assert len(penalties) == 3 and penalties.cost_ms("p", 20.0) == 0.0  # bounded: oldest forgotten
+
+    # In the ranking: the nearer peer that failed an offer goes behind the farther one.
+    entries = table_of(cpu_advert("near"), cpu_advert("far")).entries(1.0)
+    failed = capacity.OfferPenalties()
+    failed.failed("near", "unreachable", 0.0)
+    order = capacity.offer_order(entries, Requirements(), rtt=rtts(near=5.0, far=60.0),
+                                 rng=random.Random(1), penalty=lambda p: failed.cost_ms(p, 1.0))
+    assert order == ["far", "near"]
+
+
 # --------------------------------------------------------------------------- our own advert
 
 

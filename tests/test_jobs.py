@@ -284,6 +284,38 @@ def test_an_accept_for_an_attempt_given_up_on_is_cancelled() -> None:
     assert not d.progress("A", 1, WorkState.QUEUED, 5.2)
 
 
+def test_offers_stop_after_a_bounded_number_of_unreachable_peers() -> None:
+    cfg = SubmitterConfig(max_unreachable=3, seek_timeout_s=1e9)
+    d = Dispatch("j1", 0, 0.0, cfg)
+    now, offered = 0.0, []
+    fakes = [f"fake{i}" for i in range(20)]
+    for _ in range(100):
+        action = d.step(now)
+        if isinstance(action, Finished):
+            break
+        if isinstance(action, FindWorkers):
+            d.candidates([*fakes, "real"], now)
+        elif isinstance(action, SendOffer):
+            offered.append(action.peer)
+            d.unreachable(action.attempt, now)
+        else:
+            now = action.until
+    assert isinstance(action, Finished) and action.result.status is JobStatus.REFUSED
+    assert offered == fakes[:3] and "gave up after 3 unreachable peers" in action.result.error
+
+
+def test_one_peer_unreachable_again_and_again_counts_once() -> None:
+    # A worker restarting is unreachable for a few rounds; the job waits for it.
+    d = Dispatch("j1", 0, 0.0, SubmitterConfig(max_unreachable=2, seek_timeout_s=1e9))
+    now = 0.0
+    for _ in range(6):
+        offer = drive_to_offer(d, ["w"], now)
+        d.unreachable(offer.attempt, now)
+        now = d.step(now).until
+    offer = drive_to_offer(d, ["w"], now)
+    assert d.accepted(offer.attempt, now) and d.phase is Phase.ASSIGNED
+
+
 def test_offers_per_job_are_bounded() -> None:
     d = Dispatch("j1", 0, 0.0, SubmitterConfig(max_offers=3, seek_timeout_s=1e9))
     now = 0.0

@@ -8,9 +8,19 @@ so a bad one is neither stored nor forwarded), and keeps the
 
 Round-trip estimates for ranking come from the overlay's Vivaldi coordinates
 when both ends' coordinates have settled, and from pings of connected peers
-otherwise (:meth:`CapacityService.rtt_ms` is the one seam). Reputation scores
-come from the credits service when the node runs one
+(or the overlay's probes) otherwise (:meth:`CapacityService.rtt_ms` is the one
+seam); a peer never measured cannot look nearer than the default. Reputation
+scores come from the credits service when the node runs one
 (:meth:`CapacityService.reputation_of`, :meth:`CapacityService.distrust_ms`).
+
+Admission (the rule is in :mod:`~poolai.node.capacity.rules`): each advert's
+peer is judged by :meth:`CapacityService.standing` from this node's own
+knowledge (its connections, the peer book, its pings, the overlay's probes and
+ring lists); adverts of peers only heard of go on probation in the table,
+counted against the relay that forwarded them, and one that finds no room is
+neither stored nor forwarded. The jobs service reports how its offers went
+(:meth:`CapacityService.offer_failed`, :meth:`CapacityService.offer_accepted`);
+peers that fail offers lose rank for a while.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from poolai.mesh import adverts
 from poolai.mesh.coords import Coord, predicted_rtt
 from poolai.mesh.errors import MeshError
 from poolai.mesh.gossip import ACCEPT, Gossip, GossipConfig, Inbound, Verdict, open_gossip
+from poolai.mesh.peer_ids import peer_id_text
 from poolai.node import __version__
 from poolai.node.capacity import rules as cap
 from poolai.node.capacity.inventory import Inventory, InventoryProvider, open_provider
@@ -37,8 +48,10 @@ from poolai.node.capacity.rules import (
     CapacityTable,
     Entry,
     LocalState,
+    OfferPenalties,
     OriginRate,
     Requirements,
+    Standing,
     make_advert,
     significant_change,
 )
@@ -56,6 +69,17 @@ SETTLED_ERROR = 0.8  # a Vivaldi error estimate below this is trusted for rankin
 PING_EVERY = 5.0
 PINGS_PER_ROUND = 4
 RTT_ALPHA = 0.3  # weight of a new ping in the moving average
+OVERLAY_VIEW_S = 1.0  # how long a snapshot of the overlay's measured and named peers is reused
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OverlayView:
+    """What the overlay knows of peers, by peer id: measured round trips, and every peer on
+    the ring lists of this node and of its ring neighbours (the peers they vouch for)."""
+
+    measured: Mapping[str, float]
+    named: frozenset[str]
+    taken_at: float
 
 
 class CapacityService:
@@ -89,6 +113,8 @@ class CapacityService:
         self._gossip: Gossip | None = None
         self._rtts: dict[str, float] = {}
         self._rate = OriginRate(rate=1.0 / MIN_PUBLISH_GAP)
+        self._penalties = OfferPenalties()
+        self._overlay_view = OverlayView({}, frozenset(), -math.inf)
         self._rejected: dict[str, int] = {}
         public_key = self.host.key_pair.public_key.to_bytes()
         self._signer = (self.host.key_pair.private_key.sign, public_key)
@@ -128,6 +154,8 @@ class CapacityService:
             "seq": self._published.seq if self._published else None,
             "advert_bytes": self._published_bytes,
             "peers": len(self.table.entries(now)),
+            "heard_of": self.table.heard,
+            "penalised": len(self._penalties),
             "rejected": dict(self._rejected),
             "gossip": self._gossip.statistics().to_json() if self._gossip else None,
         }
@@ -141,12 +169,45 @@ class CapacityService:
     def capable(self, requirements: Requirements, limit: int | None = None) -> list[Candidate]:
         """Peers (this node included) that can run a job needing ``requirements``, best first."""
         return self.table.capable(requirements, now=time.time(), rtt=self.rtt_ms, rng=self._rng,
-                                  limit=limit, reputation=self.reputation_of)
+                                  limit=limit, reputation=self.reputation_of,
+                                  standing=self.standing, penalty=self.penalty_ms)
 
     def offer_order(self, requirements: Requirements, given: Mapping[str, int]) -> list[str]:
         """Peers to offer a job to, in order (see :func:`~poolai.node.capacity.rules.offer_order`)."""
         return cap.offer_order(self.table.entries(time.time()), requirements, rtt=self.rtt_ms,
-                               rng=self._rng, reputation=self.reputation_of, given=given)
+                               rng=self._rng, reputation=self.reputation_of, given=given,
+                               standing=self.standing, penalty=self.penalty_ms)
+
+    def standing(self, peer_id: str) -> Standing:
+        """How well this node knows ``peer_id``: reached, vouched for, or only heard of
+        (:func:`~poolai.node.capacity.rules.standing_of`)."""
+        if peer_id == self.peer_id:
+            return Standing.REACHED
+        view = self._overlay()
+        book = self.ctx.book
+        seen = book.get(peer_id) if book is not None else None
+        last_contact_age = time.time() - seen.last_seen if seen is not None and seen.last_seen else None
+        return cap.standing_of(connected=self.host.is_connected(peer_id),
+                               measured=peer_id in self._rtts or peer_id in view.measured,
+                               last_contact_age=last_contact_age, vouched=peer_id in view.named)
+
+    def admitted(self, peer_id: str) -> bool:
+        """Whether ``peer_id``'s advert counts: this node reached it or the overlay vouches for it."""
+        return self.standing(peer_id) is not Standing.HEARD
+
+    def offer_failed(self, peer_id: str, kind: str) -> None:
+        """An offer to ``peer_id`` failed (``unreachable``, ``timeout``, ``busy``, ``incapable``;
+        see :data:`~poolai.node.capacity.rules.OFFER_PENALTY_MS`): it loses rank for a while."""
+        if peer_id != self.peer_id:
+            self._penalties.failed(peer_id, kind, time.monotonic())
+
+    def offer_accepted(self, peer_id: str) -> None:
+        """``peer_id`` accepted an offer: whatever it failed before is forgiven."""
+        self._penalties.succeeded(peer_id)
+
+    def penalty_ms(self, peer_id: str) -> float:
+        """What ``peer_id``'s recent failed offers add to its routing cost."""
+        return self._penalties.cost_ms(peer_id, time.monotonic())
 
     def reputation_of(self, peer_id: str) -> float:
         """This node's reputation score for ``peer_id`` (neutral without a credits service)."""
@@ -172,16 +233,43 @@ class CapacityService:
         self._check_change()
 
     def rtt_ms(self, peer_id: str) -> float | None:
-        """Estimated round trip to ``peer_id``: settled coordinates first, then measured pings."""
+        """Estimated round trip to ``peer_id``: settled coordinates first, then measured pings
+        or overlay probes; coordinates of a peer never measured cannot make it look near
+        (:func:`~poolai.node.capacity.rules.rtt_estimate`)."""
         if peer_id == self.peer_id:
             return 0.0
+        measured = self._rtts.get(peer_id)
+        if measured is None:
+            measured = self._overlay().measured.get(peer_id)
         local = self._local_coord()
         entry = self.table.get(peer_id)
         remote = entry.advert.coord if entry is not None else None
+        predicted = None
         if (local is not None and remote is not None and local.error <= SETTLED_ERROR
                 and remote.error <= SETTLED_ERROR and len(remote.vec) == len(local.vec)):
-            return predicted_rtt(local, Coord(tuple(remote.vec), remote.height, remote.error))
-        return self._rtts.get(peer_id)
+            predicted = predicted_rtt(local, Coord(tuple(remote.vec), remote.height, remote.error))
+        return cap.rtt_estimate(predicted, measured)
+
+    def _overlay(self) -> OverlayView:
+        """The overlay's measured and named peers, as of at most :data:`OVERLAY_VIEW_S` ago
+        (rebuilt at most once per interval: adverts and rankings ask for every peer)."""
+        now = time.monotonic()
+        view = self._overlay_view
+        if self.overlay is None or now - view.taken_at < OVERLAY_VIEW_S:
+            return view
+        measured, named = {}, set()
+        table = self.overlay.table
+        for member in table.members():
+            try:
+                text = peer_id_text(member.peer_id)
+            except ValueError:
+                continue
+            named.add(text)
+            rtt = table.measured_rtt(member.peer_id)
+            if rtt is not None:
+                measured[text] = rtt
+        self._overlay_view = OverlayView(measured, frozenset(named), now)
+        return self._overlay_view
 
     # ------------------------------------------------------------------ inbound
     def _on_advert(self, inbound: Inbound) -> Verdict:
@@ -198,7 +286,12 @@ class CapacityService:
         if advert.peer_id != self.peer_id and not self._rate.allow(advert.peer_id, inbound.received_at):
             self._rejected["too_frequent"] = self._rejected.get("too_frequent", 0) + 1
             return Verdict(False, "too_frequent", 0.0)
-        self.table.apply(advert, inbound.received_at)
+        heard_via = inbound.forwarder if self.standing(advert.peer_id) is Standing.HEARD else None
+        if not self.table.apply(advert, inbound.received_at, heard_via=heard_via):
+            # No room on probation: neither kept nor passed on, so a relay that floods
+            # fresh identities reaches no further than its neighbours. No fault of the relay's.
+            self._rejected["not_admitted"] = self._rejected.get("not_admitted", 0) + 1
+            return Verdict(False, "not_admitted", 0.0)
         return ACCEPT
 
     # ------------------------------------------------------------------ outbound
@@ -322,4 +415,7 @@ class CapacityService:
                                                     "error": a.coord.error},
             "payout_address": a.payout_address,
             "rtt_ms": None if rtt is None else round(rtt, 3),
+            "standing": self.standing(a.peer_id).name.lower(),
+            "on_probation": self.table.on_probation(a.peer_id),
+            "penalty_ms": round(self.penalty_ms(a.peer_id), 3),
         }

@@ -18,7 +18,10 @@ result); a lost attempt that speaks up again while nobody else holds the job is
 adopted back, so a restarted worker that kept its queue finishes the job.
 
 Every lost attempt and every ``timed_out``/``crashed`` result spends one unit of the
-job's ``retry_budget``; refusals and unreachable offers spend none.
+job's ``retry_budget``; refusals and unreachable offers spend none. Offers are
+bounded twice: ``max_offers`` in all, and ``max_unreachable`` distinct peers that
+gave no answer (a table full of identities that are not nodes ends the job
+instead of feeding it offers until the seek timeout).
 
 The worker's queue is in :mod:`poolai.node.jobs.queue`.
 """
@@ -74,14 +77,15 @@ class SubmitterConfig:
     max_requery_s: float = 4.0
     seek_timeout_s: float = 60.0  # no worker accepted within this: the job fails
     max_offers: int = 512  # offers per job, all rounds together (bounds its history)
+    max_unreachable: int = 8  # distinct peers whose offer went unanswered before the job gives up
 
     def __post_init__(self) -> None:
         if min(self.lease_s, self.requery_s, self.max_requery_s, self.seek_timeout_s) <= 0:
             raise ValueError("submitter timings must be positive")
         if self.dead_s < self.lease_s:
             raise ValueError("dead_s must be at least lease_s")
-        if self.max_offers < 1:
-            raise ValueError("max_offers must be >= 1")
+        if self.max_offers < 1 or self.max_unreachable < 1:
+            raise ValueError("max_offers and max_unreachable must be >= 1")
 
 
 DEFAULT_SUBMITTER = SubmitterConfig()
@@ -169,6 +173,7 @@ class Dispatch:
         self.refusals: dict[str, str] = {}  # peer -> latest reason, for the final error
         self._queue: list[str] = []  # candidates left to offer this round
         self._excluded: set[str] = set()  # incapable or lost peers: never offered again
+        self._unreachable: set[str] = set()  # peers an offer of this job got no answer from
         self._queried_at: float | None = None
         self._rounds = 0  # candidate queries since seeking began
         self._seeking_since = now
@@ -216,14 +221,15 @@ class Dispatch:
         if self.phase is Phase.OFFERING:
             return Wait(None)
         # SEEKING
-        if self._queue and len(self.attempts) < self.config.max_offers:
+        out_of_offers = (len(self.attempts) >= self.config.max_offers
+                         or len(self._unreachable) >= self.config.max_unreachable)
+        if self._queue and not out_of_offers:
             peer = self._queue.pop(0)
             self.attempts.append(Attempt(len(self.attempts) + 1, peer, now))
             self.phase = Phase.OFFERING
             self._cur = len(self.attempts)
             return SendOffer(peer, self._cur)
-        if (now - self._seeking_since >= self.config.seek_timeout_s
-                or len(self.attempts) >= self.config.max_offers):
+        if now - self._seeking_since >= self.config.seek_timeout_s or out_of_offers:
             self._finish(JobResult(self.job_id, JobStatus.REFUSED, error=self._no_worker_error()))
             return Finished(self.result)
         if self._queried_at is None:
@@ -284,6 +290,7 @@ class Dispatch:
         att = self._set(attempt, outcome="unreachable")
         if att is not None:
             self.refusals[att.peer] = "unreachable"
+            self._unreachable.add(att.peer)
         if self.phase is Phase.OFFERING and attempt == self._cur:
             self._seek()
 
@@ -408,8 +415,10 @@ class Dispatch:
 
     def _no_worker_error(self) -> str:
         reasons = "; ".join(f"{p[-8:]}: {r}" for p, r in list(self.refusals.items())[:8])
+        gave_up = (f"; gave up after {len(self._unreachable)} unreachable peers"
+                   if len(self._unreachable) >= self.config.max_unreachable else "")
         return ("no capable peer accepted the job ("
-                f"{reasons or 'no peer in the capacity table meets its requirements'})")
+                f"{reasons or 'no peer in the capacity table meets its requirements'}){gave_up}")
 
     def _record(self, attempt: int, **changes: object) -> Attempt | None:
         if not 1 <= attempt <= len(self.attempts):

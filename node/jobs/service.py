@@ -174,7 +174,7 @@ class JobService:
                                                         jp.MAX_ATTEMPT // RUN_STRIDE)
         # Drawn for every job, so the draw reveals nothing; a check needs two other peers.
         replicated = credits is not None and credits.replicate() and len(
-            set(self._candidates(spec.requirements)) - {self.peer_id}) >= 2
+            self._checkers(spec.requirements)) >= 2
         plan = RunPlan(spec.job_id, replicated=replicated, max_runs=max_runs)
         sub = Submission(spec, dict(files), plan, [], time.time())
         sub.runs = [self._new_run(sub, i) for i in range(plan.started)]
@@ -299,6 +299,7 @@ class JobService:
             reply = await self.call(action.peer, offer, (jp.Accept, jp.Refuse), OFFER_TIMEOUT_S)
         except MeshError as exc:
             log.info("job %s: offer to %s failed: %s", sub.spec.job_id, action.peer[-8:], exc)
+            self._offer_went(action.peer, "timeout" if isinstance(exc, RequestTimeout) else "unreachable")
             d.unreachable(action.attempt, trio.current_time())
             return
         now = trio.current_time()
@@ -306,13 +307,27 @@ class JobService:
             try:
                 reason = jp.parse_refusal(reply.reason)
             except InvalidJob:
+                self._offer_went(action.peer, "unreachable")
                 d.unreachable(action.attempt, now)
                 return
             log.info("job %s: %s refused: %s: %s", sub.spec.job_id, action.peer[-8:], reason.value,
                      reply.message)
+            self._offer_went(action.peer, reason.value)
             d.refused(action.attempt, reason, reply.message, now)
-        elif reply.job_id != sub.spec.job_id or not d.accepted(action.attempt, now):
+            return
+        self._offer_went(action.peer, None if reply.job_id == sub.spec.job_id else "unreachable")
+        if reply.job_id != sub.spec.job_id or not d.accepted(action.attempt, now):
             await self._send_cancel(sub.spec.job_id, action.peer, run.wire(action.attempt))
+
+    def _offer_went(self, peer: str, failure: str | None) -> None:
+        """Tell the capacity table how an offer to ``peer`` went (None: accepted), so peers
+        that fail offers lose rank for a while."""
+        if self.capacity is None:
+            return
+        if failure is None:
+            self.capacity.offer_accepted(peer)
+        else:
+            self.capacity.offer_failed(peer, failure)
 
     async def _probe(self, sub: Submission, run: Run, action: Probe) -> None:
         d = run.dispatch
@@ -337,6 +352,13 @@ class JobService:
                             CANCEL_TIMEOUT_S)
         except MeshError as exc:
             log.debug("cancel of %s at %s failed: %s", job_id, peer[-8:], exc)
+
+    def _checkers(self, req: Requirements) -> set[str]:
+        """Other peers that could run a redundant run: candidates this node reached or the
+        overlay vouches for (a peer only heard of through gossip may not exist)."""
+        capacity = self.capacity
+        others = set(self._candidates(req)) - {self.peer_id}
+        return others if capacity is None else {p for p in others if capacity.admitted(p)}
 
     def _candidates(self, req: Requirements) -> list[str]:
         """Capable peers, best first: the capacity table's ranking; then peers that would queue."""
