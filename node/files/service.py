@@ -287,10 +287,23 @@ class StorageService:
         counting = _CountingTransport(self.transport)
         ring = await self.ring()
         try:
-            result = await raid.put_file(
-                path, counting, ring, lease_expiry=now + min(self.lease_s, PENDING_LEASE),
-                manifest=m, config=RAID, progress=_phase(progress, "store"), offload=self.offload_cpu,
-            )
+            try:
+                result = await raid.put_file(
+                    path, counting, ring, lease_expiry=now + min(self.lease_s, PENDING_LEASE),
+                    manifest=m, config=RAID, progress=_phase(progress, "store"),
+                    offload=self.offload_cpu)
+            except PutFailed:
+                # A holder that left is still an overlay member until the overlay notices (a
+                # few probe periods): in a small ring its shares had nowhere else to go. Once
+                # more on the ring of members that answer now; shares already placed stay.
+                fresh = await self.ring(fresh=True)
+                if fresh.peers == ring.peers or counting.refusals["quota"] + counting.refusals["grant"]:
+                    raise
+                ring = fresh
+                result = await raid.put_file(
+                    path, counting, ring, lease_expiry=now + min(self.lease_s, PENDING_LEASE),
+                    manifest=m, config=RAID, progress=_phase(progress, "store"),
+                    offload=self.offload_cpu)
         except PutFailed as exc:
             self._record("put", file_id, exc)
             await self.offload_io(memory.trim)
