@@ -116,7 +116,9 @@ def test_rechecks_first_when_enough_peers_or_after_the_grace():
     assert r.due(1.0, candidates=0, listen=[LISTEN]) is None
     assert r.due(1.0, candidates=2, listen=[LISTEN]) is None
     assert r.due(1.0, candidates=4, listen=[LISTEN]) == "first check"
-    assert r.due(31.0, candidates=1, listen=[LISTEN]) == "first check"
+    assert r.due(31.0, candidates=2, listen=[LISTEN]) is None
+    assert r.due(31.0, candidates=3, listen=[LISTEN]) == "first check"
+    assert r.due(121.0, candidates=1, listen=[LISTEN]) == "first check"
 
 
 def test_rechecks_periodic_retry_and_address_changes():
@@ -170,8 +172,8 @@ def test_server_limits_per_peer_per_ip_and_in_total():
 def test_config_checks_its_thresholds():
     with pytest.raises(ValueError):
         ReachConfig(servers=2, private_min=3)
-    fast = ReachConfig.every(4)
-    assert (fast.interval, fast.retry, fast.min_gap, fast.start_grace) == (4, 4, 2, 4)
+    fast = ReachConfig.every(20)
+    assert (fast.interval, fast.retry, fast.min_gap, fast.start_grace) == (20, 20, 10, 5)
 
 
 def test_wire_addresses():

@@ -37,7 +37,8 @@ class ReachConfig:
     interval: float = 1800.0  # seconds between rounds once conclusive
     retry: float = 60.0  # seconds between rounds while unknown
     min_gap: float = 10.0  # no two rounds closer than this, whatever changes
-    start_grace: float = 30.0  # the first round waits this long at most for `servers` peers
+    start_grace: float = 30.0  # the first round waits this long for `servers` peers (then
+    # goes with `private_min` of them, and after four times as long with any)
     keep_for: float = 3600.0  # a conclusive verdict outlives inconclusive periodic rounds this long
 
     def __post_init__(self) -> None:
@@ -48,7 +49,7 @@ class ReachConfig:
     def every(cls, interval: float) -> ReachConfig:
         """The defaults with rounds every ``interval`` s (retries and gaps scaled down with it)."""
         return cls(interval=interval, retry=min(60.0, interval), min_gap=min(10.0, interval / 2),
-                   start_grace=min(30.0, interval), keep_for=2 * interval)
+                   start_grace=min(30.0, interval / 4), keep_for=2 * interval)
 
 
 # ----------------------------------------------------------------------------- whom to ask
@@ -260,7 +261,9 @@ class Rechecks:
         if candidates == 0:
             return None
         if self.last_round is None:
-            if candidates >= cfg.servers or now - self.started_at >= cfg.start_grace:
+            waited = now - self.started_at
+            if (candidates >= cfg.servers or waited >= cfg.start_grace and candidates >= cfg.private_min
+                    or waited >= 4 * cfg.start_grace):
                 return "first check"
             return None
         since = now - self.last_round
