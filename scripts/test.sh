@@ -26,6 +26,13 @@ if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep 'libse
         || echo "warning: bubblewrap is not installed (as root: apt-get install bubblewrap); job workers cannot be sandboxed" >&2
 fi
 
+# The reachability test puts a node behind a firewall in network namespaces (ip, iptables;
+# as root). Without them, or not as root, that test skips.
+if [ "$(id -u)" = 0 ] && { ! command -v iptables >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; }; then
+    apt_install iptables iproute2 \
+        || echo "note: iptables is not installed (as root: apt-get install iptables); the firewalled-node test will be skipped" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
