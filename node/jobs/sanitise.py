@@ -33,6 +33,7 @@ import json
 import math
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,7 @@ _EXPR_CALLS = frozenset({
     "GreaterThan", "Equality", "Unequality", "And", "Or", "Not",
 })
 _EXPR_ASSUMPTIONS = frozenset({"positive", "integer", "nonnegative", "real", "finite"})
+_INT_LITERAL = re.compile(r"-?[0-9]{1,12}")  # a quoted name is the other kind of literal
 _EXPR_MAX_DEPTH = 32
 _MAX_EXPONENT = 8
 
@@ -217,7 +219,8 @@ def _read_members(data: bytes, limits: Pt2Limits) -> dict[str, bytes]:
         try:
             with zf.open(info) as f:
                 body = f.read(cap + 1)  # never trust the declared size alone
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError,
+                NotImplementedError) as exc:  # zlib.error: a corrupt deflate stream
             raise _refuse(f"member {name!r} cannot be read ({exc})") from None
         if len(body) != info.file_size:
             raise _refuse(f"member {name!r} holds {len(body)} bytes, declares {info.file_size}")
@@ -237,7 +240,7 @@ def _read_members(data: bytes, limits: Pt2Limits) -> dict[str, bytes]:
     return members
 
 
-def _load_json(name: str, body: bytes) -> Any:
+def _load_json(name: str, body: bytes | str) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -379,6 +382,8 @@ class _ExprParser:
                                             f"most {_MAX_EXPONENT}")
         if name in ("Integer", "Symbol") and len(literals) != 1:
             raise self.error(self.text, f"{name} takes one literal")
+        if name == "Integer" and not _INT_LITERAL.fullmatch(literals[0]):
+            raise self.error(self.text, "Integer takes an integer")
         return name, literals
 
 
@@ -396,7 +401,7 @@ def _check_spec(text: Any) -> None:
     """A pytree spec string (module_call_graph in_spec/out_spec): plain containers only."""
     if not isinstance(text, str) or len(text) > 65536:
         raise _refuse("a pytree spec must be a string")
-    doc = _load_json("pytree spec", text.encode())
+    doc = _load_json("pytree spec", text)  # not re-encoded: it may hold lone surrogates
     root = doc[1] if isinstance(doc, list) and len(doc) == 2 else None
     stack: list[tuple[Any, int]] = [(root, 0)]
     while stack:
@@ -449,7 +454,7 @@ class _GraphChecker:
             if k in ("custom_obj_values", "treespec_namedtuple_fields") and v != {}:
                 raise _refuse(f"{k} must be empty")
             if k == "target" or k == "as_operator":
-                if v not in ALLOWED_OPS:
+                if not isinstance(v, str) or v not in ALLOWED_OPS:
                     raise _refuse(f"operator {str(v)[:80]!r} is not on the allow-list")
                 self.ops.add(v)
                 if k == "target":
@@ -574,7 +579,7 @@ def parse_safetensors_header(header: bytes, file_size: int) -> dict[str, TensorI
         if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}):
             raise InvalidJob(f"safetensors entry {name[:60]!r} is malformed")
         dtype, shape, span = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
             raise InvalidJob(f"safetensors tensor {name[:60]!r} has unsupported dtype {dtype!r}")
         if not (isinstance(shape, list) and len(shape) <= 8
                 and all(type(s) is int and 0 <= s < 1 << 40 for s in shape)):
