@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -110,8 +111,9 @@ def _int_in(name: str, value: object, lo: int, hi: int) -> None:
 
 def _float_in(name: str, value: object, lo: float, hi: float, *, open_lo: bool = False) -> None:
     _check(type(value) in (int, float), f"{name} must be a number")
-    v = float(value)  # type: ignore[arg-type]
-    ok = math.isfinite(v) and (lo < v if open_lo else lo <= v) and v <= hi
+    # Compared as they are: float() of an integer past 1e308 (JSON has no limit) overflows.
+    v: float = value  # type: ignore[assignment]
+    ok = (type(v) is int or math.isfinite(v)) and (lo < v if open_lo else lo <= v) and v <= hi
     _check(ok, f"{name}={value} is outside {'(' if open_lo else '['}{lo}, {hi}]")
 
 
@@ -404,7 +406,8 @@ class JobSpec:
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
-        _check(self.version == SPEC_VERSION, f"unsupported job spec version {self.version!r}")
+        _check(type(self.version) is int and self.version == SPEC_VERSION,
+               f"unsupported job spec version {self.version!r}")
         _check(isinstance(self.job_id, str) and _JOB_ID.fullmatch(self.job_id) is not None,
                "id must be 1-64 of [A-Za-z0-9_-]")
         _check(isinstance(self.submitter, str) and _SUBMITTER.fullmatch(self.submitter) is not None,
@@ -493,8 +496,9 @@ def config_from_dict(family: Family, value: object) -> ModelConfig:
         _check(isinstance(hidden, list | tuple), "config.hidden must be a list")
         return MLPConfig(m.get("in_features"), tuple(hidden), m.get("out_features"),
                          m.enum("activation", Activation, Activation.RELU))
-    m = _Map(value, "config", {f.name for f in dataclasses.fields(TransformerConfig)})
-    return TransformerConfig(**{k: m.get(k) for k in m.d})
+    fields = dataclasses.fields(TransformerConfig)
+    m = _Map(value, "config", {f.name for f in fields})
+    return TransformerConfig(**{f.name: m.get(f.name, f.default) for f in fields})
 
 
 def _program_from_dict(value: object) -> Program:
@@ -588,7 +592,8 @@ def result_from_dict(value: object) -> JobResult:
     output = m.get("output", None)
     losses = m.get("losses", [])
     _check(isinstance(losses, list) and len(losses) <= 10_000
-           and all(type(x) in (int, float) for x in losses), "result.losses must be numbers")
+           and all(type(x) is float or type(x) is int and abs(x) <= sys.float_info.max
+                   for x in losses), "result.losses must be numbers")
     error, device, rss = m.get("error", ""), m.get("device", ""), m.get("peak_rss_bytes", 0)
     _check(isinstance(error, str) and isinstance(device, str), "result error/device must be text")
     _int_in("peak_rss_bytes", rss, 0, 1 << 50)
