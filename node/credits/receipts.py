@@ -346,15 +346,25 @@ def _decode(cls: type, data: bytes) -> object:
         raise ReceiptRejected(fault_of(exc), str(exc)) from None
 
 
+def _claim_version(body: bytes) -> object:
+    """The version a claim-shaped map names (None if ``body`` is no such map)."""
+    try:
+        raw = wire.unpack(body, len(body))
+    except ProtocolError:
+        return None  # msgpack that msgspec parses but msgpack-python refuses (an int map key)
+    if not isinstance(raw, dict) or raw.get("type") not in ("credits.job", "credits.storage"):
+        return None
+    return raw.get("version")
+
+
 def _decode_claim(body: bytes) -> Claim:
     try:
         return wire.decode(body, JobClaim, StorageClaim)  # type: ignore[no-any-return]
     except SchemaError as exc:
         # Said apart from other schema faults: a claim of a later version, not a broken one.
-        raw = wire.unpack(body, len(body))
-        if raw.get("type") in ("credits.job", "credits.storage") and \
-                raw.get("version") != RECEIPT_VERSION:
-            raise ReceiptRejected("version", f"claim version {raw.get('version')!r}") from None
+        version = _claim_version(body)
+        if version is not None and version != RECEIPT_VERSION:
+            raise ReceiptRejected("version", f"claim version {version!r}") from None
         raise ReceiptRejected("schema", str(exc)) from None
     except ProtocolError as exc:
         raise ReceiptRejected("malformed", str(exc)) from None
