@@ -83,6 +83,9 @@ def field(
 _REGISTRY_ATTR = "__wire_type__"
 _FIELDS_ATTR = "__wire_fields__"
 _MIRROR_ATTR = "__wire_mirror__"
+# Every class declared so far, in declaration order: what a fuzzer or a schema dump walks.
+# Classes, not instances, and only ever appended to at import time.
+_DECLARED: list[type] = []
 
 
 def message(type_name: str) -> Callable[[type[T]], type[T]]:
@@ -93,9 +96,19 @@ def message(type_name: str) -> Callable[[type[T]], type[T]]:
     def wrap(cls: type[T]) -> type[T]:
         dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
         setattr(dc, _REGISTRY_ATTR, type_name)
+        _DECLARED.append(dc)
         return dc
 
     return wrap
+
+
+def declared_messages() -> tuple[type, ...]:
+    """Every message class declared with :func:`message` by the modules imported so far.
+
+    In declaration order. A module's messages appear once it is imported, so a caller
+    that wants all of a package's imports the package's modules first.
+    """
+    return tuple(_DECLARED)
 
 
 def is_message(cls_or_obj: Any) -> bool:
