@@ -163,8 +163,8 @@ class Receipt:
 
 
 Claim = JobClaim | StorageClaim
-REASONS = ("oversize", "malformed", "schema", "version", "bad_key", "bad_signature", "key_mismatch",
-           "unsigned", "self_signed", "invalid_claim")
+REASONS = ("oversize", "malformed", "unknown_field", "schema", "version", "bad_key", "bad_signature",
+           "key_mismatch", "unsigned", "self_signed", "invalid_claim")
 
 
 class ReceiptRejected(ProtocolError):
