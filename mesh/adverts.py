@@ -27,7 +27,7 @@ from typing import Any
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import KEY_LEN, SIG_LEN, Role, SealRejected, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError, fault_of
+from poolai.mesh.errors import ProtocolError
 
 __all__ = ["peer_id_from_public_key"]  # re-exported: it used to live here
 
@@ -208,10 +208,7 @@ def verify(
 
 
 def _decode(cls: type, data: bytes) -> Any:
-    try:
-        return wire.decode(data, cls)
-    except ProtocolError as exc:
-        raise AdvertRejected(fault_of(exc), str(exc)) from None
+    return wire.decode_or_raise(data, cls, AdvertRejected)
 
 
 def _check_consistent(advert: Advert) -> None:

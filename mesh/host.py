@@ -52,7 +52,7 @@ from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from poolai.mesh import patches, rpc, wire
 from poolai.mesh.admission import ConnFacts, InboundAdmission
-from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, RequestTimeout
+from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
 
@@ -424,22 +424,22 @@ class MeshHost:
         *,
         timeout: float,  # noqa: ASYNC109 - the deadline maps to RequestTimeout here, once
         max_frame: int = wire.DEFAULT_MAX_FRAME,
+        on_stream: Callable[[Libp2pStream], None] | None = None,
     ) -> Any:
-        """Open a stream, send one request, return the reply; everything within ``timeout``."""
+        """Open a stream, send one request, return the reply; everything within ``timeout``.
+        ``on_stream`` sees the stream before the request goes out (which connection it is on)."""
         stream: Libp2pStream | None = None
         try:
             with trio.fail_after(timeout):
                 stream = await self.open_stream(peer_id, protocol)
+                if on_stream is not None:
+                    on_stream(stream)
                 reply = await rpc.exchange(stream, request, reply_types, max_frame=max_frame)
         except trio.TooSlowError:
             if stream is not None:
                 await stream.reset()
             raise rpc.timeout_error(f"{protocol} to {peer_id[-8:]}", timeout) from None
-        except ProtocolError:
-            if stream is not None:
-                await stream.reset()
-            raise
-        except MeshError:
+        except MeshError:  # ProtocolError (a bad reply) included
             if stream is not None:
                 await stream.reset()
             raise

@@ -35,7 +35,7 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from poolai.mesh import rpc
-from poolai.mesh.errors import MeshError, PeerUnreachable
+from poolai.mesh.errors import PeerUnreachable
 from poolai.mesh.host import Libp2pStream, MeshHost, open_host
 from poolai.mesh.wire import field, message
 
@@ -137,22 +137,9 @@ async def ask(host: MeshHost, peer_id: str, request: DialRequest,
     which connection the request goes on before it is sent (the dial-back must come on
     another). Returns the reply; raises MeshError (``RemoteError`` ``busy`` for a server's
     limits, ``RequestTimeout`` past ``timeout``)."""
-    stream: Libp2pStream | None = None
-    try:
-        with trio.fail_after(timeout):
-            stream = await host.open_stream(peer_id, PROTOCOL)
-            on_stream(Via.of(stream))
-            reply: DialReply = await rpc.exchange(stream, request, (DialReply,), max_frame=MAX_FRAME)
-    except trio.TooSlowError:
-        if stream is not None:
-            await stream.reset()
-        raise rpc.timeout_error(f"{PROTOCOL} to {peer_id[-8:]}", timeout) from None
-    except MeshError:
-        if stream is not None:
-            await stream.reset()
-        raise
-    with trio.move_on_after(1):
-        await stream.aclose()
+    reply: DialReply = await host.request(peer_id, PROTOCOL, request, (DialReply,), timeout=timeout,
+                                          max_frame=MAX_FRAME,
+                                          on_stream=lambda stream: on_stream(Via.of(stream)))
     return reply
 
 

@@ -14,11 +14,12 @@ This module does no I/O: :class:`FrameDecoder` turns bytes into frames, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from poolai.mesh.errors import FrameTooLarge, ProtocolError, TruncatedFrame
+from poolai.mesh.errors import FrameTooLarge, ProtocolError, TruncatedFrame, fault_of
 from poolai.mesh.schema import (  # noqa: F401 - the schema API, re-exported
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ITEMS,
@@ -150,6 +151,15 @@ def decode(body: bytes, *classes: type) -> Any:
     bytes that are not one msgpack map, a :class:`ProtocolError`.
     """
     return decode_message(body, classes)
+
+
+def decode_or_raise(body: bytes, cls: type, error: Callable[[str, str], Exception]) -> Any:
+    """:func:`decode`, with a failure raised as ``error(reason, detail)``: the reason is
+    :func:`~poolai.mesh.errors.fault_of`'s code (how adverts and receipts are refused)."""
+    try:
+        return decode(body, cls)
+    except ProtocolError as exc:
+        raise error(fault_of(exc), str(exc)) from None
 
 
 # --------------------------------------------------------------------------- shared messages

@@ -39,10 +39,11 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import Role, SealRejected, SigningKey, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError, SchemaError, fault_of
+from poolai.mesh.errors import ProtocolError, SchemaError
 
 RECEIPT_VERSION = 1
 MAX_RECEIPT = 4096  # a whole envelope, checked before anything is unpacked
@@ -339,11 +340,8 @@ def _check_claim(claim: Claim) -> None:
         raise ValueError("an audit nonce is repeated")
 
 
-def _decode(cls: type, data: bytes) -> object:
-    try:
-        return wire.decode(data, cls)
-    except ProtocolError as exc:
-        raise ReceiptRejected(fault_of(exc), str(exc)) from None
+def _decode(cls: type, data: bytes) -> Any:
+    return wire.decode_or_raise(data, cls, ReceiptRejected)
 
 
 def _claim_version(body: bytes) -> object:
