@@ -58,6 +58,7 @@ MiB = 1 << 20
 SCRIPTS = Path(__file__).resolve().parent
 GPU = {"gpus": [{"name": "sim-24G", "memory_total": "24GiB", "compute_capability": "8.6"}]}
 ECHO_PORT, MAPPED_FROM = 3478, 40000
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def pick_pair(topo: Topology) -> tuple[LabNode, LabNode] | None:
@@ -141,18 +142,19 @@ def mapping(topo: Topology) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------- put/get, job
 
 
-def put_get(lab: Lab, src: str, dst: str, size: int, k: int, n: int, seed: int) -> dict[str, Any]:
+def put_get(lab: Lab, src: str, dst: str, size: int, k: int, n: int, seed: int,
+            limit: float) -> dict[str, Any]:
     path = lab.root / "put.bin"
     path.write_bytes(random.Random(seed).randbytes(size))
     out: dict[str, Any] = {"from": src, "to": dst, "bytes": size, "k": k, "n": n}
     start = time.monotonic()
     try:
-        put = cli(lab, src, "put", str(path), "--k", str(k), "--n", str(n), timeout=180)
+        put = cli(lab, src, "put", str(path), "--k", str(k), "--n", str(n), timeout=limit)
     except subprocess.TimeoutExpired:
-        return {**out, "put": "no answer in 180 s", "get": "not tried"}
+        return {**out, "put": f"no answer in {limit:g} s", "get": "not tried", "log": log_tail(lab, src)}
     out["put_s"] = round(time.monotonic() - start, 2)
     if put.returncode != 0:
-        return {**out, "put": failure(put), "get": "not tried"}
+        return {**out, "put": failure(put), "get": "not tried", "log": log_tail(lab, src)}
     file_id = put.stdout.strip().splitlines()[-1]
     out.update(put="ok", file_id=file_id)
     stat = cli(lab, src, "stat", file_id, "--json", timeout=60)
@@ -164,14 +166,20 @@ def put_get(lab: Lab, src: str, dst: str, size: int, k: int, n: int, seed: int) 
     got = lab.root / "got.bin"
     start = time.monotonic()
     try:
-        get = cli(lab, dst, "get", file_id, "-o", str(got), timeout=180)
+        get = cli(lab, dst, "get", file_id, "-o", str(got), timeout=limit)
     except subprocess.TimeoutExpired:
-        return {**out, "get": "no answer in 180 s"}
+        return {**out, "get": f"no answer in {limit:g} s", "log": log_tail(lab, dst)}
     out["get_s"] = round(time.monotonic() - start, 2)
     if get.returncode != 0:
-        return {**out, "get": failure(get)}
+        return {**out, "get": failure(get), "log": log_tail(lab, dst)}
     same = hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(path.read_bytes()).digest()
     return {**out, "get": "ok", "identical": same}
+
+
+def log_tail(lab: Lab, name: str, lines: int = 6) -> list[str]:
+    """The node's last logged events (not its start-up lines, which carry the admin token)."""
+    logged = [line for line in lab.nodes[name].output if any(f" {level} " in line for level in LEVELS)]
+    return [line[-300:] for line in logged[-lines:]]
 
 
 def job(lab: Lab, src: str, dst: str, wait_s: float) -> dict[str, Any]:
@@ -239,11 +247,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     topo = topology.build(netns.new_prefix(), kinds, public=args.public)
     root = Path(tempfile.mkdtemp(prefix="natlab-"))  # short: the API socket's path must fit
     pair = pick_pair(topo)
-    env: dict[str, dict[str, str]] = {}
+    env: dict[str, dict[str, str]] = {n.name: {"POOLAI_LOG_LEVEL": args.log_level} for n in topo.nodes}
     if pair:
         inventory = root / "gpu.json"
         inventory.write_text(json.dumps(GPU))
-        env[pair[1].name] = {"POOLAI_INVENTORY_FILE": str(inventory), "POOLAI_JOB_SLOTS": "1"}
+        env[pair[1].name] |= {"POOLAI_INVENTORY_FILE": str(inventory), "POOLAI_JOB_SLOTS": "1"}
     out: dict[str, Any] = {"lab": {
         "prefix": topo.prefix, "seed": args.seed, "settle_s": args.settle,
         "nodes": {n.name: {"kind": n.kind, "namespace": n.namespace, "address": n.address,
@@ -264,7 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 src, dst = pair[0].name, pair[1].name
                 out["put_get"] = ("skipped" if args.no_put else
-                                  put_get(lab, src, dst, args.put_mib * MiB, args.k, args.n, args.seed))
+                                  put_get(lab, src, dst, args.put_mib * MiB, args.k, args.n, args.seed,
+                                          args.transfer_timeout))
                 out["job"] = "skipped" if args.no_job else job(lab, src, dst, args.job_wait)
     finally:
         if not args.keep:
@@ -293,6 +302,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2, help="put: shares needed (default 2)")
     ap.add_argument("--n", type=int, default=4, help="put: shares stored (default 4)")
     ap.add_argument("--job-wait", type=float, default=90.0, help="seconds to wait for the job (default 90)")
+    ap.add_argument("--transfer-timeout", type=float, default=120.0,
+                    help="seconds the put and the get may each take (default 120)")
+    ap.add_argument("--log-level", default="warning", help="the nodes' log level (default warning)")
     ap.add_argument("--no-put", action="store_true", help="skip the put/get")
     ap.add_argument("--no-job", action="store_true", help="skip the job")
     ap.add_argument("--same-output", nargs=2, help=argparse.SUPPRESS)
