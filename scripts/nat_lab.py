@@ -236,7 +236,8 @@ def same_output(got: str, expected: str) -> None:
 
 
 def hole_punch(topo: Topology) -> dict[str, Any]:
-    types = sorted({nat_pair(a, b) for a, b in pairs(topo.nodes) if a.natted or b.natted})
+    types = sorted({nat_pair(a, b) for a, b in pairs(topo.nodes)
+                    if a.home is not None and b.home is not None and a.home != b.home})
     return {"built": False,
             "note": "no relay, hole punching (DCUtR) or WebRTC transport is built yet: nothing was tried",
             "by_nat_pair": {t: {"attempts": 0, "successes": 0} for t in types}}
