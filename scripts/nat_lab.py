@@ -243,9 +243,7 @@ def hole_punch(topo: Topology) -> dict[str, Any]:
             "by_nat_pair": {t: {"attempts": 0, "successes": 0} for t in types}}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    kinds = args.only.split(",") if args.only else list(topology.HOME_KINDS)
-    topo = topology.build(netns.new_prefix(), kinds, public=args.public)
+def run(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="natlab-"))  # short: the API socket's path must fit
     pair = pick_pair(topo)
     env: dict[str, dict[str, str]] = {n.name: {"POOLAI_LOG_LEVEL": args.log_level} for n in topo.nodes}
@@ -323,9 +321,14 @@ def main() -> None:
     if stale:
         print(f"removed {len(stale)} namespaces left by an earlier lab", file=sys.stderr)
     try:
-        out = run(args)
+        topo = topology.build(netns.new_prefix(), args.only.split(",") if args.only else topology.HOME_KINDS,
+                              public=args.public)
     except ValueError as exc:
         raise SystemExit(f"nat_lab: {exc}") from None
+    try:
+        out = run(args, topo)
+    except KeyboardInterrupt:
+        raise SystemExit("nat_lab: interrupted; the lab's namespaces are removed") from None
     print(json.dumps(out, indent=1))
 
 
