@@ -15,6 +15,7 @@ all joining through the first public node, waits ``--settle`` seconds and report
   ``direct-tcp``, ``relayed``, ``unknown``: connected but no TCP path found, ``none``),
   the socket that shows it, and the seconds from both being up to the first connection;
 * ``summary``: counts by how and by NAT pair type;
+* ``reachability``: what each node concluded of its own reachability (its status);
 * ``inbound``: a plain TCP connect from a public node to each node's listen address and
   to the address its connections come from (a NATed node must refuse both);
 * ``mapping``: the source port a public node sees for a connection from local port
@@ -235,6 +236,15 @@ def same_output(got: str, expected: str) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
+def reachability(lab: Lab, name: str) -> dict[str, Any] | str:
+    """What the node concluded of its own reachability (the ``reach`` section of its status)."""
+    verdict = lab.status(name).get("reach")
+    if not isinstance(verdict, dict):
+        return "not reported by this node"
+    keep = ("state", "line", "public_addr", "observed_ip", "asked", "answers", "confirmed", "rounds")
+    return {k: verdict.get(k) for k in keep}
+
+
 def hole_punch(topo: Topology) -> dict[str, Any]:
     types = sorted({nat_pair(a, b) for a, b in pairs(topo.nodes)
                     if a.home is not None and b.home is not None and a.home != b.home})
@@ -263,6 +273,7 @@ def run(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
             found = classify_all(topo, lab.snapshot(), first)
             out["pairs"] = [p.to_json() for p in found]
             out["summary"] = summarise(found)
+            out["reachability"] = {name: reachability(lab, name) for name in lab.nodes}
             out["inbound"] = inbound(topo)
             out["mapping"] = mapping(topo)
             out["hole_punch"] = hole_punch(topo)

@@ -26,10 +26,10 @@ from poolai.node.cli.local_api import find_node
 from poolai.node.launcher import NodeProcess, poolai_command, stop_all
 
 # The live tests' quick settings: overlay probes every few seconds, adverts every second,
-# no redundant job runs, no storage upkeep during a lab.
+# no redundant job runs, no storage upkeep during a lab, reachability re-checked every 20 s.
 FAST = {"POOLAI_OVERLAY_SCALE": "0.2", "POOLAI_CAPACITY_HEARTBEAT": "1", "POOLAI_REDUNDANCY_FRACTION": "0",
         "POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_STORAGE_QUOTA": "1GiB", "POOLAI_JOB_SLOTS": "0",
-        "POOLAI_LOG_LEVEL": "warning"}
+        "POOLAI_REACH_INTERVAL": "20", "POOLAI_LOG_LEVEL": "warning"}
 START_TIMEOUT = 120.0
 
 
