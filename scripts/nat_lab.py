@@ -205,8 +205,9 @@ def job(lab: Lab, src: str, dst: str, wait_s: float) -> dict[str, Any]:
             break
     names = {lab.peer_id(name): name for name in lab.nodes}
     out["state"] = data.get("state")
-    out["attempts"] = [{"peer": names.get(a.get("peer"), a.get("peer")), "outcome": a.get("outcome")}
-                       for a in data.get("attempts", ())]
+    attempts = [f"{names.get(a.get('peer'), a.get('peer'))}: {a.get('outcome') or 'current'}"
+                for a in data.get("attempts", ())]
+    out["attempts"] = {what: attempts.count(what) for what in dict.fromkeys(attempts)}  # "peer: outcome" -> n
     result = data.get("result") or {}
     if data.get("phase") != "done":
         lab.api(src, "POST", f"/api/admin/jobs/{job_id}/cancel")
