@@ -35,34 +35,10 @@ from poolai.mesh.errors import MeshError, ProtocolError
 from poolai.mesh.host import Libp2pStream, MeshHost
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.storage import integrity
+from poolai.storage import protocol as sp
 from poolai.storage.errors import PeerError
 from poolai.storage.holder_links import HolderLinks
 from poolai.storage.placement import PeerId
-from poolai.storage.protocol import (
-    CONTROL_FRAME,
-    MAX_SHARE_SIZE,
-    PROTOCOL,
-    AuditRequest,
-    CheckedReply,
-    CheckRequest,
-    DataReply,
-    FetchRequest,
-    HasRequest,
-    HeldReply,
-    ProofReply,
-    PutRequest,
-    Reader,
-    RenewedReply,
-    RenewRequest,
-    ShareRefused,
-    StoredReply,
-    abort,
-    close,
-    send_eof,
-    send_frame,
-    send_frame_and_body,
-    unpack_bits,
-)
 from poolai.storage.server import ShareServer
 from poolai.storage.transfers import MAX_HAS_IDS, ShareMeta
 
@@ -133,13 +109,13 @@ class Libp2pShareTransport:
 
     # ------------------------------------------------------------------ ShareTransport
     async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
-        """Ask ``peer`` to keep ``data``; raises PeerError (ShareRefused for quota, hash, busy ...)."""
-        if len(data) > MAX_SHARE_SIZE:
-            raise ValueError(f"share of {len(data)} bytes exceeds {MAX_SHARE_SIZE}")
+        """Ask ``peer`` to keep ``data``; raises PeerError (sp.ShareRefused for quota, hash, busy ...)."""
+        if len(data) > sp.MAX_SHARE_SIZE:
+            raise ValueError(f"share of {len(data)} bytes exceeds {sp.MAX_SHARE_SIZE}")
         if self._is_local(peer):
             await self._counted(self._local_store(share_id, data, meta))
             return
-        header = PutRequest(id=share_id, file=meta.file_id, lease=meta.lease_expiry, size=len(data))
+        header = sp.PutRequest(id=share_id, file=meta.file_id, lease=meta.lease_expiry, size=len(data))
         # Storing is idempotent (content-addressed; a repeat only extends the lease), so a
         # put's streams are kept and reused like a get's: a stream open and its negotiation
         # cost both sides about as much CPU as receiving and storing a third of a 1 MiB share.
@@ -155,7 +131,7 @@ class Libp2pShareTransport:
         if self._is_local(peer):
             local = self._require_local()
             return (await self._counted(local.fetch_local(share_id, offset, length)))[1]
-        request = FetchRequest(id=share_id, offset=offset, length=length)
+        request = sp.FetchRequest(id=share_id, offset=offset, length=length)
         data = await self._remote(peer, self._fetch_io, request, keep=True)
         self._n["bytes_received"] += len(data)
         return data
@@ -168,9 +144,9 @@ class Libp2pShareTransport:
             return []
         if self._is_local(peer):
             return await self._counted(self._require_local().has_local(share_ids))
-        reply = await self._remote(peer, self._small_io, HasRequest(ids=list(share_ids)), HeldReply,
+        reply = await self._remote(peer, self._small_io, sp.HasRequest(ids=list(share_ids)), sp.HeldReply,
                                    keep=True)
-        return unpack_bits(reply.held, len(share_ids))
+        return sp.unpack_bits(reply.held, len(share_ids))
 
     async def audit(
         self, peer: PeerId, share_id: bytes, offset: int, length: int, nonce: bytes
@@ -179,8 +155,8 @@ class Libp2pShareTransport:
         if self._is_local(peer):
             local = self._require_local()
             return await self._counted(local.audit_local(share_id, offset, length, nonce))
-        request = AuditRequest(id=share_id, offset=offset, length=length, nonce=nonce)
-        reply = await self._remote(peer, self._small_io, request, ProofReply, keep=True)
+        request = sp.AuditRequest(id=share_id, offset=offset, length=length, nonce=nonce)
+        reply = await self._remote(peer, self._small_io, request, sp.ProofReply, keep=True)
         if len(reply.digest) != integrity.HASH_SIZE:
             raise PeerError("audit digest has the wrong size")
         return reply.digest
@@ -190,7 +166,7 @@ class Libp2pShareTransport:
         copy is deleted by the holder)."""
         if self._is_local(peer):
             return await self._counted(self._require_local().check_local(share_id))
-        reply = await self._remote(peer, self._small_io, CheckRequest(id=share_id), CheckedReply,
+        reply = await self._remote(peer, self._small_io, sp.CheckRequest(id=share_id), sp.CheckedReply,
                                    keep=True)
         return reply.whole
 
@@ -221,9 +197,9 @@ class Libp2pShareTransport:
             return []
         if self._is_local(peer):
             return await self._counted(self._require_local().renew_local(share_ids, lease_expiry))
-        request = RenewRequest(ids=list(share_ids), lease=lease_expiry)
-        reply = await self._remote(peer, self._small_io, request, RenewedReply, keep=True)
-        return unpack_bits(reply.renewed, len(share_ids))
+        request = sp.RenewRequest(ids=list(share_ids), lease=lease_expiry)
+        reply = await self._remote(peer, self._small_io, request, sp.RenewedReply, keep=True)
+        return sp.unpack_bits(reply.renewed, len(share_ids))
 
     # ------------------------------------------------------------------ internals
     def _is_local(self, peer: PeerId) -> bool:
@@ -242,11 +218,11 @@ class Libp2pShareTransport:
         self._n["requests"] += 1
         try:
             return await op
-        except ShareRefused as exc:
+        except sp.ShareRefused as exc:
             self._refused(exc)
             raise
 
-    def _refused(self, exc: ShareRefused) -> None:
+    def _refused(self, exc: sp.ShareRefused) -> None:
         self._n["failures"] += 1
         self._refusals[exc.reason] = self._refusals.get(exc.reason, 0) + 1
 
@@ -323,31 +299,31 @@ class Libp2pShareTransport:
                     stream = await self._links.take_idle(name)
                     reused = stream is not None
                 if stream is None:
-                    stream = await self._host.open_stream(name, PROTOCOL)
+                    stream = await self._host.open_stream(name, sp.PROTOCOL)
                 wrapped = stream if abandoned is None else _Abandonable(stream, abandoned)
                 result = await io(wrapped, *args, eof=not keep)
         except BaseException as exc:
             if stream is not None:
-                await abort(stream)  # the holder stops sending at once
+                await sp.abort(stream)  # the holder stops sending at once
             if reused and isinstance(exc, MeshError | trio.BrokenResourceError) and not (
-                isinstance(exc, ShareRefused) or (abandoned is not None and abandoned.is_set())
+                isinstance(exc, sp.ShareRefused) or (abandoned is not None and abandoned.is_set())
             ):
                 self._n["stale_streams"] += 1
                 return await self._exchange(name, io, *args, abandoned=abandoned, keep=False)
-            if isinstance(exc, ShareRefused):
+            if isinstance(exc, sp.ShareRefused):
                 self._refused(exc)
                 raise
             if isinstance(exc, MeshError | trio.BrokenResourceError | trio.ClosedResourceError):
                 self._n["failures"] += 1
-                raise PeerError(f"{PROTOCOL} with {name[-8:]}: {exc}") from None
+                raise PeerError(f"{sp.PROTOCOL} with {name[-8:]}: {exc}") from None
             if isinstance(exc, trio.TooSlowError):
                 self._n["failures"] += 1
-                raise PeerError(f"{PROTOCOL} with {name[-8:]} took over {self._timeout:g} s") from None
+                raise PeerError(f"{sp.PROTOCOL} with {name[-8:]} took over {self._timeout:g} s") from None
             raise
         if keep:
             await self._links.keep_idle(name, stream)
         else:
-            await close(stream)
+            await sp.close(stream)
         return result
 
     async def _small_io(self, stream: Libp2pStream, request: Any, reply_type: type, *, eof: bool) -> Any:
@@ -356,9 +332,9 @@ class Libp2pShareTransport:
         _check_drained(reader)
         return reply
 
-    async def _fetch_io(self, stream: Libp2pStream, request: FetchRequest, *, eof: bool) -> bytes:
+    async def _fetch_io(self, stream: Libp2pStream, request: sp.FetchRequest, *, eof: bool) -> bytes:
         reader = await self._request(stream, request, eof)
-        reply = await self._reply(reader, DataReply)
+        reply = await self._reply(reader, sp.DataReply)
         length, offset = request.length, request.offset
         if reply.length > reply.size or (length and reply.length != length) or (
             not length and reply.length != reply.size - offset
@@ -368,27 +344,27 @@ class Libp2pShareTransport:
         _check_drained(reader)
         return data
 
-    async def _request(self, stream: Libp2pStream, request: Any, eof: bool = True) -> Reader:
-        await send_frame(stream, request)
+    async def _request(self, stream: Libp2pStream, request: Any, eof: bool = True) -> sp.Reader:
+        await sp.send_frame(stream, request)
         if eof:
-            await send_eof(stream)
-        return Reader(stream)
+            await sp.send_eof(stream)
+        return sp.Reader(stream)
 
-    async def _reply(self, reader: Reader, reply_type: type) -> Any:
-        body = await reader.frame(CONTROL_FRAME)
+    async def _reply(self, reader: sp.Reader, reply_type: type) -> Any:
+        body = await reader.frame(sp.CONTROL_FRAME)
         if body is None:
             raise ProtocolError("holder closed the stream without replying")
         reply = wire.decode(body, wire.ErrorReply, reply_type)
         if isinstance(reply, wire.ErrorReply):
-            raise ShareRefused.from_remote(reply.code, reply.message)
+            raise sp.ShareRefused.from_remote(reply.code, reply.message)
         return reply
 
     async def _store_io(
-        self, stream: Libp2pStream, header: PutRequest, data: bytes, *, eof: bool = True
+        self, stream: Libp2pStream, header: sp.PutRequest, data: bytes, *, eof: bool = True
     ) -> None:
         """Write header and body while reading the reply, which may be an early refusal.
 
-        A refusal or a fault is raised as it came (ShareRefused, MeshError, a trio stream
+        A refusal or a fault is raised as it came (sp.ShareRefused, MeshError, a trio stream
         error), so that :meth:`_exchange` can tell a kept stream the holder closed meanwhile
         from a holder that said no.
         """
@@ -397,19 +373,19 @@ class Libp2pShareTransport:
 
         async def send() -> None:
             try:
-                await send_frame_and_body(stream, header, data)
+                await sp.send_frame_and_body(stream, header, data)
                 if eof:
-                    await send_eof(stream)
+                    await sp.send_eof(stream)
                 sent.set()
             except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 failed.append(exc)  # the holder reset us; its reply (if any) says why
 
-        reader = Reader(stream)
+        reader = sp.Reader(stream)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
             try:
-                await self._reply(reader, StoredReply)
-            except (ShareRefused, MeshError) as exc:
+                await self._reply(reader, sp.StoredReply)
+            except (sp.ShareRefused, MeshError) as exc:
                 failed.insert(0, exc)
                 nursery.cancel_scope.cancel()  # writes are shielded: this only stops between chunks
             # After a success the holder has read every byte: the send is finishing, not waiting.
@@ -420,7 +396,7 @@ class Libp2pShareTransport:
         _check_drained(reader)
 
 
-def _check_drained(reader: Reader) -> None:
+def _check_drained(reader: sp.Reader) -> None:
     if reader.pending:  # a kept stream must start the next exchange clean
         raise ProtocolError(f"holder sent {reader.pending} bytes more than its reply")
 

@@ -7,6 +7,8 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -553,6 +555,21 @@ def executor(tmp_path: Path, files: MemoryFiles, sub: Submitter, runner: FakeRun
                     runner=runner)
 
 
+@asynccontextmanager
+async def started(tmp_path: Path, *, block: bool = False, reachable: bool = True, slots: int = 1
+                  ) -> AsyncIterator[tuple[Executor, MemoryFiles, Submitter, FakeRunner]]:
+    """A running executor with in-memory files, a recording submitter and a fake runner,
+    all within 20 s."""
+    files, sub, runner = MemoryFiles(), Submitter(), FakeRunner()
+    runner.block, sub.reachable = block, reachable
+    ex = executor(tmp_path, files, sub, runner, slots)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ex.run)
+            yield ex, files, sub, runner
+            nursery.cancel_scope.cancel()
+
+
 def test_the_worker_state_file_round_trips_and_drops_only_what_no_longer_parses() -> None:
     job = spec("j1")
     held = Held(WorkItem("S", "j1", 2, 0, job.requirements, 5.0, 7), encode_job(job), {"a": "b"})
@@ -576,41 +593,30 @@ def test_the_worker_state_file_round_trips_and_drops_only_what_no_longer_parses(
 
 
 async def test_executor_runs_reports_and_redelivers_until_acknowledged(tmp_path: Path) -> None:
-    files, sub, runner = MemoryFiles(), Submitter(), FakeRunner()
-    sub.reachable = False
-    ex = executor(tmp_path, files, sub, runner)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(ex.run)
-            reply = await offer_to(ex, files, "j1")
-            assert isinstance(reply, jp.Accept) and reply.ahead == 0
-            await until(lambda: on_disk(tmp_path).get("results"))  # kept until acknowledged
-            sub.reachable = True
-            await sub.wait_for(lambda: sub.results)
-            result = jp.parse_result(sub.results[0])
-            assert result.status is JobStatus.OK and sub.results[0].output == sha(b"out-j1")
-            assert files.blobs[sub.results[0].output] == b"out-j1"
-            assert sub.results[0].log_tail == "log line"
-            await until(lambda: on_disk(tmp_path) == {"version": 1, "jobs": [], "results": []})
-            nursery.cancel_scope.cancel()
+    async with started(tmp_path, reachable=False) as (ex, files, sub, runner):
+        reply = await offer_to(ex, files, "j1")
+        assert isinstance(reply, jp.Accept) and reply.ahead == 0
+        await until(lambda: on_disk(tmp_path).get("results"))  # kept until acknowledged
+        sub.reachable = True
+        await sub.wait_for(lambda: sub.results)
+        result = jp.parse_result(sub.results[0])
+        assert result.status is JobStatus.OK and sub.results[0].output == sha(b"out-j1")
+        assert files.blobs[sub.results[0].output] == b"out-j1"
+        assert sub.results[0].log_tail == "log line"
+        await until(lambda: on_disk(tmp_path) == {"version": 1, "jobs": [], "results": []})
 
 
 async def test_executor_refuses_malformed_offers_and_reports_a_missing_file(tmp_path: Path) -> None:
-    files, sub, runner = MemoryFiles(), Submitter(), FakeRunner()
-    ex = executor(tmp_path, files, sub, runner)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(ex.run)
-            bad = await ex.offer("S", jp.Offer(spec=b'{"version": 1}', files=FILES, attempt=1))
-            assert isinstance(bad, jp.Refuse) and bad.reason == "invalid"
-            assert "job.id is missing" in bad.message
-            reply = await ex.offer("S", jp.Offer(spec=encode_job(spec("j2")), files=FILES, attempt=1))
-            assert isinstance(reply, jp.Accept)
-            await sub.wait_for(lambda: sub.results)
-            result = jp.parse_result(sub.results[0])
-            assert result.status is JobStatus.CRASHED and "could not fetch" in result.error
-            assert runner.started == []
-            nursery.cancel_scope.cancel()
+    async with started(tmp_path) as (ex, files, sub, runner):
+        bad = await ex.offer("S", jp.Offer(spec=b'{"version": 1}', files=FILES, attempt=1))
+        assert isinstance(bad, jp.Refuse) and bad.reason == "invalid"
+        assert "job.id is missing" in bad.message
+        reply = await ex.offer("S", jp.Offer(spec=encode_job(spec("j2")), files=FILES, attempt=1))
+        assert isinstance(reply, jp.Accept)
+        await sub.wait_for(lambda: sub.results)
+        result = jp.parse_result(sub.results[0])
+        assert result.status is JobStatus.CRASHED and "could not fetch" in result.error
+        assert runner.started == []
 
 
 async def test_a_restarted_executor_runs_the_jobs_it_had_accepted(tmp_path: Path) -> None:
@@ -636,62 +642,44 @@ async def test_a_restarted_executor_runs_the_jobs_it_had_accepted(tmp_path: Path
 
 
 async def test_a_submitter_that_no_longer_wants_a_job_stops_it(tmp_path: Path) -> None:
-    files, sub, runner = MemoryFiles(), Submitter(), FakeRunner()
-    runner.block = True
-    ex = executor(tmp_path, files, sub, runner)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(ex.run)
-            await offer_to(ex, files, "a")
-            await offer_to(ex, files, "b")
-            await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
-            sub.keep = False
-            await until(lambda: not ex.held)
-            assert ex.stats["stopped"] == 2 and sub.results == []
-            assert isinstance(await offer_to(ex, files, "c"), jp.Accept)  # still healthy
-            nursery.cancel_scope.cancel()
+    async with started(tmp_path, block=True) as (ex, files, sub, runner):
+        await offer_to(ex, files, "a")
+        await offer_to(ex, files, "b")
+        await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+        sub.keep = False
+        await until(lambda: not ex.held)
+        assert ex.stats["stopped"] == 2 and sub.results == []
+        assert isinstance(await offer_to(ex, files, "c"), jp.Accept)  # still healthy
 
 
 async def test_a_repeated_offer_is_idempotent(tmp_path: Path) -> None:
-    files, sub, runner = MemoryFiles(), Submitter(), FakeRunner()
-    runner.block = True
-    ex = executor(tmp_path, files, sub, runner)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(ex.run)
-            await offer_to(ex, files, "a", attempt=1)
-            await offer_to(ex, files, "a", attempt=3)  # the submitter thought us lost
-            assert len(ex.held) == 1 and ex.held[("S", "a")].item.attempt == 3
-            runner.release.set()
-            await sub.wait_for(lambda: sub.results)
-            assert sub.results[0].attempt == 3 and runner.started == ["a"]
-            nursery.cancel_scope.cancel()
+    async with started(tmp_path, block=True) as (ex, files, sub, runner):
+        await offer_to(ex, files, "a", attempt=1)
+        await offer_to(ex, files, "a", attempt=3)  # the submitter thought us lost
+        assert len(ex.held) == 1 and ex.held[("S", "a")].item.attempt == 3
+        runner.release.set()
+        await sub.wait_for(lambda: sub.results)
+        assert sub.results[0].attempt == 3 and runner.started == ["a"]
 
 
 async def test_drain_and_pause_refuse_offers_and_pause_holds_the_queue(tmp_path: Path) -> None:
-    files, sub, runner = MemoryFiles(), Submitter(), FakeRunner()
-    runner.block = True
-    ex = executor(tmp_path, files, sub, runner)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(ex.run)
-            await offer_to(ex, files, "a")
-            await offer_to(ex, files, "b")
-            await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
-            ex.draining = True
-            refused = await offer_to(ex, files, "c")
-            assert (refused.reason, refused.message) == ("busy", "this node is draining")
-            ex.draining = False
-            ex.set_paused(True)
-            assert (await offer_to(ex, files, "c")).message == "this node is paused"
-            assert isinstance(await offer_to(ex, files, "b", attempt=2), jp.Accept)  # already held
-            runner.release.set()
-            await sub.wait_for(lambda: len(sub.results) == 1)
-            assert runner.started == ["a"] and ex.snapshot()["queue_length"] == 1  # b waits
-            ex.set_paused(False)
-            await sub.wait_for(lambda: len(sub.results) == 2)
-            assert runner.started == ["a", "b"]
-            nursery.cancel_scope.cancel()
+    async with started(tmp_path, block=True) as (ex, files, sub, runner):
+        await offer_to(ex, files, "a")
+        await offer_to(ex, files, "b")
+        await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+        ex.draining = True
+        refused = await offer_to(ex, files, "c")
+        assert (refused.reason, refused.message) == ("busy", "this node is draining")
+        ex.draining = False
+        ex.set_paused(True)
+        assert (await offer_to(ex, files, "c")).message == "this node is paused"
+        assert isinstance(await offer_to(ex, files, "b", attempt=2), jp.Accept)  # already held
+        runner.release.set()
+        await sub.wait_for(lambda: len(sub.results) == 1)
+        assert runner.started == ["a"] and ex.snapshot()["queue_length"] == 1  # b waits
+        ex.set_paused(False)
+        await sub.wait_for(lambda: len(sub.results) == 2)
+        assert runner.started == ["a", "b"]
 
 
 class CountingFiles(MemoryFiles):

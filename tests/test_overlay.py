@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from poolai.mesh import links as mesh_links
 from poolai.mesh.coords import Coord
-from poolai.mesh.links import (
-    DEFAULT_CONFIG,
-    AskNear,
-    AskNeighbours,
-    Drop,
-    FindLong,
-    LinkSet,
-    OverlayConfig,
-    Probe,
-)
 from poolai.mesh.lookup import LookupConfig, StepRequest
 from poolai.mesh.overlay import OverlayTable
 from poolai.mesh.ring import RING_SIZE, clockwise, key_position
@@ -40,7 +31,8 @@ def ring_of(n: int, seed: int = 0) -> list[PeerInfo]:
                   key=lambda p: p.position)
 
 
-def table_at(k: int, ring: list[PeerInfo], config: OverlayConfig = DEFAULT_CONFIG) -> OverlayTable:
+def table_at(k: int, ring: list[PeerInfo],
+             config: mesh_links.OverlayConfig = mesh_links.DEFAULT_CONFIG) -> OverlayTable:
     t = OverlayTable(ring[k].peer_id, config)
     for p in ring:
         t.observe(p, 0.0)
@@ -49,8 +41,8 @@ def table_at(k: int, ring: list[PeerInfo], config: OverlayConfig = DEFAULT_CONFI
 
 def test_config_rejects_more_than_eight_outgoing_links():
     with pytest.raises(ValueError):
-        OverlayConfig(long_links=5, proximity_links=1)
-    assert OverlayConfig(long_links=4, proximity_links=1).max_out_links == 8
+        mesh_links.OverlayConfig(long_links=5, proximity_links=1)
+    assert mesh_links.OverlayConfig(long_links=4, proximity_links=1).max_out_links == 8
 
 
 def test_lists_hold_the_nearest_peers_on_each_side_across_zero():
@@ -75,10 +67,10 @@ def test_long_links_are_drawn_looked_up_and_kept_within_the_link_budget():
     t = table_at(10, ring)
     rng = random.Random(4)
     actions = t.maintenance(0.0, rng)
-    finds = [a for a in actions if isinstance(a, FindLong)]
+    finds = [a for a in actions if isinstance(a, mesh_links.FindLong)]
     assert len(finds) == 4
-    assert {a.peer for a in actions if isinstance(a, Probe)} == {p.peer_id for p in t.links().out}
-    assert any(isinstance(a, AskNeighbours) for a in actions)
+    assert {a.peer for a in actions if isinstance(a, mesh_links.Probe)} == {p.peer_id for p in t.links().out}
+    assert any(isinstance(a, mesh_links.AskNeighbours) for a in actions)
     by_pos = [p.position for p in ring]
     for f in finds:
         owner = ring[next((i for i, p in enumerate(by_pos) if p >= f.target), 0)]
@@ -87,18 +79,18 @@ def test_long_links_are_drawn_looked_up_and_kept_within_the_link_budget():
     links = t.links()
     assert 1 <= len(links.long) <= 4
     assert len(links.out) <= 8 and len({p.peer_id for p in links.out}) == len(links.out)
-    assert not [a for a in t.maintenance(2.0, rng) if isinstance(a, FindLong)]
+    assert not [a for a in t.maintenance(2.0, rng) if isinstance(a, mesh_links.FindLong)]
 
 
 def test_long_links_are_redrawn_when_the_size_estimate_moves():
     ring = ring_of(400)
     t = table_at(0, ring[::20])  # sees only every 20th node: thinks the network is small
     rng = random.Random(1)
-    for f in [a for a in t.maintenance(0.0, rng) if isinstance(a, FindLong)]:
+    for f in [a for a in t.maintenance(0.0, rng) if isinstance(a, mesh_links.FindLong)]:
         t.long_link_found(f.slot, f.target, ring[40], 0.0)
     for p in ring:
         t.observe(p, 1.0)  # the ring fills in: the estimate grows twentyfold
-    redraw = [a for a in t.maintenance(100.0, rng) if isinstance(a, FindLong)]
+    redraw = [a for a in t.maintenance(100.0, rng) if isinstance(a, mesh_links.FindLong)]
     assert len(redraw) == 1  # one link at a time, not all at once
 
 
@@ -113,7 +105,7 @@ def test_a_silent_peer_is_removed_after_k_misses_and_every_link_kind_refilled():
     t.merge_neighbours(second.peer_id, second.links(), 0.0)
     t.long_link_found(0, 0, succ, 0.0)  # ignored: no lookup pending for that target
     rng = random.Random(2)
-    finds = [a for a in t.maintenance(0.0, rng) if isinstance(a, FindLong)]
+    finds = [a for a in t.maintenance(0.0, rng) if isinstance(a, mesh_links.FindLong)]
     t.long_link_found(finds[0].slot, finds[0].target, ring[80], 0.0)
     long_peer = ring[80]
     assert not t.probe_failed(succ.peer_id, 1.0)
@@ -124,8 +116,8 @@ def test_a_silent_peer_is_removed_after_k_misses_and_every_link_kind_refilled():
     assert len(links.successors) == 8 and links.successors[0].peer_id == ring[52].peer_id
     t.mark_failed(long_peer.peer_id, 4.0)
     actions = t.maintenance(5.0, rng)
-    assert Drop(succ.peer_id) in actions and Drop(long_peer.peer_id) in actions
-    assert any(isinstance(a, FindLong) and a.slot == finds[0].slot for a in actions)
+    assert mesh_links.Drop(succ.peer_id) in actions and mesh_links.Drop(long_peer.peer_id) in actions
+    assert any(isinstance(a, mesh_links.FindLong) and a.slot == finds[0].slot for a in actions)
     # Second-hand news of the dead peer is ignored; the peer itself calling is not.
     t.observe(succ, 6.0)
     assert succ.peer_id not in {p.peer_id for p in t.links().successors}
@@ -149,7 +141,7 @@ def test_stabilisation_copies_the_successors_list():
 
 def test_incoming_links_are_bounded_and_expire():
     ring = ring_of(40)
-    t = OverlayTable(ring[0].peer_id, OverlayConfig(max_incoming=3))
+    t = OverlayTable(ring[0].peer_id, mesh_links.OverlayConfig(max_incoming=3))
     assert all(t.add_incoming(p, 0.0) for p in ring[1:4])
     assert not t.add_incoming(ring[5], 0.0)
     assert len(t.links().incoming) == 3
@@ -174,7 +166,7 @@ def test_the_proximity_link_goes_to_the_lowest_measured_rtt():
 
 def test_link_sets_from_peers_are_clipped_to_the_wire_bounds():
     ring = ring_of(200)
-    fat = LinkSet(node=ring[1], successors=tuple(ring[2:100]), incoming=tuple(ring[2:200]))
+    fat = mesh_links.LinkSet(node=ring[1], successors=tuple(ring[2:100]), incoming=tuple(ring[2:200]))
     clipped = fat.clipped()
     assert len(clipped.successors) == 16 and len(clipped.incoming) == 64
     t = table_at(0, ring[:50])
@@ -185,7 +177,7 @@ def test_link_sets_from_peers_are_clipped_to_the_wire_bounds():
 def small_net(n: int, seed: int) -> PoolNet:
     rng = random.Random(seed)
     matrix = [[0.0 if i == j else 20.0 + 7.0 * abs(i - j) for j in range(12)] for i in range(12)]
-    return PoolNet(n, RttModel(matrix, n, rng), rng, OverlayConfig(), LookupConfig())
+    return PoolNet(n, RttModel(matrix, n, rng), rng, mesh_links.OverlayConfig(), LookupConfig())
 
 
 def exact_lists(net: PoolNet) -> int:
@@ -276,7 +268,7 @@ def test_positions_spread_evenly_enough_for_the_estimate():
 def test_the_proximity_walk_asks_a_near_peer_and_probes_what_it_names():
     ring = ring_of(60)
     rng = random.Random(5)
-    dims = OverlayConfig().vivaldi.dimensions
+    dims = mesh_links.OverlayConfig().vivaldi.dimensions
 
     def at(x: float) -> Coord:
         return Coord((x,) + (0.0,) * (dims - 1), 1.0, 0.2)
@@ -286,7 +278,7 @@ def test_the_proximity_walk_asks_a_near_peer_and_probes_what_it_names():
     for i, p in enumerate(ring[10:14]):
         t.record_rtt(p.peer_id, 20.0 + i, at(20.0 + i), 0.0, rng)
     first = t.maintenance(0.0, rng)
-    asks = [a.peer for a in first if isinstance(a, AskNear)]
+    asks = [a.peer for a in first if isinstance(a, mesh_links.AskNear)]
     assert len(asks) == 1 and asks[0] in {ring[10].peer_id, ring[11].peer_id}
     # The asked peer knows peers near us; it ranks them by predicted RTT to our coordinate.
     u = table_at(10, ring)
@@ -297,7 +289,7 @@ def test_the_proximity_walk_asks_a_near_peer_and_probes_what_it_names():
     answer = u.near(t.coord)
     assert [p.peer_id for p in answer[:2]] == [ring[32].peer_id, ring[30].peer_id]
     t.merge_near(u.peer_id, answer, 1.0)
-    probes = {a.peer for a in t.maintenance(30.0, rng) if isinstance(a, Probe)}
+    probes = {a.peer for a in t.maintenance(30.0, rng) if isinstance(a, mesh_links.Probe)}
     assert {ring[32].peer_id, ring[30].peer_id} <= probes
     assert ring[31].peer_id not in probes
 
@@ -305,7 +297,7 @@ def test_the_proximity_walk_asks_a_near_peer_and_probes_what_it_names():
 def test_a_request_with_a_bad_coordinate_is_answered_by_progress_alone():
     ring = ring_of(100)
     t = table_at(0, ring)
-    bad = Coord((math.nan,) * OverlayConfig().vivaldi.dimensions, 1.0, 0.5)
+    bad = Coord((math.nan,) * mesh_links.OverlayConfig().vivaldi.dimensions, 1.0, 0.5)
     key = ring[50].position
     request = StepRequest(key, tuple(b"x%d" % i for i in range(500)), bad)
     assert t.answer(request) == t.step(key, request.exclude[:64], None)
