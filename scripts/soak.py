@@ -1,0 +1,732 @@
+#!/usr/bin/env python3
+"""A chaos soak: real node processes under continuous work while nodes crash, hang and
+restart, a hostile peer churns connections and one holder's disk fills.
+
+    python scripts/soak.py --nodes 16 --minutes 30 [--seed S] [--root DIR] [--out FILE]
+
+Starts ``--nodes`` node processes on 127.0.0.1 (fixed ports, so a restarted node keeps its
+address; the fast settings of the live tests) and, for ``--minutes``:
+
+* puts files (1 KiB to 1.5 MiB, k-of-n erasure coded; now and then the same bytes from two
+  nodes at once) and gets acknowledged ones back from random nodes, comparing every byte;
+* submits jobs (the built-in MLP of ``poolai job demo``, fresh inputs each, CPU or a
+  simulated GPU) through the first node, and checks each output against a local answer;
+* changes capacity: advertised load, and simulated GPUs' memory (inventory files);
+* SIGKILLs (then restarts), SIGSTOPs (then SIGCONTs) and SIGTERM-restarts random nodes,
+  never more than ``--max-down`` at once, at most n-k, so every file stays readable; the
+  first node, the jobs' submitter (it keeps its submissions in memory), is only stopped;
+* runs ``tests/churn_peer.py`` against one node: connect/disconnect cycles from fresh
+  identities, from another loopback address;
+* fills one holder's disk: its data directory is a small tmpfs (as root; otherwise its
+  storage quota is set to what it holds) filled to the last 64 KiB for the middle of the run;
+
+then stops the chaos, restarts what is down, runs a repair pass on every node, and checks
+the invariants. Prints ONE JSON object (progress goes to stderr): operations by kind,
+failures by kind with short reasons, and the invariants, each with ``ok``. Exit status 0
+only if every invariant holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from soaklib import verdict, workload  # noqa: E402
+from soaklib.workload import FileSpec  # noqa: E402
+
+from poolai.node.auth import auth_headers  # noqa: E402
+from poolai.node.launcher import NodeProcess, NodeStartError, stop_all, wait_until  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHURN_PEER = ROOT / "tests" / "churn_peer.py"
+FAST = {"POOLAI_OVERLAY_SCALE": "0.5", "POOLAI_CAPACITY_HEARTBEAT": "2", "POOLAI_STORAGE_INTERVAL": "30",
+        "POOLAI_CREDITS_SYNC_INTERVAL": "10", "POOLAI_REDUNDANCY_FRACTION": "0", "POOLAI_JOB_SLOTS": "1",
+        "POOLAI_STORAGE_QUOTA": "256MiB", "POOLAI_LOG_LEVEL": "warning"}
+SEGMENT = 256 << 10
+DISK_MIB = 96  # the tmpfs of the holder whose disk fills
+DISK_LEFT = 64 << 10  # what the ballast leaves free
+ATTACKER_IP = "127.0.0.2"
+STATUS_DEADLINE_S = 1.0
+PROBE_EVERY_S = 2.0
+SAMPLE_EVERY_S = 3.0
+DEFAULT_BOUNDS = verdict.Bounds()
+GPU_JOB = {"device": "gpu", "min_gpu_memory_mib": 8192}
+
+
+def gpu_inventory(gib: int) -> dict[str, Any]:
+    return {"gpus": [{"name": f"sim-{gib}G", "memory_total": f"{gib}GiB", "compute_capability": "8.6"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reason_of(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect error"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection closed mid-response"
+    return type(exc).__name__
+
+
+def reply_reason(reply: httpx.Response) -> str:
+    try:
+        error = reply.json().get("error")
+    except ValueError:
+        return f"{reply.status_code}"
+    if isinstance(error, dict):
+        error = f"{error.get('code')}: {error.get('message', '')}"
+    return f"{reply.status_code} {str(error)[:90]}"
+
+
+class Member:
+    """One node of the soak and what the chaos has done to it. ``generation`` changes with
+    every state change, so a probe can tell a node that hung from one stopped meanwhile."""
+
+    def __init__(self, index: int, process: NodeProcess, inventory: Path | None) -> None:
+        self.index = index
+        self.name = f"n{index}"
+        self.process = process
+        self.inventory = inventory
+        self.state = "down"  # up, paused, killed, starting, down
+        self.generation = 0
+        self.disk_full = False
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        self.args = args
+        self.root = root
+        self.rng = random.Random(args.seed)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ops: Counter[str] = Counter()
+        self.failures: dict[str, Counter[str]] = defaultdict(Counter)
+        self.members: list[Member] = []
+        self.acked: dict[str, FileSpec] = {}  # file id -> what was put
+        self.puts = 0
+        self.wrong: list[dict[str, Any]] = []
+        self.gets_checked = 0
+        self.jobs = verdict.JobRecord()
+        self.outputs_to_check: set[str] = set()
+        self.samples: dict[str, list[verdict.Sample]] = defaultdict(list)
+        self.probes = 0
+        self.stuck: list[dict[str, Any]] = []
+        self.worst_latency: dict[str, float] = defaultdict(float)
+        self.t0 = time.monotonic()
+        self.weights = workload.safetensors_bytes(workload.mlp_weights(args.seed))
+        self.disk: Path | None = None
+        self.tmpfs = False
+        self.client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64))
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def count(self, kind: str) -> None:
+        with self.lock:
+            self.ops[kind] += 1
+
+    def fail(self, kind: str, reason: str) -> None:
+        with self.lock:
+            self.failures[kind][reason[:120]] += 1
+
+    def say(self, message: str) -> None:
+        print(f"[{self.now():7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def set_state(self, m: Member, state: str) -> None:
+        with self.lock:
+            m.state = state
+            m.generation += 1
+
+    def pick(self, rng: random.Random, allowed: Callable[[Member], bool] = lambda m: True) -> Member | None:
+        with self.lock:
+            up = [m for m in self.members if m.state == "up" and allowed(m)]
+        return rng.choice(up) if up else None
+
+    def http(self, m: Member, method: str, path: str, timeout: float = 60, **kw: Any) -> httpx.Response:
+        return self.client.request(method, m.process.api + path, headers=auth_headers(m.process.data_dir),
+                             timeout=timeout, **kw)
+
+    # -- the mesh -----------------------------------------------------------------------------
+
+    def start_mesh(self) -> None:
+        count = self.args.nodes
+        disk_index = 2 if count > 3 else count - 1
+        for i in range(count):
+            data_dir = self.root / f"n{i}"
+            if i == disk_index:
+                data_dir = self.mount_disk(self.root / f"n{i}-disk") / "data"
+                self.disk = data_dir.parent
+            inventory = None
+            env = dict(FAST)
+            if i % 3 == 1:
+                inventory = self.root / f"n{i}-inventory.json"
+                inventory.write_text(json.dumps(gpu_inventory(24)))
+                env["POOLAI_INVENTORY_FILE"] = str(inventory)
+            extra = ("--bootstrap", self.members[0].process.addr) if self.members else ()
+            process = NodeProcess(data_dir, *extra, env=env, listen=f"/ip4/127.0.0.1/tcp/{free_port()}",
+                                  log_file=self.root / f"n{i}.log")
+            member = Member(i, process, inventory)
+            if i == 0:
+                process.start(timeout=120)
+                self.set_state(member, "up")
+            self.members.append(member)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda m: m.process.start(timeout=180), self.members[1:]))
+        for m in self.members[1:]:
+            self.set_state(m, "up")
+        want = count - 1
+        wait_until(lambda: all(len(m.process.connected()) >= want for m in self.members), 180,
+                   f"{count} nodes fully connected", interval=1.0)
+        anchor = self.members[0].process
+        gpus = {m.process.peer_id for m in self.members if m.inventory is not None}
+        wait_until(lambda: gpus <= {e["peer_id"] for e in anchor.get("/api/capacity")["entries"]}, 120,
+                   "the simulated GPU nodes' adverts at the submitter", interval=1.0)
+
+    def mount_disk(self, path: Path) -> Path:
+        path.mkdir(parents=True)
+        if os.geteuid() == 0:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(path)],
+                                  capture_output=True, text=True)
+            self.tmpfs = done.returncode == 0
+            if not self.tmpfs:
+                self.say(f"no tmpfs ({done.stderr.strip()}); the disk fills by quota instead")
+        return path
+
+    # -- workload ---------------------------------------------------------------------------
+
+    def every(self, gap: tuple[float, float], rng: random.Random,
+              step: Callable[[random.Random], None]) -> None:
+        while not self.stop.wait(rng.uniform(*gap)):
+            step(rng)
+
+    def put_step(self, rng: random.Random) -> None:
+        with self.lock:
+            index = self.puts
+            self.puts += 1
+        spec = workload.file_spec(self.args.seed, index)
+        twin = index % 8 == 7
+        targets = [self.pick(rng), self.pick(rng)] if twin else [self.pick(rng)]
+        targets = [t for t in targets if t is not None]
+        if not targets:
+            return
+        kind = "put_twin" if twin else "put"
+        data = spec.data()
+
+        def one(m: Member) -> None:
+            self.count(kind)
+            try:
+                reply = self.http(m, "POST", "/api/files", params={"k": self.args.k, "n": self.args.n,
+                                                                   "segment": SEGMENT}, content=data)
+            except httpx.HTTPError as exc:
+                self.fail(kind, reason_of(exc))
+                return
+            if reply.status_code != 201:
+                self.fail(kind, reply_reason(reply))
+                return
+            with self.lock:
+                self.acked[reply.json()["file_id"]] = spec
+
+        with ThreadPoolExecutor(len(targets)) as pool:
+            list(pool.map(one, targets))
+
+    def get_step(self, rng: random.Random) -> None:
+        with self.lock:
+            if not self.acked:
+                return
+            file_id, spec = rng.choice(list(self.acked.items()))
+        m = self.pick(rng)
+        if m is None:
+            return
+        self.count("get")
+        body = bytearray()
+        try:
+            with self.client.stream("GET", f"{m.process.api}/api/files/{file_id}",
+                              headers=auth_headers(m.process.data_dir), timeout=60) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    self.fail("get", reply_reason(reply))
+                    return
+                for chunk in reply.iter_bytes():
+                    body += chunk
+            error = None
+        except httpx.HTTPError as exc:
+            error = reason_of(exc)
+        expected = spec.data()
+        wrong_at = workload.first_difference(expected, bytes(body))
+        with self.lock:
+            self.gets_checked += 1
+            if wrong_at is not None:
+                self.wrong.append({"file_id": file_id, "node": m.name, "offset": wrong_at, "got": len(body)})
+        if error is not None or len(body) != len(expected):
+            self.fail("get", error or f"short body ({len(body)} of {len(expected)} bytes)")
+
+    def job_step(self, rng: random.Random) -> None:
+        with self.lock:
+            running = len(self.jobs.submitted) - len(self.jobs.terminal)
+        if running >= self.args.jobs_in_flight:
+            return
+        anchor = self.members[0]
+        if anchor.state != "up":
+            return
+        index = len(self.jobs.submitted)
+        inputs = workload.mlp_inputs(self.args.seed, index)
+        self.count("job")
+        try:
+            refs = {}
+            for name, data in (("weights.safetensors", self.weights),
+                               ("inputs.safetensors", workload.safetensors_bytes(inputs))):
+                reply = self.http(anchor, "POST", "/api/admin/jobs/files", params={"name": name},
+                                  content=data)
+                if reply.status_code != 200:
+                    self.fail("job", f"upload: {reply_reason(reply)}")
+                    return
+                refs[name] = reply.json()
+
+            def ref(name: str) -> dict[str, Any]:
+                return {k: refs[name][k] for k in ("name", "sha256", "size")}
+
+            job = {"program": {"kind": "builtin", "family": "mlp", "config": workload.MLP_CONFIG,
+                               "weights": ref("weights.safetensors")},
+                   "inputs": ref("inputs.safetensors"), "timeout_s": 120, "retry_budget": 4,
+                   "requirements": GPU_JOB if rng.random() < 0.3 else {"device": "cpu"}}
+            reply = self.http(anchor, "POST", "/api/admin/jobs",
+                              json={"job": job, "files": {n: r["file_id"] for n, r in refs.items()}})
+        except httpx.HTTPError as exc:
+            self.fail("job", reason_of(exc))
+            return
+        if reply.status_code != 201:
+            self.fail("job", f"submit: {reply_reason(reply)}")
+            return
+        with self.lock:
+            expected = workload.mlp_forward(workload.mlp_weights(self.args.seed), inputs)
+            self.jobs.submit(reply.json()["job_id"], expected)
+
+    def watch_jobs(self, rng: random.Random) -> None:
+        anchor = self.members[0]
+        if anchor.state != "up":
+            return
+        try:
+            listed = self.http(anchor, "GET", "/api/jobs", timeout=10).json()["jobs"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return
+        with self.lock:
+            for job in listed:
+                if job["job_id"] in self.jobs.submitted and self.jobs.observe(job):
+                    if job["result"] and job["result"]["status"] == "ok":
+                        self.outputs_to_check.add(job["job_id"])
+            pending = list(self.outputs_to_check)
+        for job_id in pending:
+            try:
+                reply = self.http(anchor, "GET", f"/api/admin/jobs/{job_id}/output", timeout=30)
+            except httpx.HTTPError:
+                continue
+            if reply.status_code != 200:
+                continue
+            with self.lock:
+                self.outputs_to_check.discard(job_id)
+                if not workload.output_matches(self.jobs.submitted[job_id], reply.content):
+                    self.jobs.wrong_output.append(job_id)
+
+    def capacity_step(self, rng: random.Random) -> None:
+        m = self.pick(rng)
+        if m is None:
+            return
+        self.count("capacity")
+        if m.inventory is not None and rng.random() < 0.5:
+            tmp = m.inventory.with_suffix(".tmp")
+            tmp.write_text(json.dumps(gpu_inventory(rng.choice((24, 48, 80)))))
+            os.replace(tmp, m.inventory)  # the node re-reads the file when it changes
+            return
+        try:
+            reply = self.http(m, "POST", "/api/admin/capacity/load", timeout=10,
+                              json={"busy_slots": rng.randint(0, 1), "queue_length": rng.randint(0, 3)})
+        except httpx.HTTPError as exc:
+            self.fail("capacity", reason_of(exc))
+            return
+        if reply.status_code != 200:
+            self.fail("capacity", reply_reason(reply))
+
+    # -- chaos --------------------------------------------------------------------------------
+
+    def chaos_step(self, rng: random.Random) -> None:
+        with self.lock:
+            down = sum(m.state != "up" for m in self.members)
+        if down >= self.args.max_down:
+            return
+        action = rng.choices(("kill", "pause", "restart"), (4, 3, 2))[0]
+        if action == "pause":
+            victim = self.pick(rng)
+        else:  # the submitter keeps its jobs in memory; a full disk holds no new node.json
+            victim = self.pick(rng, lambda m: m.index != 0 and not m.disk_full)
+        if victim is None:
+            return
+        self.count(action)
+        threading.Thread(target=self.disturb, args=(victim, action, rng.uniform(3, 20)), daemon=True).start()
+
+    def disturb(self, m: Member, action: str, seconds: float) -> None:
+        process = m.process
+        if action == "pause":
+            self.set_state(m, "paused")
+            process.pause()
+            self.stop.wait(seconds)
+            process.resume()
+            self.set_state(m, "up")
+            return
+        self.set_state(m, "killed")
+        if action == "kill":
+            process.kill()
+            self.stop.wait(seconds)
+        else:
+            process.stop()
+        self.set_state(m, "starting")
+        for attempt in range(3):
+            try:
+                process.start(timeout=120)
+                self.set_state(m, "up")
+                return
+            except NodeStartError as exc:
+                self.fail("restart", f"attempt {attempt + 1}: {str(exc).splitlines()[0]}")
+        self.set_state(m, "down")
+
+    def fill_disk(self) -> None:
+        m = next(m for m in self.members if m.process.data_dir.parent == self.disk)
+        self.count("disk_fill")
+        m.disk_full = True
+        if self.tmpfs:
+            free = shutil.disk_usage(self.disk).free
+            left = max(0, free - DISK_LEFT)
+            with open(self.disk / "ballast", "wb") as f:
+                try:
+                    while left > 0:
+                        f.write(b"\0" * min(left, 1 << 20))
+                        left -= min(left, 1 << 20)
+                    f.flush()
+                except OSError:  # the node wrote meanwhile: the disk is full all the same
+                    pass
+            self.say(f"{m.name}'s disk filled: {shutil.disk_usage(self.disk).free} bytes free")
+            return
+        used = self.http(m, "GET", "/api/storage", timeout=10).json()["used_bytes"]
+        self.http(m, "POST", "/api/admin/storage/quota", json={"quota": max(used, 1)}, timeout=10)
+
+    def empty_disk(self) -> None:
+        m = next(m for m in self.members if m.process.data_dir.parent == self.disk)
+        if self.tmpfs:
+            (self.disk / "ballast").unlink(missing_ok=True)
+        else:
+            self.http(m, "POST", "/api/admin/storage/quota", json={"quota": FAST["POOLAI_STORAGE_QUOTA"]})
+        m.disk_full = False
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def probe(self, m: Member) -> None:
+        with self.lock:
+            state, generation = m.state, m.generation
+        if state != "up":
+            return
+        host, port = m.process.api.removeprefix("http://").rsplit(":", 1)
+        start = time.monotonic()
+        try:  # plain http.client: an httpx client's set-up alone can take a loaded core past 1 s
+            connection = http.client.HTTPConnection(host, int(port), timeout=STATUS_DEADLINE_S)
+            try:
+                connection.request("GET", "/api/status")
+                reply = connection.getresponse()
+                reply.read()
+                error = None if reply.status == 200 else f"status {reply.status}"
+            finally:
+                connection.close()
+        except (OSError, http.client.HTTPException) as exc:
+            error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        took = time.monotonic() - start
+        with self.lock:
+            if m.state != "up" or m.generation != generation:
+                return  # stopped or restarted meanwhile: deliberately unavailable
+            self.probes += 1
+            self.worst_latency[m.name] = max(self.worst_latency[m.name], took)
+            if error is not None or took > STATUS_DEADLINE_S:
+                self.stuck.append({"node": m.name, "at_s": round(self.now(), 1), "seconds": round(took, 2),
+                                   "error": error})
+
+    def probe_all(self, rng: random.Random) -> None:
+        with ThreadPoolExecutor(len(self.members)) as pool:
+            list(pool.map(self.probe, self.members))
+
+    def sample(self, rng: random.Random) -> None:
+        t = self.now()
+        for m in self.members:
+            if not m.process.alive:
+                continue
+            pid = m.process.pid
+            try:
+                rss = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{pid}/status")
+                           if line.startswith("VmRSS:"))
+                fds = len(os.listdir(f"/proc/{pid}/fd"))
+            except (OSError, StopIteration):
+                continue
+            with self.lock:
+                self.samples[m.name].append(verdict.Sample(t, pid, rss, fds))
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.say(f"starting {self.args.nodes} nodes in {self.root}")
+        self.start_mesh()
+        self.t0 = time.monotonic()
+        chaos_s = self.args.minutes * 60
+        self.say(f"mesh up; {chaos_s:.0f} s of chaos")
+        target = self.members[1 % len(self.members)]
+        churn = subprocess.Popen(
+            [sys.executable, str(CHURN_PEER), target.process.addr, "--cycles", str(10**9), "--parallel", "2",
+             "--seconds", str(chaos_s), "--source-ip", ATTACKER_IP],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        loops = [((1.0, 3.0), self.put_step), ((1.0, 3.0), self.put_step), ((0.5, 2.0), self.get_step),
+                 ((0.5, 2.0), self.get_step), ((3.0, 6.0), self.job_step), ((1.5, 2.5), self.watch_jobs),
+                 ((3.0, 6.0), self.capacity_step), ((5.0, 12.0), self.chaos_step),
+                 ((PROBE_EVERY_S, PROBE_EVERY_S), self.probe_all),
+                 ((SAMPLE_EVERY_S, SAMPLE_EVERY_S), self.sample)]
+        threads = [threading.Thread(target=self.every, args=(gap, random.Random(self.rng.random()), step),
+                                    daemon=True) for gap, step in loops]
+        watching = {self.watch_jobs, self.probe_all, self.sample}  # these go on through the checks
+        for thread in threads:
+            thread.start()
+        if not self.stop.wait(chaos_s * 0.25):
+            self.fill_disk()
+        if not self.stop.wait(chaos_s * 0.5):
+            self.empty_disk()
+        self.stop.wait(chaos_s * 0.25)
+        self.stop.set()
+        self.say("chaos over; healing")
+        for thread in threads:
+            thread.join(180)
+        try:
+            churned = json.loads(churn.communicate(timeout=120)[0].strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            churn.kill()
+            churned = {"error": "the churn peer did not report"}
+        self.heal()
+        chaos_end = self.now()
+        end_stop = threading.Event()
+        watchers = [threading.Thread(target=lambda step=step, gap=gap: self.watch_after(end_stop, gap, step),
+                                     daemon=True) for gap, step in loops if step in watching]
+        for thread in watchers:
+            thread.start()
+        try:
+            report = self.check(chaos_end)
+        finally:
+            end_stop.set()
+            for thread in watchers:
+                thread.join(30)
+        report["churn"] = {"target": target.name, "from": ATTACKER_IP, **churned,
+                           "target_inbound": self.inbound_of(target)}
+        stop_all([m.process for m in self.members])
+        report["invariants"]["resources_bounded"] = verdict.resources(
+            self.samples, self.now() / 2, self.bounds())
+        report["invariants"]["no_node_stuck"] = {
+            "ok": not self.stuck, "probes": self.probes, "deadline_s": STATUS_DEADLINE_S,
+            "slow_or_failed": self.stuck[:20],
+            "worst_latency_s": round(max(self.worst_latency.values(), default=0.0), 3)}
+        report["ok"] = all(v["ok"] for v in report["invariants"].values())
+        return report
+
+    def watch_after(self, end: threading.Event, gap: tuple[float, float], step: Callable[..., None]) -> None:
+        while not end.wait(gap[0]):
+            step(self.rng)
+
+    def bounds(self) -> verdict.Bounds:
+        a = self.args
+        return verdict.Bounds(a.max_rss_mib, a.max_fds, a.max_rss_slope, a.max_fds_slope)
+
+    def heal(self) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with self.lock:
+                moving = [m for m in self.members if m.state in ("paused", "killed", "starting")]
+            if not moving:
+                break
+            time.sleep(0.5)
+        for m in self.members:
+            if m.state == "down" or not m.process.alive:
+                try:
+                    m.process.start(timeout=120)
+                    self.set_state(m, "up")
+                except NodeStartError as exc:
+                    self.fail("restart", f"after the chaos: {str(exc).splitlines()[0]}")
+        want = len(self.members) - 1
+        try:
+            wait_until(lambda: all(len(m.process.connected()) >= want for m in self.members), 180,
+                       "the mesh whole again", interval=1.0)
+        except AssertionError as exc:
+            self.fail("heal", str(exc))
+
+    def inbound_of(self, m: Member) -> Any:
+        try:
+            return m.process.status().get("connections", {}).get("inbound")
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def check(self, chaos_end: float) -> dict[str, Any]:
+        invariants: dict[str, dict[str, Any]] = {"no_wrong_bytes": {}}
+        self.say(f"reading back {len(self.acked)} acknowledged files")
+        invariants["acknowledged_puts_readable"] = self.check_files()
+        self.say("waiting for every job to end")
+        invariants["jobs_one_result"] = self.check_jobs()
+        self.say("waiting for the ledgers to settle")
+        invariants["ledgers_agree"] = self.check_ledgers()
+        invariants["no_wrong_bytes"] = {"ok": not self.wrong, "bytes_compared_in_gets": self.gets_checked,
+                                        "wrong": self.wrong[:20]}
+        with self.lock:
+            failures = {kind: {"count": sum(c.values()), "reasons": dict(c.most_common(8))}
+                        for kind, c in sorted(self.failures.items())}
+            ops = dict(sorted(self.ops.items()))
+        return {"config": {"nodes": self.args.nodes, "minutes": self.args.minutes, "seed": self.args.seed,
+                           "k": self.args.k, "n": self.args.n, "max_down": self.args.max_down,
+                           "disk": "tmpfs" if self.tmpfs else "quota", "env": FAST},
+                "seconds": {"chaos": round(chaos_end, 1), "checks": round(self.now() - chaos_end, 1)},
+                "operations": ops, "failures": failures, "invariants": invariants}
+
+    def check_files(self) -> dict[str, Any]:
+        """Every acknowledged put read back whole from some node, after repair passes."""
+        with self.lock:
+            todo = dict(self.acked)
+        rounds = 0
+        rng = random.Random(self.args.seed + 1)
+        while todo and rounds < 3:
+            rounds += 1
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(self.repair, self.members))
+            for file_id, spec in list(todo.items()):
+                m = rng.choice(self.members)
+                try:
+                    reply = self.client.get(f"{m.process.api}/api/files/{file_id}", timeout=120)
+                except httpx.HTTPError as exc:
+                    self.fail("final_get", reason_of(exc))
+                    continue
+                if reply.status_code != 200:
+                    self.fail("final_get", reply_reason(reply))
+                    continue
+                wrong_at = workload.first_difference(spec.data(), reply.content)
+                if wrong_at is not None:
+                    self.wrong.append({"file_id": file_id, "node": m.name, "offset": wrong_at, "final": True})
+                elif len(reply.content) == spec.size:
+                    del todo[file_id]
+        return {"ok": not todo, "acknowledged": len(self.acked), "unreadable": sorted(todo)[:20],
+                "repair_rounds": rounds}
+
+    def repair(self, m: Member) -> None:
+        self.count("repair")
+        try:
+            reply = self.http(m, "POST", "/api/storage/repair", timeout=600)
+            if reply.status_code != 200:
+                self.fail("repair", reply_reason(reply))
+        except httpx.HTTPError as exc:
+            self.fail("repair", reason_of(exc))
+
+    def check_jobs(self) -> dict[str, Any]:
+        def ended() -> bool:
+            with self.lock:
+                return set(self.jobs.terminal) >= set(self.jobs.submitted) and not self.outputs_to_check
+
+        try:
+            wait_until(ended, 300, "every job ended", interval=1.0)
+        except AssertionError:
+            pass
+        with self.lock:
+            return {**self.jobs.verdict(), "outputs_unchecked": sorted(self.outputs_to_check)[:20]}
+
+    def check_ledgers(self) -> dict[str, Any]:
+        """Wait until no claim awaits a countersignature and every node computes the same
+        balances (sync runs every 10 s), then judge what the nodes hold."""
+        last: dict[str, Any] = {}
+
+        def settled() -> bool:
+            docs = {m.process.peer_id: m.process.get("/api/credits") for m in self.members}
+            balances = {m.process.peer_id: m.process.get("/api/credits/balances")["balances"]
+                        for m in self.members}
+            last.update(verdict.ledgers_agree(balances, {p: d["statement"] for p, d in docs.items()}))
+            last["pending"] = sum(d["ledger"]["pending"] for d in docs.values())
+            return last["ok"] and last["pending"] == 0
+
+        try:
+            wait_until(settled, 240, "the ledgers settled and agreeing", interval=2.0)
+        except AssertionError as exc:
+            last.setdefault("problems", []).append(str(exc)[:200])
+            last["ok"] = False
+        return last
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=6)
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--k", type=int, help="data shares (default: 2 below 12 nodes, else 4)")
+    parser.add_argument("--n", type=int, help="all shares (default: 5 below 12 nodes, else 10)")
+    parser.add_argument("--max-down", type=int,
+                        help="nodes down at once (default: 2, from 12 nodes 3; <= n-k)")
+    parser.add_argument("--jobs-in-flight", type=int, help="unfinished jobs at once (default: nodes / 3)")
+    parser.add_argument("--root", type=Path, help="where the nodes' data goes (default: a new temporary dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' data and logs")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--max-rss-mib", type=float, default=DEFAULT_BOUNDS.rss_mib)
+    parser.add_argument("--max-fds", type=int, default=DEFAULT_BOUNDS.fds)
+    parser.add_argument("--max-rss-slope", type=float, default=DEFAULT_BOUNDS.rss_slope_mib_per_min,
+                        help="MiB per minute over the second half")
+    parser.add_argument("--max-fds-slope", type=float, default=DEFAULT_BOUNDS.fds_slope_per_min)
+    args = parser.parse_args()
+    if args.nodes < 3:
+        parser.error("--nodes must be at least 3")
+    big = args.nodes >= 12
+    args.k = args.k or (4 if big else 2)
+    args.n = args.n or min(10 if big else 5, args.nodes - 1)
+    args.max_down = args.max_down if args.max_down is not None else (3 if big else 2)
+    if not 1 <= args.k < args.n or args.max_down > args.n - args.k:
+        parser.error("need 1 <= k < n and max-down <= n - k")
+    args.jobs_in_flight = args.jobs_in_flight or max(2, args.nodes // 3)
+    root = args.root or Path(tempfile.mkdtemp(prefix="poolai-soak-"))
+    root.mkdir(parents=True, exist_ok=True)
+    soak = Soak(args, root)
+    try:
+        report = soak.run()
+    finally:
+        stop_all([m.process for m in soak.members])
+        if soak.tmpfs and soak.disk is not None:
+            subprocess.run(["umount", "-l", str(soak.disk)], check=False)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    report["root"] = str(root) if args.keep else None
+    text = json.dumps(report, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text, flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(main())

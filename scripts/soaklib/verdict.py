@@ -1,0 +1,181 @@
+"""The soak's verdicts from what it recorded: resource trends, jobs' results, ledgers.
+
+Pure functions of plain data, so each rule is tested without a mesh
+(``tests/test_soak_verdict.py``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of a node process: seconds since the soak began, pid, RSS bytes, fds."""
+
+    t: float
+    pid: int
+    rss: int
+    fds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What "bounded" means for one node process (the soak's defaults, see ``--help``)."""
+
+    rss_mib: float = 640.0
+    fds: int = 512
+    rss_slope_mib_per_min: float = 4.0
+    fds_slope_per_min: float = 10.0
+    # A slope fitted over a shorter window measures a node's warm-up, not a leak: it is
+    # reported but not judged.
+    trend_minutes: float = 5.0
+
+
+def slope_per_minute(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of ``(seconds, value)`` points, per minute; 0 for fewer than
+    two distinct times."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    return 60.0 * sum((t - mt) * (v - mv) for t, v in points) / var
+
+
+def trend_points(samples: Sequence[Sample], start: float) -> list[Sample]:
+    """The samples a node's trend is fitted on: those from ``start`` on, of the process
+    that ran longest in that window (a restart starts a new process whose memory begins
+    low again, so one line through two processes would measure the restart, not a leak)."""
+    spans: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        if s.t >= start:
+            spans[s.pid].append(s)
+    if not spans:
+        return []
+    return max(spans.values(), key=lambda run: (run[-1].t - run[0].t, len(run)))
+
+
+def resources(samples: Mapping[str, Sequence[Sample]], start: float, bounds: Bounds) -> dict[str, Any]:
+    """Per node: max RSS (MiB) and fds over the whole run, and their slopes per minute over
+    the window from ``start`` (the run's second half); ``ok`` when all are within ``bounds``."""
+    nodes, over = {}, []
+    for name, series in samples.items():
+        if not series:
+            continue
+        trend = trend_points(series, start)
+        row = {"max_rss_mib": round(max(s.rss for s in series) / MiB, 1),
+               "max_fds": max(s.fds for s in series),
+               "rss_slope_mib_per_min": round(slope_per_minute([(s.t, s.rss / MiB) for s in trend]), 3),
+               "fds_slope_per_min": round(slope_per_minute([(s.t, s.fds) for s in trend]), 3),
+               "trend_minutes": round((trend[-1].t - trend[0].t) / 60, 2) if trend else 0.0,
+               "samples": len(series)}
+        nodes[name] = row
+        judged = row["trend_minutes"] >= bounds.trend_minutes
+        row["slopes_judged"] = judged
+        if (row["max_rss_mib"] > bounds.rss_mib or row["max_fds"] > bounds.fds
+                or judged and (row["rss_slope_mib_per_min"] > bounds.rss_slope_mib_per_min
+                               or row["fds_slope_per_min"] > bounds.fds_slope_per_min)):
+            over.append(name)
+    rows = nodes.values()
+    return {
+        "ok": not over and bool(nodes),
+        "bounds": {"rss_mib": bounds.rss_mib, "fds": bounds.fds,
+                   "rss_slope_mib_per_min": bounds.rss_slope_mib_per_min,
+                   "fds_slope_per_min": bounds.fds_slope_per_min,
+                   "slopes_judged_from_minutes": bounds.trend_minutes},
+        "max_rss_mib": max((r["max_rss_mib"] for r in rows), default=0.0),
+        "max_fds": max((r["max_fds"] for r in rows), default=0),
+        "max_rss_slope_mib_per_min": max((r["rss_slope_mib_per_min"] for r in rows), default=0.0),
+        "max_fds_slope_per_min": max((r["fds_slope_per_min"] for r in rows), default=0.0),
+        "over_bounds": sorted(over), "nodes": nodes,
+    }
+
+
+class JobRecord:
+    """Every observation of each job's result: a job must end with exactly one terminal
+    state and its accepted result must never change once seen."""
+
+    def __init__(self) -> None:
+        self.submitted: dict[str, Any] = {}  # job id -> what the soak needs to check it
+        self.results: dict[str, tuple[Any, ...]] = {}  # job id -> the first result seen
+        self.changed: dict[str, list[tuple[Any, ...]]] = {}
+        self.terminal: dict[str, str] = {}  # job id -> "done: <status>" or "cancelled"
+        self.wrong_output: list[str] = []
+        self.ok_runs: Counter[str] = Counter()
+
+    def submit(self, job_id: str, expected: Any) -> None:
+        self.submitted[job_id] = expected
+
+    def observe(self, job: Mapping[str, Any]) -> bool:
+        """Record one status document; True when the job has just ended (first sight)."""
+        job_id = job["job_id"]
+        if job["phase"] not in ("done", "cancelled"):
+            return False
+        result = job.get("result")
+        key = ("cancelled",) if result is None else (
+            result["status"], job.get("worker"), job.get("output_id"),
+            (result.get("output") or {}).get("sha256"))
+        self.ok_runs[job_id] = max(self.ok_runs[job_id],
+                                   sum(a.get("outcome") == "ok" for a in job.get("attempts", ())))
+        first = self.results.setdefault(job_id, key)
+        if key != first:
+            self.changed.setdefault(job_id, []).append(key)
+        if job_id in self.terminal:
+            return False
+        self.terminal[job_id] = "cancelled" if result is None else f"done: {result['status']}"
+        return True
+
+    def verdict(self) -> dict[str, Any]:
+        unfinished = sorted(set(self.submitted) - set(self.terminal))
+        ends = Counter(self.terminal.get(j, "unfinished") for j in self.submitted)
+        return {"ok": not unfinished and not self.changed and not self.wrong_output,
+                "submitted": len(self.submitted), "ends": dict(sorted(ends.items())),
+                "unfinished": unfinished[:20], "results_changed": dict(list(self.changed.items())[:20]),
+                "wrong_output": self.wrong_output[:20],
+                "jobs_with_two_ok_runs": sum(1 for v in self.ok_runs.values() if v > 1)}
+
+
+def ledgers_agree(balances: Mapping[str, Mapping[str, Mapping[str, int]]],
+                  statements: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Whether the nodes' ledgers agree.
+
+    ``balances``: each node's ``/api/credits/balances`` (peer -> account); ``statements``:
+    each node's own statement rows, keyed by its peer id. Three rules: every node's
+    accounts sum to zero (each receipt is one peer's credit and another's debit); a
+    receipt in the statements of both its parties has the same credits, earned by one
+    and spent by the other; and every node computes the same balances.
+    """
+    problems = []
+    for node, accounts in balances.items():
+        total = sum(a["balance_milli"] for a in accounts.values())
+        if total != 0:
+            problems.append(f"{node}: balances sum to {total} millicredits")
+    seen: dict[str, tuple[str, str, float, str]] = {}
+    shared = 0
+    for node, rows in statements.items():
+        for row in rows:
+            mine = (node, row["direction"], abs(row["credits"]), row["counterparty"])
+            other = seen.get(row["receipt_id"])
+            if other is None:
+                seen[row["receipt_id"]] = mine
+                continue
+            shared += 1
+            if not (other[0] == row["counterparty"] and other[3] == node and other[2] == mine[2]
+                    and {other[1], mine[1]} == {"earned", "spent"}):
+                problems.append(f"receipt {row['receipt_id'][:12]}: {other} vs {mine}")
+    views = {node: dict(accounts) for node, accounts in balances.items()}
+    reference = next(iter(views.values()), {})
+    differ = sorted(node for node, view in views.items() if view != reference)
+    if differ:
+        problems.append(f"{len(differ)} of {len(views)} nodes compute other balances than the first")
+    return {"ok": not problems, "nodes": len(balances), "receipts_in_two_statements": shared,
+            "receipts": len(seen), "problems": problems[:20]}
