@@ -50,6 +50,11 @@ class GrantExceeded(StoreError):
     nothing was written."""
 
 
+class StoreWriteFailed(StoreError):
+    """The disk under the share store failed a write (full, or an I/O error); nothing
+    was written. LMDB reports a full disk at commit, often as EIO rather than ENOSPC."""
+
+
 class ShareNotFound(StoreError, KeyError):
     """The store holds no share under this id."""
 

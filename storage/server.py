@@ -36,6 +36,7 @@ from poolai.storage.errors import (
     ShareCorrupted,
     ShareHashMismatch,
     ShareNotFound,
+    StoreWriteFailed,
 )
 from poolai.storage.protocol import (
     CONTROL_FRAME,
@@ -101,6 +102,7 @@ class ServerStatistics:
     fetched: int
     quota_refusals: int
     grant_refusals: int  # puts refused because the peer is over its grant
+    disk_refusals: int  # puts refused because the disk failed the write (full)
     hash_refusals: int
     corrupt: int
     bytes_in: int
@@ -143,7 +145,7 @@ class ShareServer:
     async def put_local(self, share_id: bytes, data: bytes, file_id: bytes, lease: int,
                         peer: str | None = None) -> bool:
         """Store a share in this node's store for ``peer`` (None: this node); raises
-        ShareRefused (quota, grant, hash)."""
+        ShareRefused (quota, grant, disk, hash)."""
         check_ids([share_id, file_id])
         if not 0 < len(data) <= MAX_SHARE_SIZE:
             raise ShareRefused("bad_request", "too_large", f"share of {len(data)} bytes")
@@ -176,6 +178,9 @@ class ShareServer:
         except GrantExceeded as exc:
             self._n["grant_refusals"] += 1
             raise ShareRefused("refused", "grant", str(exc)) from None
+        except StoreWriteFailed as exc:
+            self._n["disk_refusals"] += 1
+            raise ShareRefused("refused", "disk", str(exc)) from None
 
     async def fetch_local(
         self, share_id: bytes, offset: int = 0, length: int = 0, *, verify: bool = False

@@ -33,14 +33,16 @@ default) each commit is fsynced, so it also survives power loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import lmdb
 
@@ -52,6 +54,7 @@ from poolai.storage.errors import (
     ShareHashMismatch,
     ShareNotFound,
     StoreError,
+    StoreWriteFailed,
 )
 
 log = logging.getLogger(__name__)
@@ -214,7 +217,8 @@ class ShareStore:
         grant (:func:`grants.eviction_order`), in the same transaction.
         Raises ShareHashMismatch if ``data`` does not hash to ``share_id``,
         GrantExceeded if ``owner`` is over its grant, QuotaExceeded if the new bytes
-        do not fit; in each case nothing changes.
+        do not fit, StoreWriteFailed if the disk fails the write; in each case nothing
+        changes.
         """
         integrity.check_id(share_id, "share_id")
         integrity.check_id(file_id, "file_id")
@@ -227,7 +231,7 @@ class ShareStore:
             raise ShareHashMismatch(f"share does not hash to {share_id.hex()[:16]}")
         healed = False
         try:
-            with self._env.begin(write=True, buffers=True) as txn:
+            with self._writing() as txn:
                 old = txn.get(share_id, db=self._shares)
                 if old is not None and integrity.matches(share_id, old):
                     rec = _unpack(bytes(txn.get(share_id, db=self._records)), len(old))
@@ -297,7 +301,7 @@ class ShareStore:
         the ``credited_accounts`` largest are kept, and no row is added to a full table."""
         policy = self.grant_policy or grants.GrantPolicy()
         kept = {_owner_key(p): c for p, c in grants.kept_credits(policy, credits).items()}
-        with self._env.begin(write=True, buffers=True) as txn:
+        with self._writing() as txn:
             rows = {bytes(k): _ACCOUNT.unpack(v) for k, v in txn.cursor(db=self._peers)}
             for key, (used, shares, _) in rows.items():
                 if used == 0 and key not in kept:
@@ -333,7 +337,7 @@ class ShareStore:
 
     def delete(self, share_id: bytes) -> bool:
         """Remove a share and its record; return False if it was not there."""
-        with self._env.begin(write=True, buffers=True) as txn:
+        with self._writing() as txn:
             return self._delete_in(txn, share_id)
 
     def pin(self, share_id: bytes) -> None:
@@ -351,7 +355,7 @@ class ShareStore:
     def gc(self, now: int) -> GcResult:
         """Delete every unpinned share whose lease expired at or before ``now`` (unix seconds)."""
         freed = count = 0
-        with self._env.begin(write=True, buffers=True) as txn:
+        with self._writing() as txn:
             expired = []
             for key, raw in txn.cursor(db=self._records):
                 version, expiry, pinned, _ = _RECORD.unpack(raw)
@@ -478,6 +482,19 @@ class ShareStore:
 
     # ------------------------------------------------------------------ internals
 
+    @contextlib.contextmanager
+    def _writing(self, db: Any = None, buffers: bool = True) -> Iterator[lmdb.Transaction]:
+        """A write transaction (committed when the block ends). A disk that fails the
+        write raises StoreWriteFailed, so a full disk refuses a share or ends an upkeep
+        pass instead of the node; MapFullError (the map, not the disk) passes through."""
+        try:
+            with self._env.begin(db=db, write=True, buffers=buffers) as txn:
+                yield txn
+        except lmdb.MapFullError:
+            raise
+        except lmdb.Error as exc:
+            raise StoreWriteFailed(f"share store write failed: {exc}") from None
+
     def _totals(self, txn: lmdb.Transaction) -> tuple[int, int]:
         total = txn.get(b"bytes", db=self._info)
         count = txn.get(b"shares", db=self._info)
@@ -585,7 +602,7 @@ class ShareStore:
         return victims
 
     def _quarantine(self, share_id: bytes) -> None:
-        with self._env.begin(write=True, buffers=True) as txn:
+        with self._writing() as txn:
             view = txn.get(share_id, db=self._shares)
             # Re-check under the write lock: a concurrent put may have healed it.
             if view is None or integrity.matches(share_id, view):
@@ -598,7 +615,7 @@ class ShareStore:
     def _update_record(
         self, share_id: bytes, *, pinned: bool | None = None, lease_expiry: int | None = None
     ) -> None:
-        with self._env.begin(write=True, db=self._records) as txn:
+        with self._writing(db=self._records, buffers=False) as txn:
             raw = txn.get(share_id)
             if raw is None:
                 raise ShareNotFound(share_id.hex())

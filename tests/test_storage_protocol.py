@@ -21,7 +21,7 @@ from poolai.mesh.errors import TruncatedFrame
 from poolai.mesh.host import open_host
 from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.storage import integrity, raid
-from poolai.storage.errors import PeerError
+from poolai.storage.errors import PeerError, StoreWriteFailed
 from poolai.storage.protocol import (
     PROTOCOL,
     FetchRequest,
@@ -311,6 +311,24 @@ async def test_local_requests_use_the_same_checks(tmp_path):
             with pytest.raises(ShareRefused):
                 await transport.store(me, FILE, data, ShareMeta(FILE, LEASE))
     assert store.statistics().shares == 1
+    store.close()
+
+
+class FullDisk(ShareStore):
+    """A store whose disk is full: LMDB's commit fails, as measured on a full tmpfs."""
+
+    def put(self, *args, **kwargs):
+        raise StoreWriteFailed("share store write failed: mdb_txn_commit: Input/output error")
+
+
+async def test_a_full_disk_is_a_refusal_the_putting_node_routes_around(tmp_path):
+    store = FullDisk(tmp_path / "a", quota_bytes=500_000, durable=False)
+    server = ShareServer(store)
+    sid, data = share(11)
+    with pytest.raises(ShareRefused) as refused:  # a PeerError: raid tries the next holder
+        await server.put_local(sid, data, FILE, LEASE)
+    assert refused.value.code == "refused" and refused.value.reason == "disk"
+    assert server.statistics().disk_refusals == 1 and server.statistics().stored == 0
     store.close()
 
 

@@ -20,6 +20,7 @@ from poolai.storage.errors import (
     ShareHashMismatch,
     ShareNotFound,
     StoreError,
+    StoreWriteFailed,
 )
 from poolai.storage.store import ShareStore, map_size_for
 
@@ -317,3 +318,36 @@ def test_sigkill_at_random_moments_leaves_only_whole_shares(tmp_path):
             assert (stats.shares, stats.bytes, stats.hash_failures) == (len(ids), sizes, 0)
             acknowledged.clear()
             acknowledged.update(ids)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux tmpfs")
+def test_a_full_disk_refuses_the_share_with_a_store_error(tmp_path):
+    """A disk that fills under the store (the quota is larger than the disk) refuses the
+    share with StoreWriteFailed, keeps what it held, and stores again once there is room.
+    Before, LMDB's commit error (EIO on a full tmpfs) escaped the store and an upkeep
+    repair placing a share locally took the whole node down."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (disk / "ballast").write_bytes(bytes(512 << 10))
+        store = ShareStore(disk / "shares", quota_bytes=64 << 20)
+        kept = []
+        with pytest.raises(StoreWriteFailed):
+            for i in range(64):
+                share_id, data = share(i, 100_000)
+                store.put(share_id, data, file_id=FILE, lease_expiry=2**40)
+                kept.append((share_id, data))
+        assert 0 < len(kept) < 64
+        for share_id, data in kept:
+            assert store.get(share_id) == data
+        (disk / "ballast").unlink()
+        share_id, data = share(1000, 100_000)
+        store.put(share_id, data, file_id=FILE, lease_expiry=2**40)
+        assert store.get(share_id) == data
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
