@@ -29,13 +29,11 @@ only if every invariant holds.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,10 +50,20 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from soaklib import verdict, workload  # noqa: E402
+from soaklib.cluster import (  # noqa: E402
+    Cluster,
+    Member,
+    Tally,
+    answer_time,
+    free_port,
+    gpu_inventory,
+    reason_of,
+    reply_reason,
+)
 from soaklib.workload import FileSpec  # noqa: E402
 
 from poolai.node.auth import auth_headers  # noqa: E402
-from poolai.node.launcher import NodeProcess, NodeStartError, stop_all, wait_until  # noqa: E402
+from poolai.node.launcher import stop_all, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHURN_PEER = ROOT / "tests" / "churn_peer.py"
@@ -63,8 +71,6 @@ FAST = {"POOLAI_OVERLAY_SCALE": "0.5", "POOLAI_CAPACITY_HEARTBEAT": "2", "POOLAI
         "POOLAI_CREDITS_SYNC_INTERVAL": "10", "POOLAI_REDUNDANCY_FRACTION": "0", "POOLAI_JOB_SLOTS": "1",
         "POOLAI_STORAGE_QUOTA": "256MiB", "POOLAI_LOG_LEVEL": "warning"}
 SEGMENT = 256 << 10
-DISK_MIB = 96  # the tmpfs of the holder whose disk fills
-DISK_LEFT = 64 << 10  # what the ballast leaves free
 ATTACKER_IP = "127.0.0.2"
 STATUS_DEADLINE_S = 1.0
 PROBE_EVERY_S = 2.0
@@ -73,60 +79,21 @@ DEFAULT_BOUNDS = verdict.Bounds()
 GPU_JOB = {"device": "gpu", "min_gpu_memory_mib": 8192}
 
 
-def gpu_inventory(gib: int) -> dict[str, Any]:
-    return {"gpus": [{"name": f"sim-{gib}G", "memory_total": f"{gib}GiB", "compute_capability": "8.6"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reason_of(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return "connect error"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "connection closed mid-response"
-    return type(exc).__name__
-
-
-def reply_reason(reply: httpx.Response) -> str:
-    try:
-        error = reply.json().get("error")
-    except ValueError:
-        return f"{reply.status_code}"
-    if isinstance(error, dict):
-        error = f"{error.get('code')}: {error.get('message', '')}"
-    return f"{reply.status_code} {str(error)[:90]}"
-
-
-class Member:
-    """One node of the soak and what the chaos has done to it. ``generation`` changes with
-    every state change, so a probe can tell a node that hung from one stopped meanwhile."""
-
-    def __init__(self, index: int, process: NodeProcess, inventory: Path | None) -> None:
-        self.index = index
-        self.name = f"n{index}"
-        self.process = process
-        self.inventory = inventory
-        self.state = "down"  # up, paused, killed, starting, down
-        self.generation = 0
-        self.disk_full = False
-
-
 class Soak:
+    """One soak: the workload's loops, the chaos, the watchers, the checks at the end."""
+
     def __init__(self, args: argparse.Namespace, root: Path) -> None:
         self.args = args
         self.root = root
         self.rng = random.Random(args.seed)
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.ops: Counter[str] = Counter()
-        self.failures: dict[str, Counter[str]] = defaultdict(Counter)
-        self.members: list[Member] = []
+        self.tally = Tally()
+        self.count, self.fail, self.say, self.now = (self.tally.count, self.tally.fail, self.tally.say,
+                                                     self.tally.now)
+        self.cluster = Cluster(root, FAST, self.tally, self.stop)
+        self.members = self.cluster.members
+        self.pick, self.http, self.client = self.cluster.pick, self.cluster.http, self.cluster.client
         self.acked: dict[str, FileSpec] = {}  # file id -> what was put
         self.puts = 0
         self.wrong: list[dict[str, Any]] = []
@@ -137,87 +104,9 @@ class Soak:
         self.probes = 0
         self.stuck: list[dict[str, Any]] = []
         self.worst_latency: dict[str, float] = defaultdict(float)
-        self.t0 = time.monotonic()
         self.weights = workload.safetensors_bytes(workload.mlp_weights(args.seed))
-        self.disk: Path | None = None
-        self.tmpfs = False
-        self.client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64))
-
-    # -- bookkeeping ------------------------------------------------------------------------
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def count(self, kind: str) -> None:
-        with self.lock:
-            self.ops[kind] += 1
-
-    def fail(self, kind: str, reason: str) -> None:
-        with self.lock:
-            self.failures[kind][reason[:120]] += 1
-
-    def say(self, message: str) -> None:
-        print(f"[{self.now():7.1f}s] {message}", file=sys.stderr, flush=True)
-
-    def set_state(self, m: Member, state: str) -> None:
-        with self.lock:
-            m.state = state
-            m.generation += 1
-
-    def pick(self, rng: random.Random, allowed: Callable[[Member], bool] = lambda m: True) -> Member | None:
-        with self.lock:
-            up = [m for m in self.members if m.state == "up" and allowed(m)]
-        return rng.choice(up) if up else None
-
-    def http(self, m: Member, method: str, path: str, timeout: float = 60, **kw: Any) -> httpx.Response:
-        return self.client.request(method, m.process.api + path, headers=auth_headers(m.process.data_dir),
-                             timeout=timeout, **kw)
-
-    # -- the mesh -----------------------------------------------------------------------------
-
-    def start_mesh(self) -> None:
-        count = self.args.nodes
-        disk_index = 2 if count > 3 else count - 1
-        for i in range(count):
-            data_dir = self.root / f"n{i}"
-            if i == disk_index:
-                data_dir = self.mount_disk(self.root / f"n{i}-disk") / "data"
-                self.disk = data_dir.parent
-            inventory = None
-            env = dict(FAST)
-            if i % 3 == 1:
-                inventory = self.root / f"n{i}-inventory.json"
-                inventory.write_text(json.dumps(gpu_inventory(24)))
-                env["POOLAI_INVENTORY_FILE"] = str(inventory)
-            extra = ("--bootstrap", self.members[0].process.addr) if self.members else ()
-            process = NodeProcess(data_dir, *extra, env=env, listen=f"/ip4/127.0.0.1/tcp/{free_port()}",
-                                  log_file=self.root / f"n{i}.log")
-            member = Member(i, process, inventory)
-            if i == 0:
-                process.start(timeout=120)
-                self.set_state(member, "up")
-            self.members.append(member)
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda m: m.process.start(timeout=180), self.members[1:]))
-        for m in self.members[1:]:
-            self.set_state(m, "up")
-        want = count - 1
-        wait_until(lambda: all(len(m.process.connected()) >= want for m in self.members), 180,
-                   f"{count} nodes fully connected", interval=1.0)
-        anchor = self.members[0].process
-        gpus = {m.process.peer_id for m in self.members if m.inventory is not None}
-        wait_until(lambda: gpus <= {e["peer_id"] for e in anchor.get("/api/capacity")["entries"]}, 120,
-                   "the simulated GPU nodes' adverts at the submitter", interval=1.0)
-
-    def mount_disk(self, path: Path) -> Path:
-        path.mkdir(parents=True)
-        if os.geteuid() == 0:
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(path)],
-                                  capture_output=True, text=True)
-            self.tmpfs = done.returncode == 0
-            if not self.tmpfs:
-                self.say(f"no tmpfs ({done.stderr.strip()}); the disk fills by quota instead")
-        return path
+        self.control: tuple[subprocess.Popen[bytes], str] | None = None
+        self.control_times: list[float] = []
 
     # -- workload ---------------------------------------------------------------------------
 
@@ -373,100 +262,19 @@ class Soak:
         if reply.status_code != 200:
             self.fail("capacity", reply_reason(reply))
 
-    # -- chaos --------------------------------------------------------------------------------
-
     def chaos_step(self, rng: random.Random) -> None:
-        with self.lock:
-            down = sum(m.state != "up" for m in self.members)
-        if down >= self.args.max_down:
-            return
-        action = rng.choices(("kill", "pause", "restart"), (4, 3, 2))[0]
-        if action == "pause":
-            victim = self.pick(rng)
-        else:  # the submitter keeps its jobs in memory; a full disk holds no new node.json
-            victim = self.pick(rng, lambda m: m.index != 0 and not m.disk_full)
-        if victim is None:
-            return
-        self.count(action)
-        threading.Thread(target=self.disturb, args=(victim, action, rng.uniform(3, 20)), daemon=True).start()
-
-    def disturb(self, m: Member, action: str, seconds: float) -> None:
-        process = m.process
-        if action == "pause":
-            self.set_state(m, "paused")
-            process.pause()
-            self.stop.wait(seconds)
-            process.resume()
-            self.set_state(m, "up")
-            return
-        self.set_state(m, "killed")
-        if action == "kill":
-            process.kill()
-            self.stop.wait(seconds)
-        else:
-            process.stop()
-        self.set_state(m, "starting")
-        for attempt in range(3):
-            try:
-                process.start(timeout=120)
-                self.set_state(m, "up")
-                return
-            except NodeStartError as exc:
-                self.fail("restart", f"attempt {attempt + 1}: {str(exc).splitlines()[0]}")
-        self.set_state(m, "down")
-
-    def fill_disk(self) -> None:
-        m = next(m for m in self.members if m.process.data_dir.parent == self.disk)
-        self.count("disk_fill")
-        m.disk_full = True
-        if self.tmpfs:
-            free = shutil.disk_usage(self.disk).free
-            left = max(0, free - DISK_LEFT)
-            with open(self.disk / "ballast", "wb") as f:
-                try:
-                    while left > 0:
-                        f.write(b"\0" * min(left, 1 << 20))
-                        left -= min(left, 1 << 20)
-                    f.flush()
-                except OSError:  # the node wrote meanwhile: the disk is full all the same
-                    pass
-            self.say(f"{m.name}'s disk filled: {shutil.disk_usage(self.disk).free} bytes free")
-            return
-        used = self.http(m, "GET", "/api/storage", timeout=10).json()["used_bytes"]
-        self.http(m, "POST", "/api/admin/storage/quota", json={"quota": max(used, 1)}, timeout=10)
-
-    def empty_disk(self) -> None:
-        m = next(m for m in self.members if m.process.data_dir.parent == self.disk)
-        if self.tmpfs:
-            (self.disk / "ballast").unlink(missing_ok=True)
-        else:
-            self.http(m, "POST", "/api/admin/storage/quota", json={"quota": FAST["POOLAI_STORAGE_QUOTA"]})
-        m.disk_full = False
+        self.cluster.chaos_step(rng, self.args.max_down)
 
     # -- watching -----------------------------------------------------------------------------
 
     def probe(self, m: Member) -> None:
-        with self.lock:
-            state, generation = m.state, m.generation
-        if state != "up":
+        seen = self.cluster.snapshot(m)
+        if seen[0] != "up":
             return
-        host, port = m.process.api.removeprefix("http://").rsplit(":", 1)
-        start = time.monotonic()
-        try:  # plain http.client: an httpx client's set-up alone can take a loaded core past 1 s
-            connection = http.client.HTTPConnection(host, int(port), timeout=STATUS_DEADLINE_S)
-            try:
-                connection.request("GET", "/api/status")
-                reply = connection.getresponse()
-                reply.read()
-                error = None if reply.status == 200 else f"status {reply.status}"
-            finally:
-                connection.close()
-        except (OSError, http.client.HTTPException) as exc:
-            error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        took = time.monotonic() - start
+        took, error = answer_time(m.process.api, "/api/status", STATUS_DEADLINE_S)
+        if self.cluster.snapshot(m) != seen:
+            return  # stopped or restarted meanwhile: deliberately unavailable
         with self.lock:
-            if m.state != "up" or m.generation != generation:
-                return  # stopped or restarted meanwhile: deliberately unavailable
             self.probes += 1
             self.worst_latency[m.name] = max(self.worst_latency[m.name], took)
             if error is not None or took > STATUS_DEADLINE_S:
@@ -474,8 +282,37 @@ class Soak:
                                    "error": error})
 
     def probe_all(self, rng: random.Random) -> None:
-        with ThreadPoolExecutor(len(self.members)) as pool:
+        with ThreadPoolExecutor(len(self.members) + 1) as pool:
             list(pool.map(self.probe, self.members))
+            if self.control is not None:
+                took, error = pool.submit(answer_time, self.control[1], "/", STATUS_DEADLINE_S).result()
+                with self.lock:
+                    self.control_times.append(took if error is None else float("inf"))
+
+    def start_control(self) -> None:
+        """A plain HTTP server in a process of its own, probed with the nodes: how long any
+        process on this machine takes to answer, to read the nodes' times against."""
+        port = free_port()
+        empty = self.root / "control"
+        empty.mkdir(exist_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
+                                 "--directory", str(empty)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answer_time(url, "/", 5.0)[1] is None, 30, "the control server")
+        self.control = (proc, url)
+
+    def stuck_report(self) -> dict[str, Any]:
+        times = sorted(self.control_times)
+        slow = sum(t > STATUS_DEADLINE_S for t in times)
+        return {"ok": not self.stuck, "probes": self.probes, "deadline_s": STATUS_DEADLINE_S,
+                "over_deadline": len(self.stuck),
+                "over_deadline_by_node": dict(Counter(s["node"] for s in self.stuck).most_common()),
+                "worst_latency_s": round(max(self.worst_latency.values(), default=0.0), 3),
+                "first_over_deadline": self.stuck[:10],
+                "control_process": {"probes": len(times), "over_deadline": slow,
+                                    "worst_s": round(times[-1], 3) if times else None,
+                                    "median_s": round(times[len(times) // 2], 4) if times else None}}
 
     def sample(self, rng: random.Random) -> None:
         t = self.now()
@@ -496,8 +333,9 @@ class Soak:
 
     def run(self) -> dict[str, Any]:
         self.say(f"starting {self.args.nodes} nodes in {self.root}")
-        self.start_mesh()
-        self.t0 = time.monotonic()
+        self.cluster.start(self.args.nodes)
+        self.start_control()
+        self.tally.t0 = time.monotonic()
         chaos_s = self.args.minutes * 60
         self.say(f"mesh up; {chaos_s:.0f} s of chaos")
         target = self.members[1 % len(self.members)]
@@ -516,9 +354,9 @@ class Soak:
         for thread in threads:
             thread.start()
         if not self.stop.wait(chaos_s * 0.25):
-            self.fill_disk()
+            self.cluster.fill_disk()
         if not self.stop.wait(chaos_s * 0.5):
-            self.empty_disk()
+            self.cluster.empty_disk(FAST["POOLAI_STORAGE_QUOTA"])
         self.stop.wait(chaos_s * 0.25)
         self.stop.set()
         self.say("chaos over; healing")
@@ -529,7 +367,7 @@ class Soak:
         except (subprocess.TimeoutExpired, ValueError, IndexError):
             churn.kill()
             churned = {"error": "the churn peer did not report"}
-        self.heal()
+        self.cluster.heal()
         chaos_end = self.now()
         end_stop = threading.Event()
         watchers = [threading.Thread(target=lambda step=step, gap=gap: self.watch_after(end_stop, gap, step),
@@ -547,10 +385,7 @@ class Soak:
         stop_all([m.process for m in self.members])
         report["invariants"]["resources_bounded"] = verdict.resources(
             self.samples, self.now() / 2, self.bounds())
-        report["invariants"]["no_node_stuck"] = {
-            "ok": not self.stuck, "probes": self.probes, "deadline_s": STATUS_DEADLINE_S,
-            "slow_or_failed": self.stuck[:20],
-            "worst_latency_s": round(max(self.worst_latency.values(), default=0.0), 3)}
+        report["invariants"]["no_node_stuck"] = self.stuck_report()
         report["ok"] = all(v["ok"] for v in report["invariants"].values())
         return report
 
@@ -561,28 +396,6 @@ class Soak:
     def bounds(self) -> verdict.Bounds:
         a = self.args
         return verdict.Bounds(a.max_rss_mib, a.max_fds, a.max_rss_slope, a.max_fds_slope)
-
-    def heal(self) -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with self.lock:
-                moving = [m for m in self.members if m.state in ("paused", "killed", "starting")]
-            if not moving:
-                break
-            time.sleep(0.5)
-        for m in self.members:
-            if m.state == "down" or not m.process.alive:
-                try:
-                    m.process.start(timeout=120)
-                    self.set_state(m, "up")
-                except NodeStartError as exc:
-                    self.fail("restart", f"after the chaos: {str(exc).splitlines()[0]}")
-        want = len(self.members) - 1
-        try:
-            wait_until(lambda: all(len(m.process.connected()) >= want for m in self.members), 180,
-                       "the mesh whole again", interval=1.0)
-        except AssertionError as exc:
-            self.fail("heal", str(exc))
 
     def inbound_of(self, m: Member) -> Any:
         try:
@@ -600,15 +413,11 @@ class Soak:
         invariants["ledgers_agree"] = self.check_ledgers()
         invariants["no_wrong_bytes"] = {"ok": not self.wrong, "bytes_compared_in_gets": self.gets_checked,
                                         "wrong": self.wrong[:20]}
-        with self.lock:
-            failures = {kind: {"count": sum(c.values()), "reasons": dict(c.most_common(8))}
-                        for kind, c in sorted(self.failures.items())}
-            ops = dict(sorted(self.ops.items()))
         return {"config": {"nodes": self.args.nodes, "minutes": self.args.minutes, "seed": self.args.seed,
                            "k": self.args.k, "n": self.args.n, "max_down": self.args.max_down,
-                           "disk": "tmpfs" if self.tmpfs else "quota", "env": FAST},
+                           "disk": "tmpfs" if self.cluster.tmpfs else "quota", "env": FAST},
                 "seconds": {"chaos": round(chaos_end, 1), "checks": round(self.now() - chaos_end, 1)},
-                "operations": ops, "failures": failures, "invariants": invariants}
+                **self.tally.report(), "invariants": invariants}
 
     def check_files(self) -> dict[str, Any]:
         """Every acknowledged put read back whole from some node, after repair passes."""
@@ -616,25 +425,33 @@ class Soak:
             todo = dict(self.acked)
         rounds = 0
         rng = random.Random(self.args.seed + 1)
+
+        def read_back(item: tuple[str, FileSpec]) -> str | None:
+            file_id, spec = item
+            m = rng.choice(self.members)
+            self.count("final_get")
+            try:
+                reply = self.client.get(f"{m.process.api}/api/files/{file_id}", timeout=120)
+            except httpx.HTTPError as exc:
+                self.fail("final_get", reason_of(exc))
+                return None
+            if reply.status_code != 200:
+                self.fail("final_get", reply_reason(reply))
+                return None
+            wrong_at = workload.first_difference(spec.data(), reply.content)
+            if wrong_at is not None:
+                with self.lock:
+                    self.wrong.append({"file_id": file_id, "node": m.name, "offset": wrong_at, "final": True})
+            elif len(reply.content) == spec.size:
+                return file_id
+            return None
+
         while todo and rounds < 3:
             rounds += 1
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(self.repair, self.members))
-            for file_id, spec in list(todo.items()):
-                m = rng.choice(self.members)
-                try:
-                    reply = self.client.get(f"{m.process.api}/api/files/{file_id}", timeout=120)
-                except httpx.HTTPError as exc:
-                    self.fail("final_get", reason_of(exc))
-                    continue
-                if reply.status_code != 200:
-                    self.fail("final_get", reply_reason(reply))
-                    continue
-                wrong_at = workload.first_difference(spec.data(), reply.content)
-                if wrong_at is not None:
-                    self.wrong.append({"file_id": file_id, "node": m.name, "offset": wrong_at, "final": True})
-                elif len(reply.content) == spec.size:
-                    del todo[file_id]
+                for file_id in pool.map(read_back, list(todo.items())):
+                    todo.pop(file_id or "", None)
         return {"ok": not todo, "acknowledged": len(self.acked), "unreadable": sorted(todo)[:20],
                 "repair_rounds": rounds}
 
@@ -715,8 +532,10 @@ def main() -> int:
         report = soak.run()
     finally:
         stop_all([m.process for m in soak.members])
-        if soak.tmpfs and soak.disk is not None:
-            subprocess.run(["umount", "-l", str(soak.disk)], check=False)
+        if soak.control is not None:
+            soak.control[0].terminate()
+            soak.control[0].wait()
+        soak.cluster.unmount()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     report["root"] = str(root) if args.keep else None
