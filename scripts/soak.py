@@ -107,6 +107,7 @@ class Soak:
         self.weights = workload.safetensors_bytes(workload.mlp_weights(args.seed))
         self.control: tuple[subprocess.Popen[bytes], str] | None = None
         self.control_times: list[float] = []
+        self.crashes: list[dict[str, Any]] = []
 
     # -- workload ---------------------------------------------------------------------------
 
@@ -318,6 +319,12 @@ class Soak:
         t = self.now()
         for m in self.members:
             if not m.process.alive:
+                if self.cluster.snapshot(m)[0] == "up":  # nobody stopped it: it died
+                    self.cluster.set_state(m, "down")  # the chaos's end starts it again
+                    with self.lock:
+                        self.crashes.append({"node": m.name, "at_s": round(t, 1),
+                                             "code": m.process.returncode, "log": m.process.output[-3:]})
+                    self.say(f"{m.name} exited by itself (code {m.process.returncode})")
                 continue
             pid = m.process.pid
             try:
@@ -386,6 +393,7 @@ class Soak:
         report["invariants"]["resources_bounded"] = verdict.resources(
             self.samples, self.now() / 2, self.bounds())
         report["invariants"]["no_node_stuck"] = self.stuck_report()
+        report["invariants"]["no_node_crashed"] = {"ok": not self.crashes, "crashes": self.crashes[:10]}
         report["ok"] = all(v["ok"] for v in report["invariants"].values())
         return report
 
