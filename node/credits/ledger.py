@@ -28,9 +28,10 @@ number is never reused, so a peer's cursor stays valid across evictions. With
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -91,7 +92,7 @@ class Signed:
 
 
 class LedgerError(Exception):
-    """The ledger file is unusable or full."""
+    """The ledger file is unusable or full, or its disk failed a write (nothing was written)."""
 
 
 class Ledger:
@@ -147,31 +148,40 @@ class Ledger:
             if not checked.complete:
                 raise ValueError("the ledger holds only receipts signed by both parties")
         added = 0
-        try:
-            with self._env.begin(write=True) as txn:
-                seq = _U64.unpack(txn.get(b"seq", db=self._info))[0]
-                for checked in receipts:
-                    rid = checked.receipt_id
-                    if not txn.put(rid, checked.raw, overwrite=False, db=self._receipts):
-                        continue
-                    key = _U64.pack(seq)
-                    txn.put(key, rid, db=self._log)
-                    txn.put(rid, key, db=self._seqs)
-                    for peer in {checked.earner, checked.payer}:
-                        txn.put(peer.encode() + b"\x00" + key, rid, db=self._party)
-                    txn.delete(checked.claim_key, db=self._pending)
-                    seq += 1
-                    added += 1
-                txn.put(b"seq", _U64.pack(seq), db=self._info)
-                for held in evict:
-                    self._delete(txn, held)
-        except lmdb.MapFullError:
-            raise LedgerError(f"the ledger in {self.path} is full") from None
+        with self._writing() as txn:
+            seq = _U64.unpack(txn.get(b"seq", db=self._info))[0]
+            for checked in receipts:
+                rid = checked.receipt_id
+                if not txn.put(rid, checked.raw, overwrite=False, db=self._receipts):
+                    continue
+                key = _U64.pack(seq)
+                txn.put(key, rid, db=self._log)
+                txn.put(rid, key, db=self._seqs)
+                for peer in {checked.earner, checked.payer}:
+                    txn.put(peer.encode() + b"\x00" + key, rid, db=self._party)
+                txn.delete(checked.claim_key, db=self._pending)
+                seq += 1
+                added += 1
+            txn.put(b"seq", _U64.pack(seq), db=self._info)
+            for held in evict:
+                self._delete(txn, held)
         return added
 
     def evict(self, receipts: Sequence[Held]) -> None:
         """Delete these receipts and their index entries, in one transaction."""
         self.add_many([], receipts)
+
+    @contextlib.contextmanager
+    def _writing(self, db: object = None) -> Iterator[lmdb.Transaction]:
+        """A write transaction; a full map or a disk that fails the commit (a full disk
+        reads as EIO or ENOSPC) raises LedgerError, and nothing is written."""
+        try:
+            with self._env.begin(db=db, write=True) as txn:
+                yield txn
+        except lmdb.MapFullError:
+            raise LedgerError(f"the ledger in {self.path} is full") from None
+        except lmdb.Error as exc:
+            raise LedgerError(f"the ledger in {self.path} could not be written: {exc}") from None
 
     def _delete(self, txn: lmdb.Transaction, held: Held) -> None:
         key = txn.pop(held.receipt_id, db=self._seqs)
@@ -233,11 +243,11 @@ class Ledger:
     # ------------------------------------------------------------------ claims awaiting a signature
     def put_pending(self, checked: Checked) -> None:
         """Keep a receipt that carries only our signature until the other party signs it."""
-        with self._env.begin(write=True, db=self._pending) as txn:
+        with self._writing(self._pending) as txn:
             txn.put(checked.claim_key, checked.raw)
 
     def drop_pending(self, claim_key: bytes) -> None:
-        with self._env.begin(write=True, db=self._pending) as txn:
+        with self._writing(self._pending) as txn:
             txn.delete(claim_key)
 
     def pending(self) -> list[bytes]:
@@ -254,7 +264,7 @@ class Ledger:
         """Replace the standings of the peers given (counts saturate at 2^32 - 1)."""
         if not standings:
             return
-        with self._env.begin(write=True, db=self._standing) as txn:
+        with self._writing(self._standing) as txn:
             for peer, s in standings.items():
                 counts = [min(v, 0xFFFFFFFF) for v in (s.verified, s.agreed, s.mismatched, s.failed)]
                 txn.put(peer.encode(), _STANDING.pack(*counts))

@@ -163,7 +163,10 @@ class CreditsService:
         finally:
             self.ledger = None
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(ledger.put_standings, self._take_dirty())
+                try:
+                    await trio.to_thread.run_sync(ledger.put_standings, self._take_dirty())
+                except lg.LedgerError as exc:
+                    log.warning("could not save peers' standings: %s", exc)
                 await trio.to_thread.run_sync(ledger.close)
 
     def status(self) -> dict[str, Any]:
@@ -317,7 +320,11 @@ class CreditsService:
         if held is not None:
             return checked.claim_key  # already paid; a repeat call changes nothing
         ledger = self._ledger()
-        await trio.to_thread.run_sync(ledger.put_pending, checked)
+        try:
+            await trio.to_thread.run_sync(ledger.put_pending, checked)
+        except lg.LedgerError as exc:  # a full disk: the claim is sent all the same
+            log.warning("claim %s kept in memory only (lost if the node restarts first): %s",
+                        checked.claim_key.hex()[:12], exc)
         self._pending[checked.claim_key] = _Pending(checked)
         self._wake.set()
         return checked.claim_key
@@ -354,7 +361,7 @@ class CreditsService:
                 await self._drop(key)
             else:
                 await self._backoff(key, p, exc)
-        except (MeshError, ReceiptRejected) as exc:
+        except (MeshError, ReceiptRejected, lg.LedgerError) as exc:  # a full disk: try again later
             await self._backoff(key, p, exc)
         finally:
             self._sending.discard(key)
@@ -370,7 +377,10 @@ class CreditsService:
         log.debug("claim %s not signed yet (%s); retrying", key.hex()[:12], exc)
 
     async def _drop(self, key: bytes) -> None:
-        await trio.to_thread.run_sync(self._ledger().drop_pending, key)
+        try:
+            await trio.to_thread.run_sync(self._ledger().drop_pending, key)
+        except lg.LedgerError as exc:  # kept on disk: after a restart it is tried again
+            log.warning("could not drop a claim from the ledger: %s", exc)
         self._pending.pop(key, None)
         self._changed()
 
@@ -405,7 +415,10 @@ class CreditsService:
             assert isinstance(checked.claim, JobClaim)
             await self._check_job_claim(checked.claim)  # raises RemoteFault when it disagrees
         done = check_receipt(add_signature(data, self.key))
-        await self._store([done])
+        try:
+            await self._store([done])
+        except lg.LedgerError as exc:  # a full disk: the claimant asks again later
+            raise rpc.RemoteFault("busy", f"cannot keep the receipt now: {exc}") from None
         return done.raw
 
     async def _check_job_claim(self, claim: JobClaim) -> None:
@@ -526,7 +539,12 @@ class CreditsService:
         while True:
             await self._flush.wait()
             self._flush = trio.Event()
-            await trio.to_thread.run_sync(self._ledger().put_standings, self._take_dirty())
+            dirty = self._take_dirty()
+            try:
+                await trio.to_thread.run_sync(self._ledger().put_standings, dirty)
+            except lg.LedgerError as exc:  # a full disk: written with the next change
+                self._dirty |= set(dirty)
+                log.warning("could not save peers' standings: %s", exc)
 
     def _take_dirty(self) -> dict[str, Standing]:
         dirty, self._dirty = self._dirty, set()
