@@ -74,19 +74,23 @@ def row(receipt, direction, credits, counterparty):
     return {"receipt_id": receipt, "direction": direction, "credits": credits, "counterparty": counterparty}
 
 
-def test_ledgers_agree_when_views_match_and_shared_receipts_mirror():
+def test_ledgers_agree_when_shared_receipts_mirror_and_no_view_overstates():
     view = {"A": account(5), "B": account(-5)}
     statements = {"A": [row("r1", "earned", 5.0, "B")], "B": [row("r1", "spent", -5.0, "A")]}
     result = verdict.ledgers_agree({"A": view, "B": dict(view)}, statements)
-    assert result["ok"] and result["receipts_in_two_statements"] == 1
+    assert result["ok"] and result["receipts_in_two_statements"] == 1 and result["identical_views"] == 2
+    # C kept none of A and B's receipts (not tracked when it pulled): a smaller view, fine.
+    result = verdict.ledgers_agree({"A": view, "B": view, "C": {}}, statements)
+    assert result["ok"] and result["identical_views"] == 2
 
 
-def test_ledgers_disagree_on_a_lopsided_receipt_or_view():
+def test_ledgers_disagree_on_a_lopsided_receipt_an_overstated_peer_or_a_nonzero_sum():
     view = {"A": account(5), "B": account(-5)}
     lopsided = {"A": [row("r1", "earned", 5.0, "B")], "B": [row("r1", "spent", -4.0, "A")]}
     assert not verdict.ledgers_agree({"A": view, "B": view}, lopsided)["ok"]
-    other = {"A": account(6), "B": account(-6)}
-    assert not verdict.ledgers_agree({"A": view, "B": other}, {})["ok"]
+    overstated = {"A": account(6), "B": account(-6)}
+    result = verdict.ledgers_agree({"A": view, "B": view, "C": overstated}, {})
+    assert not result["ok"] and len(result["problems"]) == 2
     unbalanced = {"A": account(6), "B": account(-5)}
     assert not verdict.ledgers_agree({"A": unbalanced}, {})["ok"]
 

@@ -146,19 +146,28 @@ class JobRecord:
 
 def ledgers_agree(balances: Mapping[str, Mapping[str, Mapping[str, int]]],
                   statements: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
-    """Whether the nodes' ledgers agree.
+    """Whether the nodes' ledgers agree on what they share.
 
-    ``balances``: each node's ``/api/credits/balances`` (peer -> account); ``statements``:
-    each node's own statement rows, keyed by its peer id. Three rules: every node's
-    accounts sum to zero (each receipt is one peer's credit and another's debit); a
-    receipt in the statements of both its parties has the same credits, earned by one
-    and spent by the other; and every node computes the same balances.
+    ``balances``: each node's ``/api/credits/balances`` (peer -> account), keyed by the
+    node's peer id; ``statements``: each node's own statement rows, by the same keys.
+    A node keeps all of its own receipts but only a bounded share of others' (see
+    ``node/credits/retention.py``), so two views of a third peer may rightly differ by
+    receipts one of them did not keep. What must hold:
+
+    * every node's accounts sum to zero (each receipt is one peer's credit and
+      another's debit);
+    * a receipt in the statements of both its parties has the same credits, earned by
+      one and spent by the other;
+    * no node's view of a peer holds more than that peer's own view of itself: more
+      receipts, or more earned or spent, would be a receipt the peer never signed.
+
+    ``identical_views`` counts the nodes whose whole view equals the first node's.
     """
     problems = []
     for node, accounts in balances.items():
         total = sum(a["balance_milli"] for a in accounts.values())
         if total != 0:
-            problems.append(f"{node}: balances sum to {total} millicredits")
+            problems.append(f"{node[-8:]}: balances sum to {total} millicredits")
     seen: dict[str, tuple[str, str, float, str]] = {}
     shared = 0
     for node, rows in statements.items():
@@ -172,10 +181,16 @@ def ledgers_agree(balances: Mapping[str, Mapping[str, Mapping[str, int]]],
             if not (other[0] == row["counterparty"] and other[3] == node and other[2] == mine[2]
                     and {other[1], mine[1]} == {"earned", "spent"}):
                 problems.append(f"receipt {row['receipt_id'][:12]}: {other} vs {mine}")
-    views = {node: dict(accounts) for node, accounts in balances.items()}
-    reference = next(iter(views.values()), {})
-    differ = sorted(node for node, view in views.items() if view != reference)
-    if differ:
-        problems.append(f"{len(differ)} of {len(views)} nodes compute other balances than the first")
-    return {"ok": not problems, "nodes": len(balances), "receipts_in_two_statements": shared,
-            "receipts": len(seen), "problems": problems[:20]}
+    for viewer, accounts in balances.items():
+        for peer, account in accounts.items():
+            own = balances.get(peer, {}).get(peer)
+            if own is None:
+                continue  # not one of the nodes asked: nothing to compare with
+            for key in ("receipts", "earned_milli", "spent_milli"):
+                if account[key] > own[key]:
+                    problems.append(f"{viewer[-8:]} counts {key} {account[key]} for {peer[-8:]}, "
+                                    f"which counts {own[key]} itself")
+    reference = next(iter(balances.values()), {})
+    identical = sum(dict(view) == dict(reference) for view in balances.values())
+    return {"ok": not problems, "nodes": len(balances), "identical_views": identical,
+            "receipts_in_two_statements": shared, "receipts": len(seen), "problems": problems[:20]}
