@@ -40,7 +40,7 @@ SIZE = int(os.environ.get("POOLAI_TEST_STORAGE_MIB", "50")) * MiB
 K, N = 4, 10
 # Storage upkeep only when a test asks; the other services' background chatter slowed down,
 # because ten nodes share this machine's cores with the test.
-ENV = {"POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_STORAGE_QUOTA": "1GiB", "POOLAI_OVERLAY_SCALE": "10",
+ENV = {"POOLAI_STORAGE_INTERVAL": "86400", "POOLAI_STORAGE_QUOTA": "16GiB", "POOLAI_OVERLAY_SCALE": "10",
        "POOLAI_CAPACITY_HEARTBEAT": "60", "POOLAI_CREDITS_SYNC_INTERVAL": "3600",
        "POOLAI_LOG_LEVEL": os.environ.get("POOLAI_TEST_LOG_LEVEL", "warning")}
 

@@ -1,1 +1,0 @@
-"""Reachability: whether the internet can dial this node (see NETWORK.md, section 9)."""
