@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import struct
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import CliError
+from poolai.node.jobs.sanitise import safetensors_f32
 from poolai.node.units import parse_duration, parse_size
 
 UPLOAD_TIMEOUT_S = 600.0
@@ -249,20 +249,6 @@ def describe(data: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- demo job
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:
-    """F32 tensors to a safetensors file, without torch or numpy."""
-    header: dict[str, Any] = {}
-    blobs, offset = [], 0
-    for name, (shape, values) in tensors.items():
-        data = struct.pack(f"<{len(values)}f", *values)
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
-
-
 def _demo(args: argparse.Namespace) -> int:
     out: Path = args.dir
     out.mkdir(parents=True, exist_ok=True)
@@ -275,11 +261,12 @@ def _demo(args: argparse.Namespace) -> int:
         bound = 1 / a ** 0.5
         weights[f"layers.{i}.weight"] = ([b, a], [rng.uniform(-bound, bound) for _ in range(a * b)])
         weights[f"layers.{i}.bias"] = ([b], [rng.uniform(-bound, bound) for _ in range(b)])
-    write_safetensors(out / "weights.safetensors", weights)
-    write_safetensors(out / "inputs.safetensors", {"x": ([16, 8], [rng.gauss(0, 1) for _ in range(128)])})
-    write_safetensors(out / "train.safetensors", {
+    (out / "weights.safetensors").write_bytes(safetensors_f32(weights))
+    (out / "inputs.safetensors").write_bytes(
+        safetensors_f32({"x": ([16, 8], [rng.gauss(0, 1) for _ in range(128)])}))
+    (out / "train.safetensors").write_bytes(safetensors_f32({
         "x": ([16, 8], [rng.gauss(0, 1) for _ in range(128)]),
-        "target": ([16, 4], [rng.gauss(0, 1) for _ in range(64)])})
+        "target": ([16, 4], [rng.gauss(0, 1) for _ in range(64)])}))
     d = str(out)
     print(f"wrote {d}/mlp.json, weights.safetensors, inputs.safetensors, train.safetensors\n")
     print("run it (forward pass, then 200 training steps):")

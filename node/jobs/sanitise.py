@@ -32,8 +32,10 @@ import io
 import json
 import math
 import re
+import struct
 import zipfile
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -547,6 +549,24 @@ def sanitise_pt2(data: bytes, limits: Pt2Limits = DEFAULT_LIMITS) -> SanitisedPt
 _SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                        "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_SAFETENSORS_HEADER = 16 << 20
+
+
+def safetensors_f32(tensors: Mapping[str, tuple[Sequence[int], list[float]]]) -> bytes:
+    """A safetensors file of float32 tensors: name -> (shape, values in row-major order)."""
+    header: dict[str, Any] = {}
+    data = bytearray()
+    for name, (shape, values) in tensors.items():
+        count = 1
+        for dim in shape:
+            count *= dim
+        if len(values) != count:
+            raise ValueError(f"{name}: {len(values)} values for shape {shape}")
+        header[name] = {"dtype": "F32", "shape": list(shape),
+                        "data_offsets": [len(data), len(data) + 4 * count]}
+        data += struct.pack(f"<{count}f", *values)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header so the data is 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw + bytes(data)
 
 
 def safetensors_header_length(first8: bytes) -> int:

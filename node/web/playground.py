@@ -11,10 +11,8 @@ the jobs service's storage seam and submits the job like any other.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import secrets
-import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from poolai.mesh.errors import MeshError
+from poolai.node.jobs.sanitise import safetensors_f32
 from poolai.node.jobs.spec import InvalidJob, MLPConfig, Mode, input_signature, weight_signature
 
 if TYPE_CHECKING:
@@ -32,24 +31,6 @@ if TYPE_CHECKING:
 DEMO_CONFIG = MLPConfig(in_features=8, hidden=(16,), out_features=4)
 DEMO_BATCH = 4
 WEIGHTS, INPUTS = "weights.safetensors", "inputs.safetensors"
-
-
-def safetensors_f32(tensors: Mapping[str, tuple[tuple[int, ...], list[float]]]) -> bytes:
-    """A safetensors file of float32 tensors: name -> (shape, values in row-major order)."""
-    header: dict[str, Any] = {}
-    data = bytearray()
-    for name, (shape, values) in tensors.items():
-        count = 1
-        for dim in shape:
-            count *= dim
-        if len(values) != count:
-            raise ValueError(f"{name}: {len(values)} values for shape {shape}")
-        header[name] = {"dtype": "F32", "shape": list(shape),
-                        "data_offsets": [len(data), len(data) + 4 * count]}
-        data += struct.pack(f"<{count}f", *values)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format pads the header so the data is 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw + bytes(data)
 
 
 def demo_files(seed: int) -> dict[str, bytes]:

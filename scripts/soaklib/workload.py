@@ -14,6 +14,8 @@ import random
 import struct
 from dataclasses import dataclass
 
+from poolai.node.jobs.sanitise import safetensors_f32
+
 KiB = 1 << 10
 FILE_SIZES = (1 * KiB, 17 * KiB, 64 * KiB, 200 * KiB, 700 * KiB, 1536 * KiB)
 WIDTHS = (8, 32, 4)
@@ -56,16 +58,8 @@ def first_difference(expected: bytes, got: bytes) -> int | None:
 
 
 def safetensors_bytes(tensors: dict[str, tuple[list[int], list[float]]]) -> bytes:
-    """F32 tensors as a safetensors file."""
-    header, blobs, offset = {}, [], 0
-    for name, (shape, values) in tensors.items():
-        data = struct.pack(f"<{len(values)}f", *values)
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    return struct.pack("<Q", len(head)) + head + b"".join(blobs)
+    """F32 tensors as a safetensors file (the node's own writer)."""
+    return safetensors_f32(tensors)
 
 
 def read_safetensors(data: bytes) -> dict[str, tuple[list[int], list[float]]]:
