@@ -31,7 +31,7 @@ from poolai.node.jobs.dispatch import (
     Wait,
     WorkState,
 )
-from poolai.node.jobs.executor import Executor
+from poolai.node.jobs.executor import Executor, ExecutorConfig
 from poolai.node.jobs.files import CachedFiles
 from poolai.node.jobs.held import STATE_FILE, Held, Pending, decode_state, encode_state
 from poolai.node.jobs.queue import GpuSlot, WorkerLimits, WorkItem, WorkQueue, incapable_reason
@@ -551,8 +551,9 @@ async def put_bytes(files: MemoryFiles, data: bytes) -> str:
 
 def executor(tmp_path: Path, files: MemoryFiles, sub: Submitter, runner: FakeRunner,
              slots: int = 1) -> Executor:
+    # Heartbeats and redeliveries at 0.2 s, not the node's 1 s: the same steps, sooner.
     return Executor("W", tmp_path, files, sub.call, lambda: WorkerLimits(slots=slots, max_queued=4),
-                    runner=runner)
+                    runner=runner, config=ExecutorConfig(heartbeat_s=0.2, max_retry_s=0.2))
 
 
 @asynccontextmanager
