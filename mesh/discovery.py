@@ -24,6 +24,7 @@ import trio
 
 from poolai.mesh import rpc, wire
 from poolai.mesh.admission import MIN_IDLE, choose_shed, inbound_cap_for
+from poolai.mesh.circuit import HOP
 from poolai.mesh.errors import MeshError
 from poolai.mesh.host import MeshHost
 from poolai.mesh.peers import MAX_ADDR_LEN, MAX_ADDRS_PER_PEER, PeerBook
@@ -51,7 +52,10 @@ class PeersReply:
 
 
 def strip_p2p(addr: str) -> str:
-    return addr.split("/p2p/", 1)[0]
+    """``addr`` without its trailing ``/p2p/<id>`` (a relay address keeps the relay's:
+    ``/ip4/../p2p/<relay>/p2p-circuit/p2p/<id>`` becomes ``/ip4/../p2p/<relay>/p2p-circuit``)."""
+    head, sep, tail = addr.rpartition("/p2p/")
+    return head if sep and "/" not in tail else addr
 
 
 class ConnectionManager:
@@ -63,10 +67,11 @@ class ConnectionManager:
         book: PeerBook,
         *,
         target_peers: int = 32,
-        dial_timeout: float = 5.0,
+        dial_timeout: float = 10.0,
         request_timeout: float = 5.0,
         interval: float = 1.0,
         exchange_every: float = 30.0,
+        relay_exchange_every: float = 10.0,
         inbound_cap: int | None = None,
         protected: Callable[[], Collection[str]] = frozenset,
         clock: Callable[[], float] = time.time,
@@ -79,6 +84,9 @@ class ConnectionManager:
         self.request_timeout = request_timeout
         self.interval = interval
         self.exchange_every = exchange_every
+        # Relays learn first where private peers can be reached (their reservations), so
+        # they are asked more often than other peers.
+        self.relay_exchange_every = relay_exchange_every
         self.clock = clock
         self.monotonic = monotonic  # the host's connection facts are on this clock
         self.inbound_cap = inbound_cap_for(target_peers) if inbound_cap is None else inbound_cap
@@ -121,11 +129,14 @@ class ConnectionManager:
             for entry in self.book.due(now, connected | self._dialling, room):
                 self._dialling.add(entry.peer_id)
                 nursery.start_soon(self._dial, entry.peer_id, list(entry.addrs))
-        stale = [p for p in connected if now - self._last_exchange.get(p, 0.0) > self.exchange_every]
+        stale = [p for p in connected if now - self._last_exchange.get(p, 0.0) > self._exchange_period(p)]
         if stale:
             peer = min(stale, key=lambda p: self._last_exchange.get(p, 0.0))
             self._last_exchange[peer] = now
             nursery.start_soon(self._exchange, peer)
+
+    def _exchange_period(self, peer: str) -> float:
+        return self.relay_exchange_every if self.host.supports(peer, HOP) else self.exchange_every
 
     def _shed(self, nursery: trio.Nursery) -> None:
         facts = [f for f in self.host.connection_facts() if f.peer_id not in self._shedding]
@@ -207,8 +218,13 @@ class ConnectionManager:
         connected = set(self.host.connected_peers())
         entries = [e for e in self.book.entries() if e.peer_id != peer and e.addrs]
         entries.sort(key=lambda e: (e.peer_id not in connected, -e.last_seen))
-        records = tuple(
+        records = [
             PeerRecord(peer_id=e.peer_id, addrs=tuple(e.addrs[:MAX_ADDRS_PER_PEER]))
-            for e in entries[: request.limit]
-        )
-        return PeersReply(peers=records)
+            for e in entries[: request.limit - 1]
+        ]
+        # Ourselves too: the asker may know us only by the address it dialled, not by
+        # the relay addresses we hold (they change as relays come and go).
+        own = [a for a in self.host.transport_addrs() if len(a) <= MAX_ADDR_LEN][-MAX_ADDRS_PER_PEER:]
+        if own:
+            records.insert(0, PeerRecord(peer_id=self.host.peer_id, addrs=tuple(own)))
+        return PeersReply(peers=tuple(records[: request.limit]))

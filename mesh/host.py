@@ -46,7 +46,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from poolai.mesh import patches, rpc, wire
+from poolai.mesh import circuit, patches, rpc, wire
 from poolai.mesh.admission import ConnFacts, InboundAdmission
 from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
@@ -58,6 +58,10 @@ _LIBP2P_ERRORS = (HostException, SwarmException, StreamError, MultiselectClientE
 WRITE_TIMEOUT = 10.0
 ADDR_TTL = 0  # 0 = permanent in py-libp2p's peerstore; PoolAI's PeerBook ages addresses itself
 PING_BYTES = 32  # the ping protocol's payload
+# A peer that advertises relay addresses rarely answers a direct dial: try it this long
+# before going through a relay (a LAN peer answers in milliseconds).
+DIRECT_FIRST = 2.0
+CIRCUIT_DIAL = 4.0  # one relay: connect to it if need be, then the circuit and its upgrade
 
 
 class Libp2pStream:
@@ -155,6 +159,7 @@ class MeshHost:
         self.latency = latency
         self.admission = admission  # None: inbound connections are not rate limited
         self._tracker = ConnectionTracker(admission)
+        self._circuit_addrs: list[str] = []  # ``<relay addr>/p2p/<relay>/p2p-circuit``
         host.get_network().register_notifee(self._tracker)
         if latency is not None:
             host.set_stream_handler(PING_PROTOCOL_ID, delayed_ping_handler(self._ping, latency))
@@ -174,7 +179,16 @@ class MeshHost:
         for a in self._host.get_addrs():
             text = str(a)
             out.append(text.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/"))
+        out += [f"{a}/p2p/{self.peer_id}" for a in self._circuit_addrs]
         return out
+
+    def set_circuit_addrs(self, addrs: list[str]) -> None:
+        """The relay addresses this node is reachable at (from its reservations), advertised
+        with its own addresses by :meth:`addrs` and :meth:`transport_addrs`."""
+        self._circuit_addrs = list(addrs)
+
+    def circuit_addrs(self) -> list[str]:
+        return list(self._circuit_addrs)
 
     def transport_addrs(self) -> list[str]:
         return [a.rsplit("/p2p/", 1)[0] for a in self.addrs()]
@@ -198,6 +212,21 @@ class MeshHost:
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().connections.get(self._id(peer_id)))
 
+    def is_relayed(self, peer_id: str) -> bool:
+        """Connected to ``peer_id`` only through relays."""
+        conns = self._host.get_network().connections.get(self._id(peer_id)) or []
+        return bool(conns) and all(circuit.is_relayed(c) for c in conns)
+
+    def relayed_peers(self) -> list[str]:
+        return [p for p in self.connected_peers() if self.is_relayed(p)]
+
+    def supports(self, peer_id: str, protocol: str) -> bool:
+        """Whether ``peer_id`` said (in identify) that it serves ``protocol``."""
+        try:
+            return bool(self._host.get_peerstore().supports_protocols(self._id(peer_id), [protocol]))
+        except Exception:  # py-libp2p raises PeerStoreError for an unknown or expired peer
+            return False
+
     def connection_facts(self) -> list[ConnFacts]:
         """Every open connection as :func:`poolai.mesh.admission.choose_shed` sees it
         (times on :func:`time.monotonic`)."""
@@ -220,13 +249,37 @@ class MeshHost:
             self._host.get_peerstore().add_addrs(self._id(peer_id), maddrs, ADDR_TTL)
 
     async def connect(self, peer_id: str, addrs: list[str]) -> None:
-        """Dial ``peer_id`` at ``addrs`` (transport addresses). The caller sets the deadline."""
+        """Dial ``peer_id`` at ``addrs`` (transport addresses). The caller sets the deadline.
+
+        Direct addresses first; then, if that fails (or takes :data:`DIRECT_FIRST` s)
+        and the peer advertises ``/p2p-circuit`` addresses, through each of its relays
+        in turn, connected ones first (py-libp2p's ``connect`` cannot dial those).
+        """
         pid = self._id(peer_id)
         if pid == self._host.get_id():
             raise ValueError("refusing to dial ourselves")
-        maddrs = _multiaddrs(addrs)
-        if not maddrs:
+        circuits = [a for a in addrs if circuit.is_circuit(a)]
+        maddrs = _multiaddrs([a for a in addrs if not circuit.is_circuit(a)])
+        if not maddrs and not circuits:
             raise PeerUnreachable(f"no usable address for {peer_id}")
+        errors: list[str] = []
+        if maddrs:
+            try:
+                if not circuits:
+                    await self._connect_direct(pid, maddrs)
+                    return
+                with trio.move_on_after(DIRECT_FIRST):
+                    await self._connect_direct(pid, maddrs)
+                    return
+                errors.append(f"no direct answer in {DIRECT_FIRST:g} s")
+            except PeerUnreachable as exc:
+                if not circuits:
+                    raise
+                errors.append(str(exc))
+        await self._connect_via_relays(peer_id, circuits, errors)
+
+    async def _connect_direct(self, pid: ID, maddrs: list[multiaddr.Multiaddr]) -> None:
+        peer_id = str(pid)
         # A failed dial is cached for 60 s by the swarm; PoolAI does its own backoff.
         network = self._host.get_network()
         if hasattr(network, "unblock_peer"):
@@ -240,6 +293,37 @@ class MeshHost:
         if not self.is_connected(peer_id):  # py-libp2p can return from a failed dial silently
             raise PeerUnreachable(f"dial {peer_id[-8:]} failed: no connection was established")
         self._host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL)
+
+    async def _connect_via_relays(self, peer_id: str, circuits: list[str], errors: list[str]) -> None:
+        tried: set[str] = set()
+        ordered = sorted(circuits, key=lambda a: not self._connected_relay(a))
+        for addr in ordered:
+            relay = circuit.relay_of(addr)
+            if relay is None or relay in tried or relay in (self.peer_id, peer_id):
+                continue
+            tried.add(relay)
+            try:
+                with trio.fail_after(CIRCUIT_DIAL):
+                    if not self.is_connected(relay):
+                        await self._connect_direct(self._id(relay),
+                                                   _multiaddrs([circuit.relay_transport(addr)]))
+                    await circuit.dial_via(self._host, relay, peer_id)
+            except (PeerUnreachable, ValueError) as exc:
+                errors.append(str(exc))
+                continue
+            except trio.TooSlowError:
+                errors.append(f"relay {relay[-8:]}: no circuit in {CIRCUIT_DIAL:g} s")
+                continue
+            if self.is_connected(peer_id):
+                return
+        raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {'; '.join(errors[-3:]) or 'no relay'}")
+
+    def _connected_relay(self, addr: str) -> bool:
+        relay = circuit.relay_of(addr)
+        try:
+            return relay is not None and self.is_connected(relay)
+        except ValueError:
+            return False
 
     async def disconnect(self, peer_id: str) -> None:
         try:
