@@ -15,7 +15,14 @@ reaches into py-libp2p only through public calls.
 
 from __future__ import annotations
 
-from poolai.mesh.patches import inbound_slots, noise_writes, pubsub_writes, read_ahead, yamux_tuning
+from poolai.mesh.patches import (
+    dcutr_drive,
+    inbound_slots,
+    noise_writes,
+    pubsub_writes,
+    read_ahead,
+    yamux_tuning,
+)
 from poolai.mesh.patches.guard import Patch, PatchMismatch
 
 PATCHES: tuple[Patch, ...] = (
@@ -24,6 +31,7 @@ PATCHES: tuple[Patch, ...] = (
     read_ahead.PATCH,
     pubsub_writes.PATCH,
     inbound_slots.PATCH,
+    dcutr_drive.PATCH,
 )
 
 
