@@ -196,6 +196,19 @@ SETTINGS: tuple[Setting, ...] = (
             "how long unpinned files put from this node are kept (e.g. 7d, 12h)"),
     Setting("storage_interval", 600, _duration_in(1, 86400),
             "seconds between storage upkeep passes (gc, scrub, repair, audit)"),
+    Setting("relay_service", "auto", _choice("auto", "on", "off"),
+            "serve as a circuit relay for private peers (auto: when this node is publicly reachable)"),
+    Setting("relay_client", "auto", _choice("auto", "on", "off"),
+            "hold relay reservations so peers can reach this node (auto: when it is private)"),
+    Setting("relay_reservations", 32, _int_in(0, 100_000), "relay: peers that may hold a slot at once"),
+    Setting("relay_circuits", 64, _int_in(0, 100_000), "relay: circuits open at once"),
+    Setting("relay_circuit_bytes", 1 << 30, _size_in(1 << 10, 1 << 50),
+            "relay: bytes one circuit may carry (both ways), then it is closed"),
+    Setting("relay_circuit_time", 3600, _duration_in(1, 7 * 86400),
+            "relay: how long one circuit may stay open, idle or not (e.g. 1h)"),
+    Setting("relay_bandwidth", 10 << 20, _size_in(0, 1 << 40),
+            "relay: bytes a second across all circuits (0 = no cap)"),
+    Setting("hole_punch", True, _bool, "upgrade relayed connections to direct ones (DCUtR)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -230,6 +243,14 @@ class Config:
     storage_quota: int
     storage_lease: int
     storage_interval: int
+    relay_service: str
+    relay_client: str
+    relay_reservations: int
+    relay_circuits: int
+    relay_circuit_bytes: int
+    relay_circuit_time: int
+    relay_bandwidth: int
+    hole_punch: bool
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
