@@ -20,7 +20,11 @@ all joining through the first public node, waits ``--settle`` seconds and report
   to the address its connections come from (a NATed node must refuse both);
 * ``mapping``: the source port a public node sees for a connection from local port
   40000 (kept by port-preserving NAT, replaced by a randomising one);
-* ``hole_punch``: attempts and successes by NAT pair type (none: not built yet);
+* ``hole_punch``: DCUtR attempts and successes by NAT pair type of nodes in different
+  homes, and each pair's seconds to a direct connection;
+* ``timings``: time to first connection and to a direct one (p50, p99) by NAT pair type;
+* ``relays``: which nodes serve as relays, and on which relays each private node holds
+  a reservation;
 * ``put_get``: a file put from one NATed node and got from another, compared;
 * ``job``: a job submitted on one NATed node that only a node behind another NAT can
   run (a simulated GPU), its output compared with a local run.
@@ -48,10 +52,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import httpx  # noqa: E402
 from natlib import netns, topology  # noqa: E402
-from natlib.classify import classify_all, summarise  # noqa: E402
+from natlib.classify import Pair, classify_all, summarise  # noqa: E402
 from natlib.lab import Lab, open_lab  # noqa: E402
-from natlib.topology import LabNode, Topology, nat_pair, pairs  # noqa: E402
+from natlib.topology import LabNode, Topology  # noqa: E402
 
 from poolai.node.launcher import poolai_command  # noqa: E402
 
@@ -246,18 +251,107 @@ def reachability(lab: Lab, name: str) -> dict[str, Any] | str:
     return {k: verdict.get(k) for k in keep}
 
 
-def hole_punch(topo: Topology) -> dict[str, Any]:
-    types = sorted({nat_pair(a, b) for a, b in pairs(topo.nodes)
-                    if a.home is not None and b.home is not None and a.home != b.home})
-    return {"built": False,
-            "note": "no relay, hole punching (DCUtR) or WebRTC transport is built yet: nothing was tried",
-            "by_nat_pair": {t: {"attempts": 0, "successes": 0} for t in types}}
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank ``q``-th percentile (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def timings(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50_s": percentile(values, 50), "p99_s": percentile(values, 99)}
+
+
+def punch_records(lab: Lab) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each node's hole-punch records by peer id (from the ``relay`` part of its status)."""
+    out = {}
+    for name in lab.nodes:
+        try:
+            relay = lab.status(name).get("relay") or {}
+        except (httpx.HTTPError, OSError, ValueError):
+            relay = {}
+        out[name] = (relay.get("hole_punch") or {}).get("peers") or {}
+    return out
+
+
+def hole_punch(lab: Lab, topo: Topology, found: list[Pair]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Hole-punch attempts and successes by NAT pair type (pairs in different homes), and
+    each pair's seconds from both nodes being up to a direct connection; and the timings
+    (p50, p99) of first connection and of direct connection by NAT pair type."""
+    records = punch_records(lab)
+    ids = {name: lab.peer_id(name) for name in lab.nodes}
+    by_type: dict[str, dict[str, Any]] = {}
+    first: dict[str, list[float]] = {}
+    direct: dict[str, list[float]] = {}
+    per_pair = []
+    for p in found:
+        a, b = topo.node(p.a), topo.node(p.b)
+        recs = [r for r in (records[p.a].get(ids[p.b]), records[p.b].get(ids[p.a])) if r]
+        attempts = sum(int(r.get("attempts") or 0) for r in recs)
+        successes = sum(int(r.get("successes") or 0) for r in recs)
+        went_direct = [r["direct_at"] for r in recs if r.get("direct_at")]
+        up = max(lab.ready_wall[p.a], lab.ready_wall[p.b])
+        to_direct: float | None = None
+        if p.how in ("direct-tcp", "lan"):
+            to_direct = round(min(went_direct) - up, 1) if went_direct else p.first_connected_s
+        if p.first_connected_s is not None:
+            first.setdefault(p.nat_pair, []).append(p.first_connected_s)
+        if to_direct is not None:
+            direct.setdefault(p.nat_pair, []).append(to_direct)
+        if a.home is None or b.home is None or a.home == b.home:
+            continue
+        row = by_type.setdefault(p.nat_pair, {"pairs": 0, "attempts": 0, "successes": 0,
+                                               "pairs_tried": 0, "pairs_punched": 0,
+                                               "direct_now": 0, "relayed_now": 0})
+        row["pairs"] += 1
+        row["attempts"] += attempts
+        row["successes"] += successes
+        row["pairs_tried"] += attempts > 0
+        row["pairs_punched"] += successes > 0
+        row["direct_now"] += p.how == "direct-tcp"
+        row["relayed_now"] += p.how == "relayed"
+        per_pair.append({"a": p.a, "b": p.b, "nat_pair": p.nat_pair, "how": p.how, "attempts": attempts,
+                         "successes": successes, "relayed_first": bool(recs), "direct_s": to_direct})
+    punch = {"built": True, "by_nat_pair": dict(sorted(by_type.items())), "pairs": per_pair,
+             "attempts": sum(r["attempts"] for r in by_type.values()),
+             "successes": sum(r["successes"] for r in by_type.values())}
+    times = {"first_connection": {t: timings(v) for t, v in sorted(first.items())},
+             "direct": {t: timings(v) for t, v in sorted(direct.items())},
+             "all_first_connection": timings([x for v in first.values() for x in v]),
+             "all_direct": timings([x for v in direct.values() for x in v])}
+    return punch, times
+
+
+def relays(lab: Lab) -> dict[str, Any]:
+    """What each node says of its relay roles: serving (with its counters) or holding
+    reservations (on which relays)."""
+    names = {lab.peer_id(name): name for name in lab.nodes}
+    out: dict[str, Any] = {}
+    for name in lab.nodes:
+        try:
+            relay = lab.status(name).get("relay") or {}
+        except (httpx.HTTPError, OSError, ValueError):
+            continue
+        row: dict[str, Any] = {"private": relay.get("private"), "serving": relay.get("serving")}
+        server = relay.get("server")
+        if server:
+            row["server"] = {k: server.get(k) for k in ("reservations", "circuits", "circuits_opened",
+                                                         "bytes_relayed", "reservations_refused")}
+        held = (relay.get("client") or {}).get("relays") or []
+        if held:
+            row["relays"] = [names.get(r.get("relay"), r.get("relay")) for r in held]
+        out[name] = row
+    return out
 
 
 def run(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="natlab-"))  # short: the API socket's path must fit
     pair = pick_pair(topo)
     env: dict[str, dict[str, str]] = {n.name: {"POOLAI_LOG_LEVEL": args.log_level} for n in topo.nodes}
+    for n in topo.nodes:
+        if n.kind == "firewall":  # a routable address: only a reachability check could tell
+            env[n.name]["POOLAI_RELAY_CLIENT"] = "on"
     if pair:
         inventory = root / "gpu.json"
         inventory.write_text(json.dumps(GPU))
@@ -277,7 +371,8 @@ def run(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
             out["reachability"] = {name: reachability(lab, name) for name in lab.nodes}
             out["inbound"] = inbound(topo)
             out["mapping"] = mapping(topo)
-            out["hole_punch"] = hole_punch(topo)
+            out["hole_punch"], out["timings"] = hole_punch(lab, topo, found)
+            out["relays"] = relays(lab)
             if pair is None:
                 out["put_get"] = out["job"] = "needs two non-public nodes in different homes"
             else:

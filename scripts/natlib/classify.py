@@ -35,6 +35,8 @@ class Snapshot:
     peer_ids: Mapping[str, str]  # node name -> peer id
     peers: Mapping[str, Mapping[str, Sequence[str]]]  # node name -> {peer id: addrs}
     sockets: Mapping[str, Sequence[Socket]]
+    relayed: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    # node name -> peer ids it reaches only through a relay (its status says so)
 
     def lists(self, a: LabNode, b: LabNode) -> bool:
         """Whether ``a``'s status lists ``b`` as connected."""
@@ -110,6 +112,8 @@ def classify(topo: Topology, snap: Snapshot, a: LabNode, b: LabNode,
 def _circuit(snap: Snapshot, a: LabNode, b: LabNode) -> bool:
     for viewer, other in ((a, b), (b, a)):
         pid = snap.peer_ids.get(other.name)
+        if pid in snap.relayed.get(viewer.name, ()):
+            return True
         addrs = snap.peers.get(viewer.name, {}).get(pid or "", ())
         if any("/p2p-circuit" in addr for addr in addrs):
             return True

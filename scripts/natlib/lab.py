@@ -42,20 +42,21 @@ class Lab:
         self.env = env
         self.nodes: dict[str, NodeProcess] = {}
         self.ready_at: dict[str, float] = {}  # time.monotonic() when each node was up
+        self.ready_wall: dict[str, float] = {}  # the same on time.time(), as nodes report times
 
     def start(self) -> None:
         """Start the bootstrap, then every other node at once; NodeStartError if one is not
         up within :data:`START_TIMEOUT` seconds."""
         boot = self.topo.bootstrap
         self._launch(boot, ()).wait_ready(START_TIMEOUT)
-        self.ready_at[boot.name] = time.monotonic()
+        self.ready_at[boot.name], self.ready_wall[boot.name] = time.monotonic(), time.time()
         rest = [n for n in self.topo.nodes if n.name != boot.name]
         for node in rest:
             self._launch(node, ("--bootstrap", self.nodes[boot.name].addr))
 
         def ready(node: LabNode) -> None:
             self.nodes[node.name].wait_ready(START_TIMEOUT)
-            self.ready_at[node.name] = time.monotonic()
+            self.ready_at[node.name], self.ready_wall[node.name] = time.monotonic(), time.time()
 
         with ThreadPoolExecutor(max(1, len(rest))) as pool:
             list(pool.map(ready, rest))
@@ -90,18 +91,20 @@ class Lab:
         connections). A node that does not answer counts as connected to nobody."""
         peers: dict[str, dict[str, list[str]]] = {}
         sockets: dict[str, list[Socket]] = {}
+        relayed: dict[str, frozenset[str]] = {}
         for node in self.topo.nodes:
             try:
                 listed = self.status(node.name)["peers"]
             except (httpx.HTTPError, OSError, KeyError, ValueError):
                 listed = []
             peers[node.name] = {p["peer_id"]: list(p.get("addrs") or ()) for p in listed}
+            relayed[node.name] = frozenset(p["peer_id"] for p in listed if p.get("relayed"))
             if with_sockets:
                 try:
                     sockets[node.name] = established(node.namespace)
                 except LabError:
                     sockets[node.name] = []
-        return Snapshot({n: p.peer_id for n, p in self.nodes.items() if p.info}, peers, sockets)
+        return Snapshot({n: p.peer_id for n, p in self.nodes.items() if p.info}, peers, sockets, relayed)
 
     def watch(self, seconds: float, until: Callable[[Snapshot], bool] | None = None,
               interval: float = 1.0) -> dict[tuple[str, str], float]:
