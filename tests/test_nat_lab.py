@@ -78,3 +78,28 @@ def test_lan_relayed_and_summary():
     summary = summarise([lan, classify(topo, snap, a, e), classify(topo, snap, pub, e)])
     assert summary["connected"] == 2
     assert summary["by_nat_pair"]["eim-public"] == {"pairs": 1, "connected": 0, "none": 1}
+
+
+def test_a_pair_a_node_says_is_relayed_is_relayed_unless_a_socket_shows_a_direct_path():
+    topo = topology.build("t-", ["eim", "cgnat"])
+    pub, e, c = topo.nodes
+    ids = {"pub0": "P", "eim1": "E", "cgnat2": "C"}
+    # eim1 reaches cgnat2 through pub0: its only socket is to the relay.
+    snap = Snapshot(ids, {"eim1": {"C": [], "P": []}}, {"eim1": [Socket(("192.168.1.10", 40000),
+                                                                      ("203.0.113.10", 4001))]},
+                    {"eim1": frozenset({"C"})})
+    assert classify(topo, snap, e, c).how == "relayed"
+    assert classify(topo, snap, pub, e).how == "direct-tcp"
+    punched = Snapshot(ids, snap.peers, {"eim1": [Socket(("192.168.1.10", 4001), ("198.51.100.12", 4001))]},
+                       snap.relayed)  # the relayed connection lingers a minute after the punch
+    assert classify(topo, punched, e, c).how == "direct-tcp"
+
+
+def test_percentiles():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import nat_lab
+
+    assert nat_lab.percentile([], 50) is None
+    assert nat_lab.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert nat_lab.percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert nat_lab.timings([1.0, 5.0]) == {"n": 2, "p50_s": 1.0, "p99_s": 5.0}
