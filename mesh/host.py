@@ -217,6 +217,16 @@ class MeshHost:
         conns = self._host.get_network().connections.get(self._id(peer_id)) or []
         return bool(conns) and all(circuit.is_relayed(c) for c in conns)
 
+    def relay_for(self, peer_id: str) -> str | None:
+        """The relay our connection to ``peer_id`` runs through (None: direct or none)."""
+        for conn in self._host.get_network().connections.get(self._id(peer_id)) or []:
+            if circuit.is_relayed(conn):
+                for addr in conn.get_transport_addresses():
+                    relay = circuit.relay_of(str(addr))
+                    if relay is not None:
+                        return relay
+        return None
+
     def relayed_peers(self) -> list[str]:
         return [p for p in self.connected_peers() if self.is_relayed(p)]
 

@@ -62,10 +62,16 @@ class PeerBook:
                 return
             entry = PeerEntry(peer_id, [])
             self._peers[peer_id] = entry
+        learned = False
         for a in clean:
             if a not in entry.addrs:
                 entry.addrs.insert(0, a)
+                learned = True
         del entry.addrs[MAX_ADDRS_PER_PEER:]
+        if learned and entry.failures:
+            # A new way to reach it (a relay it just reserved on, say): worth a dial now,
+            # not at the end of a backoff earned at the old addresses.
+            entry.next_dial = 0.0
         entry.bootstrap = entry.bootstrap or bootstrap
 
     def mark_connected(self, peer_id: str, now: float) -> None:

@@ -237,12 +237,10 @@ class RelayServer:
     async def _pump(self, c: Circuit, a: Any, b: Any) -> bool:
         """Copy both ways until both ends finish, a byte budget runs out or time is up;
         True when it was the time limit."""
-        async with trio.open_nursery() as nursery:
-            with trio.move_on_after(self.limits.circuit_seconds) as limit:
-                async with trio.open_nursery() as both:
-                    both.start_soon(self._copy, c, a, b, both.cancel_scope)
-                    both.start_soon(self._copy, c, b, a, both.cancel_scope)
-            nursery.cancel_scope.cancel()
+        with trio.move_on_after(self.limits.circuit_seconds) as limit:
+            async with trio.open_nursery() as both:
+                both.start_soon(self._copy, c, a, b, both.cancel_scope)
+                both.start_soon(self._copy, c, b, a, both.cancel_scope)
         return limit.cancelled_caught
 
     async def _copy(self, c: Circuit, src: Any, dst: Any, done: trio.CancelScope) -> None:

@@ -51,3 +51,15 @@ def test_snapshot_round_trip_skips_garbage():
     assert other.get("a").addrs == ["/ip4/127.0.0.1/tcp/1"] and other.get("a").last_seen == 42.0
     assert other.restore({"version": 99}) == 0
     assert other.restore("junk") == 0
+
+
+def test_a_new_address_ends_the_backoff():
+    book = PeerBook("me")
+    book.add("p", ["/ip4/192.168.1.10/tcp/4001"])
+    book.mark_failed("p", 100.0)
+    book.mark_failed("p", 101.0)
+    assert book.due(101.0, set(), 10) == []
+    book.add("p", ["/ip4/192.168.1.10/tcp/4001"])  # nothing new
+    assert book.due(101.0, set(), 10) == []
+    book.add("p", ["/ip4/203.0.113.10/tcp/4001/p2p/R/p2p-circuit"])
+    assert [e.peer_id for e in book.due(101.0, set(), 10)] == ["p"]
