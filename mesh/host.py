@@ -41,6 +41,7 @@ from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError, MultiselectError
+from libp2p.rcmgr import Direction
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -225,6 +226,15 @@ class MeshHost:
                     relay = circuit.relay_of(str(addr))
                     if relay is not None:
                         return relay
+        return None
+
+    def dialled_addr(self, peer_id: str) -> str | None:
+        """The transport address we dialled ``peer_id`` at, if our direct connection to it
+        is outbound (an inbound one's remote port is the peer's ephemeral one)."""
+        for conn in self._host.get_network().connections.get(self._id(peer_id)) or []:
+            if getattr(conn, "direction", None) == Direction.OUTBOUND and not circuit.is_relayed(conn):
+                for addr in conn.get_transport_addresses():
+                    return str(addr)
         return None
 
     def relayed_peers(self) -> list[str]:

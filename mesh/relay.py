@@ -14,6 +14,7 @@ addresses to advertise.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -351,11 +352,16 @@ class ReservationKeeper:
             self._refused[relay] = self.clock() + 30.0
             log.info("no reservation on relay %s: %s", relay[-8:], exc)
             return
+        if not granted.circuit_addrs:  # a relay listening on 0.0.0.0 may not know its address
+            dialled = self.host.dialled_addr(relay)
+            if dialled is not None:
+                granted = dataclasses.replace(granted, circuit_addrs=(
+                    f"{dialled}/p2p/{relay}{circuit.CIRCUIT}",))
         ttl = min(3600.0, max(10.0, circuit.remaining(granted)))
         self.held[relay] = (granted, renew_at(start + ttl, start), start + ttl)
         self.reservations_made += 1
         if not granted.circuit_addrs:
-            log.warning("relay %s gave no address to advertise", relay[-8:])
+            log.warning("relay %s: no address of it to advertise", relay[-8:])
 
     def _publish(self) -> None:
         addrs = sorted(a for g, _, _ in self.held.values() for a in g.circuit_addrs)

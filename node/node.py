@@ -172,6 +172,7 @@ class Node:
                     "peer_id": peer,
                     "addrs": list(entry.addrs) if entry else [],
                     "relayed": host.is_relayed(peer),
+                    "relay": host.relay_for(peer),
                 }
             )
         status = {
