@@ -4,7 +4,9 @@ A node is *private* when nobody outside its own network can dial it. Until the n
 has its own reachability verdict (AutoNAT-style dial-backs), ``auto`` guesses from its
 listen addresses: all of them private (RFC 1918, 100.64.0.0/10, loopback) means behind a
 NAT. A firewalled node with a routable address cannot be told apart that way; its owner
-says ``relay_client = "on"``.
+says ``relay_client = "on"``. A node listening on 0.0.0.0 reports 127.0.0.1 and so
+counts as private: most such nodes are home machines; a public server that listens on
+0.0.0.0 says ``relay_client = "off"`` (or ``relay_service = "on"``) until the verdict.
 """
 
 from __future__ import annotations
