@@ -358,7 +358,7 @@ def run(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
         inventory.write_text(json.dumps(GPU))
         env[pair[1].name] |= {"POOLAI_INVENTORY_FILE": str(inventory), "POOLAI_JOB_SLOTS": "1"}
     out: dict[str, Any] = {"lab": {
-        "prefix": topo.prefix, "seed": args.seed, "settle_s": args.settle,
+        "prefix": topo.prefix, "seed": args.seed, "settle_s": args.settle, "routers": topo.routers,
         "nodes": {n.name: {"kind": n.kind, "namespace": n.namespace, "address": n.address,
                            "public_address": n.public_address} for n in topo.nodes}}}
     try:
@@ -402,6 +402,9 @@ def main() -> None:
     wait = ap.add_mutually_exclusive_group()
     wait.add_argument("--settle", type=float, default=45.0, help="seconds to let the mesh form (default 45)")
     wait.add_argument("--minutes", type=float, help="the same, in minutes")
+    ap.add_argument("--routers", choices=topology.ROUTERS, default="drop",
+                    help="what home routers do with an unexpected connection to their own address: "
+                         "drop it (default) or reject it with a reset")
     ap.add_argument("--seed", type=int, default=1, help="the put file's bytes (default 1)")
     ap.add_argument("--keep", action="store_true",
                     help="leave namespaces and nodes up for debugging (the next run removes them)")
@@ -430,7 +433,7 @@ def main() -> None:
         print(f"removed {len(stale)} namespaces left by an earlier lab", file=sys.stderr)
     try:
         topo = topology.build(netns.new_prefix(), args.only.split(",") if args.only else topology.HOME_KINDS,
-                              public=args.public)
+                              public=args.public, routers=args.routers)
     except ValueError as exc:
         raise SystemExit(f"nat_lab: {exc}") from None
     try:

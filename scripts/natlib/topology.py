@@ -82,6 +82,7 @@ class Topology:
     prefix: str
     nodes: tuple[LabNode, ...]
     homes: tuple[Home, ...]
+    routers: str = "drop"  # what a router does with a connection to itself it did not expect
 
     @property
     def inet(self) -> str:
@@ -121,9 +122,21 @@ class Topology:
                        for n in self.nodes if n.name not in (viewer.name, other.name))
 
 
-def build(prefix: str, kinds: Sequence[str] = HOME_KINDS, public: int = 1) -> Topology:
+ROUTERS = ("drop", "reject")
+
+
+def build(prefix: str, kinds: Sequence[str] = HOME_KINDS, public: int = 1,
+          routers: str = "drop") -> Topology:
     """A lab of ``public`` public nodes (at least one: the bootstrap) and one home of
-    each of ``kinds`` (repeats allowed); ValueError for an unknown kind or too many."""
+    each of ``kinds`` (repeats allowed); ValueError for an unknown kind or too many.
+
+    ``routers``: what a home (or carrier) router does with an unexpected TCP connection
+    to its own public address: ``drop`` it silently (most home routers) or ``reject``
+    it with a reset (Linux's default with no rule, OpenWrt's WAN zone). Hole punching
+    depends on it: a reset kills the punch unless the two SYNs cross in flight, which
+    in a lab with no link delay they hardly ever do."""
+    if routers not in ROUTERS:
+        raise ValueError(f"routers must be one of {', '.join(ROUTERS)}")
     unknown = sorted(set(kinds) - set(HOME_KINDS))
     if unknown:
         raise ValueError(f"unknown home kind(s) {', '.join(unknown)}; known: {', '.join(HOME_KINDS)}")
@@ -152,7 +165,7 @@ def build(prefix: str, kinds: Sequence[str] = HOME_KINDS, public: int = 1) -> To
         carrier = f"{prefix}c{j}" if kind == "cgnat" else None
         inside = (f"192.168.{j}.0/24",) + ((f"100.64.{j}.0/24",) if carrier else ())
         homes.append(Home(j, kind, router, carrier, wan, inside, tuple(names)))
-    return Topology(prefix, tuple(nodes), tuple(homes))
+    return Topology(prefix, tuple(nodes), tuple(homes), routers)
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -178,10 +191,12 @@ def _host(ns: str, addr: str, plen: int, gateway: str) -> list[list[str]]:
             _ip(ns, "route", "add", "default", "via", gateway)]
 
 
-def _router_rules(ns: str, wan: str, lan: str, masquerade: str | None) -> list[list[str]]:
+def _router_rules(ns: str, wan: str, lan: str, masquerade: str | None,
+                  drop: bool = True) -> list[list[str]]:
     """What a home router does: forward what the inside starts and the replies; drop every
     other forwarded packet; NAT outbound on ``wan`` when ``masquerade`` is given
-    ("" for port-preserving, "--random-fully" for randomised ports)."""
+    ("" for port-preserving, "--random-fully" for randomised ports); with ``drop``, also
+    drop new TCP connections to the router itself from ``wan`` (else the kernel resets them)."""
     ipt = _exec(ns, "iptables", "-w")
     cmds = [_exec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"),
             ipt + ["-P", "FORWARD", "DROP"],
@@ -192,6 +207,9 @@ def _router_rules(ns: str, wan: str, lan: str, masquerade: str | None) -> list[l
     if masquerade is not None:
         cmds.append(ipt + ["-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE",
                            *([masquerade] if masquerade else [])])
+    if drop:
+        cmds.append(ipt + ["-A", "INPUT", "-i", wan, "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW",
+                           "-j", "DROP"])
     return cmds
 
 
@@ -230,13 +248,13 @@ def plan(topo: Topology) -> list[list[str]]:
                      _ip(home.router, "addr", "add", f"{cpe}.2/24", "dev", "wan"),
                      _ip(home.router, "link", "set", "wan", "up"),
                      _ip(home.router, "route", "add", "default", "via", f"{cpe}.1")]
-            cmds += _router_rules(home.carrier, "wan", "cpe", "")
+            cmds += _router_rules(home.carrier, "wan", "cpe", "", topo.routers == "drop")
         first = by_name[home.nodes[0]]
         plen = 28 if home.kind == "firewall" else 24
         gateway = _gateway(first.address, plen)
         cmds += _bridge(home.router, "lan", f"{gateway}/{plen}")
         masquerade = {"eim": "", "lan": "", "cgnat": "", "adpm": "--random-fully"}.get(home.kind)
-        cmds += _router_rules(home.router, "wan", "lan", masquerade)
+        cmds += _router_rules(home.router, "wan", "lan", masquerade, topo.routers == "drop")
         for k, name in enumerate(home.nodes):
             node = by_name[name]
             cmds += _link(home.router, f"h{k}", node.namespace, "eth0")
