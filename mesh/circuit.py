@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import multiaddr
+import trio
 from libp2p.connection_types import ConnectionType
 from libp2p.custom_types import TProtocol
 from libp2p.network.connection.raw_connection import RawConnection
@@ -95,11 +96,11 @@ async def reserve(host: Any, relay: str) -> Granted:
     try:
         await write_msg(stream, HopMessage(type=HopMessage.RESERVE))
         resp = await read_msg(stream, HopMessage)
-    except PeerUnreachable:
-        await reset_quietly(stream)
-        raise
-    except Exception as exc:
-        await reset_quietly(stream)
+    except BaseException as exc:  # failed or cancelled: free the relay's handler
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await reset_quietly(stream)
+        if isinstance(exc, PeerUnreachable) or not isinstance(exc, Exception):
+            raise
         raise PeerUnreachable(f"reservation on {relay[-8:]} failed: {exc}") from None
     await close_quietly(stream)
     status = resp.status if resp.HasField("status") else 0
@@ -123,30 +124,33 @@ async def dial_via(host: Any, relay: str, dest: str) -> None:
     Noise and yamux like any other connection and added to the swarm."""
     relay_id, dest_id = ID.from_base58(relay), ID.from_base58(dest)
     stream = await _hop_stream(host, relay_id)
+    done = False
     try:
-        await write_msg(stream, HopMessage(type=HopMessage.CONNECT,
-                                           peer=CircuitPeerId(id=dest_id.to_bytes())))
-        resp = await read_msg(stream, HopMessage)
-    except PeerUnreachable:
-        await reset_quietly(stream)
-        raise
-    except Exception as exc:
-        await reset_quietly(stream)
-        raise PeerUnreachable(f"circuit to {dest[-8:]} via {relay[-8:]} failed: {exc}") from None
-    status = resp.status if resp.HasField("status") else 0
-    if resp.type != HopMessage.STATUS or status != StatusCode.OK:
-        await reset_quietly(stream)
-        name = StatusCode(status).name if status in StatusCode._value2member_map_ else status
-        raise PeerUnreachable(f"relay {relay[-8:]} would not connect us to {dest[-8:]}: {name}")
-    circuit = multiaddr.Multiaddr(f"/p2p/{relay}{CIRCUIT}/p2p/{dest}")
-    raw = RawConnection(stream=stream, initiator=True, connection_type=ConnectionType.RELAYED,
-                        addresses=[circuit])
-    try:
-        conn = await host.upgrade_outbound_connection(raw, dest_id)
-    except Exception as exc:
-        await reset_quietly(stream)
-        raise PeerUnreachable(f"circuit to {dest[-8:]} via {relay[-8:]}: upgrade failed: {exc}") from None
-    conn.set_transport_info([circuit], ConnectionType.RELAYED)
+        try:
+            await write_msg(stream, HopMessage(type=HopMessage.CONNECT,
+                                               peer=CircuitPeerId(id=dest_id.to_bytes())))
+            resp = await read_msg(stream, HopMessage)
+        except PeerUnreachable:
+            raise
+        except Exception as exc:
+            raise PeerUnreachable(f"circuit to {dest[-8:]} via {relay[-8:]} failed: {exc}") from None
+        status = resp.status if resp.HasField("status") else 0
+        if resp.type != HopMessage.STATUS or status != StatusCode.OK:
+            name = StatusCode(status).name if status in StatusCode._value2member_map_ else status
+            raise PeerUnreachable(f"relay {relay[-8:]} would not connect us to {dest[-8:]}: {name}")
+        circuit = multiaddr.Multiaddr(f"/p2p/{relay}{CIRCUIT}/p2p/{dest}")
+        raw = RawConnection(stream=stream, initiator=True, connection_type=ConnectionType.RELAYED,
+                            addresses=[circuit])
+        try:
+            conn = await host.upgrade_outbound_connection(raw, dest_id)
+        except Exception as exc:
+            raise PeerUnreachable(f"circuit to {dest[-8:]} via {relay[-8:]}: upgrade failed: {exc}") from None
+        conn.set_transport_info([circuit], ConnectionType.RELAYED)
+        done = True
+    finally:
+        if not done:  # failed or cancelled: the relay must not hold the circuit open
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await reset_quietly(stream)
 
 
 def is_relayed(conn: Any) -> bool:

@@ -67,7 +67,7 @@ class ConnectionManager:
         book: PeerBook,
         *,
         target_peers: int = 32,
-        dial_timeout: float = 10.0,
+        dial_timeout: float = 15.0,
         request_timeout: float = 5.0,
         interval: float = 1.0,
         exchange_every: float = 30.0,

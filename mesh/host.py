@@ -62,7 +62,7 @@ PING_BYTES = 32  # the ping protocol's payload
 # A peer that advertises relay addresses rarely answers a direct dial: try it this long
 # before going through a relay (a LAN peer answers in milliseconds).
 DIRECT_FIRST = 2.0
-CIRCUIT_DIAL = 4.0  # one relay: connect to it if need be, then the circuit and its upgrade
+CIRCUIT_DIAL = 8.0  # one relay: connect to it if need be, then the circuit and its upgrade
 
 
 class Libp2pStream:

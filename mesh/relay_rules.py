@@ -35,7 +35,7 @@ class RelayLimits:
 
     reservations: int = 32  # peers holding a slot at once
     circuits: int = 64  # circuits open at once
-    circuits_per_peer: int = 8  # circuits one peer may be an end of at once
+    circuits_per_peer: int = 16  # circuits one peer may be an end of at once
     circuit_bytes: int = 1 << 30  # both directions together, then the circuit is closed
     circuit_seconds: float = 3600.0  # then the circuit is closed, idle or not
     bandwidth: int = 10 << 20  # bytes a second across every circuit
