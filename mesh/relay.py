@@ -331,6 +331,9 @@ class ReservationKeeper:
                 del self.held[relay]
                 self.relays_lost += 1
                 log.info("relay %s gone; looking for another", relay[-8:])
+        for relay, until in list(self._refused.items()):
+            if until <= now:
+                del self._refused[relay]
         due = [r for r, (_, at, _) in self.held.items() if at <= now]
         candidates = [p for p in self.host.connected_peers()
                       if self._refused.get(p, 0.0) <= now and not self.host.is_relayed(p)
