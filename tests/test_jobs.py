@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from fulldisk import small_disk
 from polling import poll_until
 
 from poolai.mesh import wire
@@ -508,7 +509,8 @@ class Submitter:
 
 
 class FakeRunner:
-    """Stands in for run_job: writes an output, or blocks until released."""
+    """Stands in for run_job: writes an output and returns, or (``block``) writes it and
+    returns once released."""
 
     def __init__(self) -> None:
         self.started: list[str] = []
@@ -518,10 +520,10 @@ class FakeRunner:
     async def __call__(self, job, files_dir, out_dir, policy):  # type: ignore[no-untyped-def]
         self.started.append(job.job_id)
         assert sorted(p.name for p in files_dir.iterdir()) == sorted(f.name for f in job.files())
-        if self.block:
-            await self.release.wait()
         data = b"out-" + job.job_id.encode()
         (out_dir / "output.safetensors").write_bytes(data)
+        if self.block:
+            await self.release.wait()
         result = JobResult(job.job_id, JobStatus.OK, FileRef("output.safetensors", sha(data), len(data)),
                            device=f"cpu [{policy.cuda_visible_devices or 'no gpu'}]")
         return JobOutcome(result, ProcessOutcome(0, False, b"", b"log line", 0, 0, 0.1, False))
@@ -605,6 +607,38 @@ async def test_executor_runs_reports_and_redelivers_until_acknowledged(tmp_path:
         assert files.blobs[sub.results[0].output] == b"out-j1"
         assert sub.results[0].log_tail == "log line"
         await until(lambda: on_disk(tmp_path) == {"version": 1, "jobs": [], "results": []})
+
+
+async def test_a_full_disk_refuses_new_offers_and_the_executor_keeps_running(tmp_path: Path) -> None:
+    """Found by the chaos soak: on a full disk, writing the state file for an offer raised
+    ENOSPC and, from the tasks that save after a job, ended the node. Now an offer it
+    cannot write down is refused (the submitter goes elsewhere) and held work goes on."""
+    with small_disk(tmp_path, "1m") as disk:
+        async with started(disk, block=True) as (ex, files, sub, runner):
+            assert isinstance(await offer_to(ex, files, "j1"), jp.Accept)
+            await sub.wait_for(lambda: ("j1", 1, "running") in sub.progress)
+            fill(disk / "ballast")
+            refused = await offer_to(ex, files, "j2")
+            assert isinstance(refused, jp.Refuse) and refused.reason == "busy"
+            assert "cannot write to its disk" in refused.message
+            assert [j["job_id"] for j in on_disk(disk)["jobs"]] == ["j1"]
+            runner.release.set()  # j1 ends; its result is delivered although no save succeeds
+            await sub.wait_for(lambda: sub.results)
+            assert jp.parse_result(sub.results[0]).status is JobStatus.OK
+            (disk / "ballast").unlink()
+            assert isinstance(await offer_to(ex, files, "j3"), jp.Accept)
+            await until(lambda: [j["job_id"] for j in on_disk(disk).get("jobs", [])] == ["j3"])
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the disk under it is full."""
+    with path.open("wb") as f:
+        try:
+            while True:
+                f.write(bytes(64 << 10))
+                f.flush()
+        except OSError:
+            pass
 
 
 async def test_executor_refuses_malformed_offers_and_reports_a_missing_file(tmp_path: Path) -> None:

@@ -172,10 +172,18 @@ class Executor:
         held = self.held.get(key)
         if held is None:
             self.held[key] = Held(admitted, offer.spec, parsed.files)
-            self.stats["accepted"] += 1
         else:
             held.item = admitted
-        await self._save()
+        if not await self._save() and held is None and self.queue.remove(key) is not None:
+            # A job this node could not write down would be forgotten by a restart: refuse
+            # it while it is still queued, so the submitter offers it elsewhere.
+            del self.held[key]
+            self._load_changed()
+            self.stats["refused"] += 1
+            return jp.Refuse(job_id=job.job_id, reason=Refusal.BUSY.value,
+                             message="this node cannot write to its disk (full?)")
+        if held is None:
+            self.stats["accepted"] += 1
         self._changed.set()
         return jp.Accept(job_id=job.job_id, attempt=parsed.attempt,
                          ahead=self.queue.position(key, time.time()))
@@ -420,10 +428,20 @@ class Executor:
                 await self.on_accepted(p.submitter, p.message)
 
     # ------------------------------------------------------------------ persistence
-    async def _save(self) -> None:
+    async def _save(self) -> bool:
+        """Write the state file. False when the disk refuses it (full, read-only): the state
+        stays in memory, the file keeps its last whole version, and the next change writes
+        it again. Every caller's change is already made; only offer() can still say no."""
         async with self._save_lock:
             data = encode_state(self.held.values(), self.pending.values())
-            await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
+            try:
+                await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
+            except OSError as exc:
+                self.stats["unsaved"] = self.stats.get("unsaved", 0) + 1
+                log.warning("job state not written (%s); kept in memory until the next change",
+                            exc.strerror or exc)
+                return False
+            return True
 
     def _load(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
