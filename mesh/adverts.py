@@ -27,7 +27,7 @@ from typing import Any
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import KEY_LEN, SIG_LEN, Role, SealRejected, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError
+from poolai.mesh.errors import Rejected
 
 __all__ = ["peer_id_from_public_key"]  # re-exported: it used to live here
 
@@ -58,14 +58,8 @@ REASONS = (
 IGNORED = frozenset({"expired", "stale"})
 
 
-class AdvertRejected(ProtocolError):
+class AdvertRejected(Rejected, reasons=REASONS):
     """An advert failed verification; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
     @property
     def penalise(self) -> bool:

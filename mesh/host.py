@@ -48,6 +48,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from poolai.mesh import patches, rpc, wire
 from poolai.mesh.admission import ConnFacts, InboundAdmission
+from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
@@ -151,7 +152,7 @@ class MeshHost:
         self.key_pair = key_pair
         self.peer_id = str(host.get_id())
         self._ping = PingService(host)
-        self._id_cache: dict[str, ID] = {}
+        self._ids: Memo[str, ID] = Memo(ID.from_base58)
         self.latency = latency
         self.admission = admission  # None: inbound connections are not rate limited
         self._tracker = ConnectionTracker(admission)
@@ -180,16 +181,10 @@ class MeshHost:
         return [a.rsplit("/p2p/", 1)[0] for a in self.addrs()]
 
     def _id(self, peer_id: str) -> ID:
-        pid = self._id_cache.get(peer_id)
-        if pid is None:
-            try:
-                pid = ID.from_base58(peer_id)
-            except Exception as exc:
-                raise ValueError(f"not a valid peer id {peer_id!r}: {exc}") from None
-            if len(self._id_cache) > 10_000:
-                self._id_cache.clear()
-            self._id_cache[peer_id] = pid
-        return pid
+        try:
+            return self._ids(peer_id)
+        except Exception as exc:
+            raise ValueError(f"not a valid peer id {peer_id!r}: {exc}") from None
 
     # ------------------------------------------------------------------ peers
     def connected_peers(self) -> list[str]:

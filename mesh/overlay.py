@@ -50,7 +50,7 @@ from poolai.mesh.lookup import (
 from poolai.mesh.nearby import NEAR_ANSWER, Measurements
 from poolai.mesh.ring import RING_MASK, harmonic_target, node_position
 from poolai.mesh.ringlists import RingLists
-from poolai.mesh.routing import LeafView, PeerInfo, Step
+from poolai.mesh.routing import HopCost, LeafView, PeerInfo, Step
 from poolai.mesh.routing import step as route_step
 
 WALK_FANOUT = 2  # the proximity walk asks one of this many nearest measured peers
@@ -136,6 +136,10 @@ class OverlayTable:
         typical = statistics.median(rtts) if rtts else self.config.default_rtt_ms
         return typical / self.config.bits_per_hop
 
+    def hop_cost(self, origin: coords.Coord | None) -> HopCost:
+        """How this node ranks next hops for a querier at ``origin``."""
+        return HopCost(origin, self.size_estimate(), self.ms_per_bit(), self.config.default_rtt_ms)
+
     def members(self) -> tuple[PeerInfo, ...]:
         """Every live peer this node knows on the ring (read-only): its own successor,
         predecessor, long, proximity and incoming links and its neighbours' lists, without
@@ -173,10 +177,7 @@ class OverlayTable:
             self._known_peers(),
             self._lookahead(),
             exclude=frozenset(exclude) | self._failed.keys(),
-            origin=origin,
-            size_estimate=self.size_estimate(),
-            ms_per_bit=self.ms_per_bit(),
-            default_rtt_ms=self.config.default_rtt_ms,
+            cost=self.hop_cost(origin),
             limit=self.config.step_limit,
         )
 
@@ -198,10 +199,7 @@ class OverlayTable:
         return IterativeLookup(
             key,
             first,
-            origin=self.coord,
-            size_estimate=self.size_estimate(),
-            ms_per_bit=self.ms_per_bit(),
-            default_rtt_ms=self.config.default_rtt_ms,
+            cost=self.hop_cost(self.coord),
             config=config,
             seeds=seeds,
         )

@@ -69,6 +69,14 @@ def drive_to_offer(d: Dispatch, peers: list[str], now: float = 0.0) -> SendOffer
     return action
 
 
+def accepted_by_first(peers: list[str], retries: int) -> Dispatch:
+    """Job j1 with ``retries`` retries, offered to ``peers[0]`` as attempt 1, accepted at 0.0."""
+    d = Dispatch("j1", retries, 0.0, CFG)
+    assert drive_to_offer(d, peers) == SendOffer(peers[0], 1)
+    d.accepted(1, 0.0)
+    return d
+
+
 # ----------------------------------------------------------------------------- dispatch machine
 
 
@@ -137,9 +145,7 @@ def test_an_invalid_refusal_ends_the_job_with_the_workers_message() -> None:
 
 
 def test_a_silent_worker_is_probed_then_lost_and_the_job_goes_elsewhere_in_time() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=1)
     for t in (1.0, 2.0, 3.0):  # heartbeats renew the lease
         assert d.progress("A", 1, WorkState.RUNNING, t)
     assert d.step(5.9) == Wait(6.0)
@@ -157,9 +163,7 @@ def test_a_silent_worker_is_probed_then_lost_and_the_job_goes_elsewhere_in_time(
 
 
 def test_a_slow_worker_is_probed_again_until_it_has_been_silent_for_dead_s() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=1)
     assert d.step(3.0) == Probe("A", 1)
     d.probe_timed_out(1, 5.5)
     assert d.step(5.5) == Probe("A", 1)  # still within dead_s: ask again
@@ -172,18 +176,14 @@ def test_a_slow_worker_is_probed_again_until_it_has_been_silent_for_dead_s() -> 
 
 
 def test_a_probe_answer_renews_the_lease() -> None:
-    d = Dispatch("j1", 0, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=0)
     assert d.step(3.0) == Probe("A", 1)
     assert d.progress("A", 1, WorkState.RUNNING, 3.5)
     assert d.step(3.5) == Wait(6.5)
 
 
 def test_losing_the_worker_with_no_budget_left_ends_the_job_as_crashed() -> None:
-    d = Dispatch("j1", 0, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=0)
     d.step(3.0)
     d.lost(1, 4.0)
     action = d.step(4.0)
@@ -192,9 +192,7 @@ def test_losing_the_worker_with_no_budget_left_ends_the_job_as_crashed() -> None
 
 
 def test_results_are_accepted_exactly_once() -> None:
-    d = Dispatch("j1", 2, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=2)
     assert not d.result_received("B", 1, ok(), 1.0)  # not the peer it went to
     assert not d.result_received("A", 7, ok(), 1.0)  # an attempt never made
     assert not d.result_received("A", 1, ok("other"), 1.0)  # another job's record
@@ -205,9 +203,7 @@ def test_results_are_accepted_exactly_once() -> None:
 
 
 def test_a_lost_workers_late_result_wins_and_the_new_attempt_is_cancelled() -> None:
-    d = Dispatch("j1", 2, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=2)
     d.step(3.0)
     d.lost(1, 3.5)
     d.step(3.5)
@@ -222,9 +218,7 @@ def test_a_lost_workers_late_result_wins_and_the_new_attempt_is_cancelled() -> N
 
 
 def test_a_restarted_worker_that_kept_the_job_is_adopted_back() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["W"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["W"], retries=1)
     d.step(3.0)
     d.lost(1, 4.0)
     assert isinstance(d.step(4.0), FindWorkers)
@@ -236,9 +230,7 @@ def test_a_restarted_worker_that_kept_the_job_is_adopted_back() -> None:
 
 
 def test_retryable_results_spend_the_budget_then_become_final() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=1)
     timed_out = JobResult("j1", JobStatus.TIMED_OUT, error="killed after its timeout of 1 s")
     assert not d.result_received("A", 1, timed_out, 2.0)
     assert d.phase is Phase.SEEKING and d.retries_used == 1
@@ -251,17 +243,13 @@ def test_retryable_results_spend_the_budget_then_become_final() -> None:
 
 
 def test_failed_and_refused_results_are_final_whatever_the_budget() -> None:
-    d = Dispatch("j1", 8, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=8)
     assert d.result_received("A", 1, JobResult("j1", JobStatus.FAILED, error="shape"), 1.0)
     assert d.phase is Phase.DONE and d.result.error == "shape"
 
 
 def test_cancel_tells_the_worker_and_stops_its_heartbeats() -> None:
-    d = Dispatch("j1", 0, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=0)
     assert d.cancel(1.0)
     assert d.step(1.0) == SendCancel("A", 1)
     assert d.step(1.0) == Finished(None)
@@ -573,6 +561,13 @@ async def started(tmp_path: Path, *, block: bool = False, reachable: bool = True
             nursery.cancel_scope.cancel()
 
 
+async def run_a_queue_b(ex: Executor, files: MemoryFiles, sub: Submitter) -> None:
+    """Offer jobs a and b and wait until a runs (with a blocking runner, b stays queued)."""
+    await offer_to(ex, files, "a")
+    await offer_to(ex, files, "b")
+    await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+
+
 def test_the_worker_state_file_round_trips_and_drops_only_what_no_longer_parses() -> None:
     job = spec("j1")
     held = Held(WorkItem("S", "j1", 2, 0, job.requirements, 5.0, 7), encode_job(job), {"a": "b"})
@@ -678,9 +673,7 @@ async def test_a_restarted_executor_runs_the_jobs_it_had_accepted(tmp_path: Path
 
 async def test_a_submitter_that_no_longer_wants_a_job_stops_it(tmp_path: Path) -> None:
     async with started(tmp_path, block=True) as (ex, files, sub, runner):
-        await offer_to(ex, files, "a")
-        await offer_to(ex, files, "b")
-        await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+        await run_a_queue_b(ex, files, sub)
         sub.keep = False
         await until(lambda: not ex.held)
         assert ex.stats["stopped"] == 2 and sub.results == []
@@ -699,9 +692,7 @@ async def test_a_repeated_offer_is_idempotent(tmp_path: Path) -> None:
 
 async def test_drain_and_pause_refuse_offers_and_pause_holds_the_queue(tmp_path: Path) -> None:
     async with started(tmp_path, block=True) as (ex, files, sub, runner):
-        await offer_to(ex, files, "a")
-        await offer_to(ex, files, "b")
-        await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+        await run_a_queue_b(ex, files, sub)
         ex.draining = True
         refused = await offer_to(ex, files, "c")
         assert (refused.reason, refused.message) == ("busy", "this node is draining")

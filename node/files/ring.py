@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.ring import RING_MASK, node_position
@@ -101,7 +102,7 @@ class RingSource:
         self._walked: frozenset[PeerId] = frozenset()
         self._walked_at: float | None = None
         self._lock = trio.Lock()
-        self._names: dict[str, PeerId] = {}
+        self._raw_ids: Memo[str, PeerId] = Memo(peer_id_bytes)
         self.unreachable_s = unreachable_s
         self.max_verify = max_verify
         self.dial_timeout = dial_timeout
@@ -112,16 +113,10 @@ class RingSource:
     def _connected(self) -> list[PeerId]:
         out = []
         for name in self.host.connected_peers():
-            raw = self._names.get(name)
-            if raw is None:
-                try:
-                    raw = peer_id_bytes(name)
-                except ValueError:
-                    continue
-                if len(self._names) > 10_000:
-                    self._names.clear()
-                self._names[name] = raw
-            out.append(raw)
+            try:
+                out.append(self._raw_ids(name))
+            except ValueError:
+                pass  # not a peer id: it has no place on the ring
         return out
 
     def _members(self) -> list[PeerId]:
