@@ -56,34 +56,31 @@ def _str_list(value: Any) -> list[str]:
     raise ValueError("expected a list of strings (or a comma-separated string)")
 
 
-def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
+def _number_in(kind: type[int] | type[float], lo: float, hi: float) -> Callable[[Any], Any]:
+    """A ``kind`` (int or float) within lo..hi; inf, nan and numbers too large for a float
+    (OverflowError: TOML's inf, an integer of 400 digits) are one-line errors."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError("expected an integer")
+            raise ValueError(f"expected {noun}")
         try:
-            number = int(value)
-        except (TypeError, ValueError, OverflowError):  # OverflowError: inf from TOML
-            raise ValueError(f"expected an integer, got {value!r}") from None
-        if not lo <= number <= hi:
+            number = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"expected {noun}, got {value!r}") from None
+        if not lo <= number <= hi:  # nan compares false: outside
             raise ValueError(f"{number} is outside {lo}..{hi}")
         return number
 
     return parse
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    return _number_in(int, lo, hi)
 
 
 def _float_in(lo: float, hi: float) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
-        if not lo <= number <= hi:
-            raise ValueError(f"{number} is outside {lo}..{hi}")
-        return number
-
-    return parse
+    return _number_in(float, lo, hi)
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
