@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import trio
 from creditmesh import credit_mesh
-from fulldisk import small_disk
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fulldisk import small_disk
 
 from poolai.mesh.adverts import peer_id_from_public_key
 from poolai.mesh.errors import RemoteError
