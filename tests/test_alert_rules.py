@@ -142,7 +142,8 @@ def test_credits_stalled_only_while_contributing():
     assert book.step(at(5 * 3600, credits_earned=5.0, contributing=True)) == []
     [event] = book.step(at(6 * 3600, credits_earned=5.0, contributing=True))
     assert event.alert.key == "credits_stalled" and "6.0 h" in event.alert.detail
-    assert [e.kind for e in book.step(at(6 * 3600 + 60, credits_earned=5.5, contributing=True))] == ["cleared"]
+    later = at(6 * 3600 + 60, credits_earned=5.5, contributing=True)
+    assert [e.kind for e in book.step(later)] == ["cleared"]
     idle = AlertBook()
     idle.step(at(0, credits_earned=5.0, contributing=False))
     assert idle.step(at(7 * 3600, credits_earned=5.0, contributing=False)) == []
