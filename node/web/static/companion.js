@@ -41,9 +41,7 @@ async function refreshHistory() {
         `next: ${amount(m.kind === "served" ? "bytes" : "", m.goal)} ${m.label} (${Math.round(m.progress * 100)}%)`)));
     fill("milestones", ...marks);
     for (const b of document.querySelectorAll("#history .span")) b.classList.toggle("on", b.dataset.span === companion.span);
-  } catch (e) {
-    if (e.status !== 404) $("streak").textContent = "history unavailable: " + e.message;
-  }
+  } catch (e) { $("streak").textContent = "history unavailable: " + e.message; }
 }
 
 async function refreshTelegram() {
@@ -69,6 +67,11 @@ async function pairTelegram() {
 }
 
 function companionStart() {
+  // Wait for app.js's first /api/page: a node without the companion service has no history to ask for.
+  if (!state.view) { setTimeout(companionStart, 300); return; }
+  if (!(state.view.sections || []).includes("companion")) {
+    $("history").hidden = true; $("telegram").hidden = true; return;
+  }
   for (const b of document.querySelectorAll("#history .span")) {
     b.addEventListener("click", () => { companion.span = b.dataset.span; refreshHistory(); });
   }
