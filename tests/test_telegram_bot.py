@@ -72,6 +72,25 @@ def test_only_the_owner_commands_and_strangers_are_told_once_a_minute():
         assert core.handle(junk, 80.0) == ([], [])
 
 
+def test_strangers_together_get_a_bounded_number_of_replies():
+    core = paired_core()
+    told = sum(len(core.handle(msg(10_000 + i, "/status", 10 + i), 5.0)[0]) for i in range(100))
+    assert told == bot.STRANGER_REPLIES_PER_MIN
+    assert len(core.handle(msg(99_999, "/status", 500), 5.0 + bot.STRANGER_REPLY_S)[0]) == 1
+
+
+def test_summary_and_streak_texts():
+    text = bot.summary_text("12D3KooWnode", {"jobs": 7, "served": 3 << 30, "earned": 1.25},
+                            {"current": 4}, 5 << 30, alerts=1)
+    assert "jobs run: 7" in text and "served: 3.0 GiB" in text and "stored: 5.0 GiB" in text
+    assert "credits earned: 1.250" in text and "streak: 4 day(s)" in text
+    marks = {"reached": [{"kind": "jobs", "label": "jobs run", "goal": 10}],
+             "next": [{"kind": "served", "label": "bytes served", "goal": 1 << 30, "progress": 0.5}]}
+    streak = bot.streak_text({"current": 2, "best": 5, "days": 9}, marks)
+    assert "2 day(s) in a row (best 5" in streak and "10 jobs run" in streak
+    assert "next: 1.0 GiB bytes served (50%)" in streak
+
+
 def test_a_new_code_moves_the_bot_to_the_chat_that_uses_it():
     core = paired_core()
     code, _ = core.new_code(10.0)

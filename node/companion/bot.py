@@ -34,6 +34,7 @@ CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 8
 STRANGER_REPLY_S = 60.0
 MAX_STRANGERS = 256
+STRANGER_REPLIES_PER_MIN = 20  # all strangers together: a crowd of chats cannot make the bot spam
 MAX_TEXT = 4000  # Telegram refuses messages over 4096 characters
 GROUP_S = 10.0
 BURST, REFILL_S = 3, 300.0
@@ -163,6 +164,8 @@ class BotCore:
     def _stranger(self, chat_id: int, now: float, prefix: str = "") -> list[Reply]:
         last = self._strangers.get(chat_id)
         if last is not None and now - last < STRANGER_REPLY_S:
+            return []
+        if sum(now - t < STRANGER_REPLY_S for t in self._strangers.values()) >= STRANGER_REPLIES_PER_MIN:
             return []
         self._strangers[chat_id] = now
         self._strangers.move_to_end(chat_id)

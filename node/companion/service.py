@@ -91,6 +91,7 @@ class CompanionService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self._load()
+        self._check_secret_file()
         redactor = Redactor(self.token)
         handlers = list(logging.getLogger().handlers)
         for handler in handlers:
@@ -332,6 +333,19 @@ class CompanionService:
                 "alert_scale": self.scale, "stats": dict(self.stats)}
 
     # ------------------------------------------------------------------ files
+    def _check_secret_file(self) -> None:
+        """Warn when the token sits in a config.toml that other users can read."""
+        sources = getattr(self.ctx.config, "sources", {})
+        if not self.token or sources.get("telegram_token") != "file":
+            return
+        path = self.ctx.data_dir / "config.toml"
+        try:
+            if path.stat().st_mode & 0o077:
+                log.warning("%s holds the Telegram bot's token and other users can read it: "
+                            "run 'chmod 600 %s'", path, path)
+        except OSError:
+            pass
+
     def _load(self) -> None:
         path = self.dir / HISTORY_FILE
         try:
