@@ -102,7 +102,7 @@ def test_milestones_reached_and_next():
 
 def test_charts_are_polylines_inside_their_box():
     h = day_of_history()
-    charts = history.charts(h)
+    charts = history.charts(list(h.minutes))
     assert [c["field"] for c in charts] == list(history.FIELDS)
     for c in charts:
         coords = [tuple(map(float, xy.split(","))) for xy in c["points"].split()]
@@ -111,4 +111,4 @@ def test_charts_are_polylines_inside_their_box():
     served = charts[2]
     assert served["last"] == 50_000 and served["total"] == 1439 * 50_000
     assert history.chart([], "peers")["points"] == ""
-    assert len(history.charts(h, "90d")[0]["points"].split()) == 24
+    assert len(history.charts(h.hourly())[0]["points"].split()) == 24

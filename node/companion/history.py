@@ -185,22 +185,22 @@ def chart(points: Sequence[Point], field: str, *, width: int = 600, height: int 
     if field not in FIELDS:
         raise ValueError(f"unknown series {field!r}")
     if not points:
-        return {"field": field, "points": "", "max": 0, "last": None, "start": None, "end": None}
+        return {"field": field, "points": "", "max": 0, "last": None, "total": None,
+                "start": None, "end": None}
     xs = [p.t for p in points]
     values = [getattr(p, field) for p in points]
     if rate:
         values = [0.0] + [max(0.0, b - a) for a, b in zip(values, values[1:], strict=False)]
     top = max(values) or 1.0
-    span = (xs[-1] - xs[0]) or 1.0
-    coords = " ".join(f"{(x - xs[0]) / span * width:.1f},{height - v / top * (height - 4) - 2:.1f}"
-                      for x, v in zip(xs, values, strict=True))
+    x0, sx, sy = xs[0], width / ((xs[-1] - xs[0]) or 1.0), (height - 4) / top
+    coords = " ".join(["%.1f,%.1f" % ((x - x0) * sx, height - 2 - v * sy)  # noqa: UP031 - twice as fast
+                       for x, v in zip(xs, values, strict=True)])
     return {"field": field, "points": coords, "max": max(values), "last": values[-1],
             "total": sum(values) if rate else None, "start": xs[0], "end": xs[-1]}
 
 
-def charts(history: History, span: str = "day") -> list[dict[str, Any]]:
-    """The page's charts: the last day by the minute, or (``span="90d"``) 90 days by the hour."""
-    points = list(history.minutes) if span == "day" else history.hourly()
+def charts(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """The page's charts of ``points`` (``list(history.minutes)`` or ``history.hourly()``)."""
     return [
         {**chart(points, "peers"), "label": "peers connected", "unit": "peers"},
         {**chart(points, "stored"), "label": "bytes stored for the mesh", "unit": "bytes"},
@@ -240,11 +240,13 @@ def streaks(history: History, now: float | None = None) -> dict[str, int]:
     return {"current": current, "best": best, "days": len(days)}
 
 
-def milestones(history: History, now: float | None = None) -> dict[str, Any]:
-    """Milestones reached (the highest of each kind) and the next one of each, with progress."""
+def milestones(history: History, now: float | None = None, streak: int | None = None) -> dict[str, Any]:
+    """Milestones reached (the highest of each kind) and the next one of each, with progress
+    (``streak``: the current streak when the caller has it already)."""
     latest = history.latest()
+    days = streaks(history, now)["current"] if streak is None else streak
     have = {"jobs": latest.jobs if latest else 0.0, "served": latest.served if latest else 0.0,
-            "earned": latest.earned if latest else 0.0, "streak": float(streaks(history, now)["current"])}
+            "earned": latest.earned if latest else 0.0, "streak": float(days)}
     reached, upcoming = [], []
     for key, label, goals in MILESTONES:
         done = [g for g in goals if have[key] >= g]

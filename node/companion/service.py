@@ -84,6 +84,7 @@ class CompanionService:
         self.bot_error = ""
         self.bot_name = ""
         self.started_at = time.time()
+        self._streak: tuple[float, dict[str, int]] | None = None  # (computed at, streak)
         self._saved_at = 0.0
         self._wake_sender = trio.Event()
 
@@ -292,12 +293,22 @@ class CompanionService:
         if kind == "peers":
             return bot.peers_text(sorted(self.ctx.host.connected_peers()))
         if kind == "streak":
-            return bot.streak_text(history.streaks(self.history), history.milestones(self.history))
+            streak = self.streak
+            return bot.streak_text(streak, history.milestones(self.history, streak=streak["current"]))
         if kind == "alerts":
             return bot.active_text([a.to_json() for a in self.book.active()])
         return bot.HELP
 
     # ------------------------------------------------------------------ for the API and the bot
+    @property
+    def streak(self) -> dict[str, int]:
+        """The contribution streak, recomputed at most once a minute (about 10 ms over a full
+        history, and /api/status is polled by the page)."""
+        now = time.time()
+        if self._streak is None or now - self._streak[0] >= 60.0:
+            self._streak = (now, history.streaks(self.history, now))
+        return self._streak[1]
+
     def summary(self) -> dict[str, Any]:
         jobs = self.jobs.status() if self.jobs is not None else None
         return {"peer_id": self.ctx.peer_id, "version": __version__,
@@ -327,9 +338,9 @@ class CompanionService:
                 "error": self.bot_error, "last_summary": self.bot.state.last_summary or None}
 
     def status(self) -> dict[str, Any]:
-        streak = history.streaks(self.history)
         return {"alerts": [a.to_json() for a in self.book.active()], "telegram": self.telegram_status(),
-                "streak": streak, "history_points": len(self.history.minutes) + len(self.history.hours),
+                "streak": dict(self.streak),
+                "history_points": len(self.history.minutes) + len(self.history.hours),
                 "alert_scale": self.scale, "stats": dict(self.stats)}
 
     # ------------------------------------------------------------------ files
