@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -248,6 +249,12 @@ async def test_service_pairs_pushes_an_alert_answers_the_owner_and_refuses_stran
 
             peers.add("12D3KooWpeer")
             await trio.to_thread.run_sync(fake.wait_message, OWNER, "cleared: Node unreachable")
+
+            jobs.executor.stats["finished"] = 1  # the first job run here: a milestone
+            await trio.to_thread.run_sync(fake.wait_message, OWNER, "Milestone: 1 jobs run")
+            service.bot.state.last_summary = time.time() - 86401  # a day since the last summary
+            summary = await trio.to_thread.run_sync(fake.wait_message, OWNER, "Daily summary")
+            assert "jobs run: 1" in summary["text"]
             assert service.status()["telegram"]["paired"] is True
             nursery.cancel_scope.cancel()
     assert fake.bad_token_calls == 0

@@ -294,9 +294,9 @@ def streak_text(streak: Mapping[str, int], marks: Mapping[str, Any]) -> str:
     lines = [f"Contribution streak: {streak.get('current', 0)} day(s) in a row "
              f"(best {streak.get('best', 0)}, {streak.get('days', 0)} day(s) in all)"]
     for m in marks.get("reached") or []:
-        lines.append(f"\U0001f3c5 {_amount(m['kind'], m['goal'])} {m['label']}")
+        lines.append(f"\U0001f3c5 {amount(m['kind'], m['goal'])} {m['label']}")
     for m in marks.get("next") or []:
-        lines.append(f"next: {_amount(m['kind'], m['goal'])} {m['label']} ({m['progress']:.0%})")
+        lines.append(f"next: {amount(m['kind'], m['goal'])} {m['label']} ({m['progress']:.0%})")
     return clip("\n".join(lines))
 
 
@@ -304,8 +304,8 @@ def summary_text(node: str, day: Mapping[str, float], streak: Mapping[str, int],
                  alerts: int) -> str:
     return clip(f"Daily summary of node {node}:\n"
                 f"jobs run: {int(day.get('jobs', 0))}\n"
-                f"bytes stored: {_amount('served', stored)}, "
-                f"served: {_amount('served', day.get('served', 0))}\n"
+                f"bytes stored: {amount('served', stored)}, "
+                f"served: {amount('served', day.get('served', 0))}\n"
                 f"credits earned: {day.get('earned', 0):.3f}\n"
                 f"streak: {streak.get('current', 0)} day(s); alerts now: {alerts}")
 
@@ -314,7 +314,7 @@ def clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
 
 
-def _amount(kind: str, value: float) -> str:
+def amount(kind: str, value: float) -> str:
     if kind != "served":
         return f"{value:g}"
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):

@@ -113,8 +113,11 @@ class History:
         if not points:
             return {k: 0.0 for k in COUNTERS}
         before = [p for p in points if p.t <= since]
-        start = before[-1] if before else points[0]
-        return {k: max(0.0, getattr(points[-1], k) - getattr(start, k)) for k in COUNTERS}
+        if before:
+            start = {k: getattr(before[-1], k) for k in COUNTERS}
+        else:  # the history began after ``since``: served and jobs count from 0 at its start
+            start = {"served": 0.0, "jobs": 0.0, "earned": points[0].earned}
+        return {k: max(0.0, getattr(points[-1], k) - start[k]) for k in COUNTERS}
 
     # ------------------------------------------------------------------ on disk
     def to_json(self) -> dict[str, Any]:

@@ -87,6 +87,8 @@ class CompanionService:
         self._streak: tuple[float, dict[str, int]] | None = None  # (computed at, streak)
         self._saved_at = 0.0
         self._wake_sender = trio.Event()
+        self._reached: set[tuple[str, float]] | None = None  # milestones reached, once known
+        self.news: deque[str] = deque(maxlen=8)  # milestone messages waiting for the owner's chat
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,7 +134,22 @@ class CompanionService:
             self.outbox.add(events, now)
             self._wake_sender.set()
         self.history.record(now, self._sample())
+        self._note_milestones(now)
         return events
+
+    def _note_milestones(self, now: float) -> None:
+        """Queue a message for each milestone reached since the last look (none for those
+        reached before this process started)."""
+        marks = history.milestones(self.history, now, streak=self.streak["current"])["reached"]
+        reached = {(m["kind"], m["goal"]) for m in marks}
+        if self._reached is not None:
+            for m in marks:
+                if (m["kind"], m["goal"]) not in self._reached and self.bot.paired:
+                    what = f"{bot.amount(m['kind'], m['goal'])} {m['label']}"
+                    self.news.append(f"\U0001f3c5 Milestone: {what}! "
+                                     f"Streak: {self.streak['current']} day(s) in a row.")
+                    self._wake_sender.set()
+        self._reached = reached
 
     # ------------------------------------------------------------------ reading the node
     def observe(self, now: float) -> Observation:
@@ -249,6 +266,8 @@ class CompanionService:
             due = self.outbox.due(now)
             if due:
                 await self._send(api, owner, bot.alerts_text(self.ctx.peer_id, due))
+            while self.news:
+                await self._send(api, owner, self.news.popleft())
             if now - self.bot.state.last_summary >= SUMMARY_EVERY_S and self.bot.state.last_summary:
                 self.bot.state.last_summary = now
                 if await self._send(api, owner, self.summary_text(now)):
