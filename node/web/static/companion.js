@@ -55,6 +55,9 @@ async function refreshTelegram() {
     $("telegram-state").textContent = text;
     $("telegram-pair").hidden = !t.configured;
     if (!t.code_waiting) { companion.pairedCode = null; $("pair-code").textContent = ""; }
+    else if (!companion.pairedCode) {  // made by 'poolai telegram pair': the page never sees the code itself
+      $("pair-code").textContent = `A pairing code is waiting, valid until ${clock(t.code_expires_at)}.`;
+    }
   } catch (e) { $("telegram-state").textContent = "unavailable: " + e.message; }
 }
 
