@@ -61,6 +61,7 @@ def test_paired_bot_alerts_when_the_only_peer_stops_and_obeys_only_its_owner(tmp
             stopped = time.monotonic()
             alert = fake.wait_message(OWNER, "Node unreachable", timeout=delay + 30, after=before)
             took = alert["at"] - stopped
+            print(f"alert {took:.1f} s after the peer stopped (rule delay {delay:g} s)")
             slack = SAMPLE_S * SCALE + 10.0  # one sample period, the group window, the send
             assert delay - SAMPLE_S * SCALE <= took <= delay + slack, took
             assert "Fix:" in alert["text"]
