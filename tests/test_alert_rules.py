@@ -51,6 +51,14 @@ def test_unreachable_raises_after_its_delay_and_clears_after_its_own():
     assert book.active() == []
 
 
+def test_a_node_that_never_knew_a_peer_is_alone_not_unreachable():
+    book = AlertBook()
+    book.step(at(0, peers_connected=0, known_peers=0))
+    [event] = book.step(at(120, peers_connected=0, known_peers=0))
+    assert (event.alert.key, event.alert.severity) == ("alone", "info")
+    assert "--bootstrap" in event.alert.fix
+
+
 def test_a_flapping_condition_never_raises():
     book = AlertBook()
     for t in range(0, 3600, 60):  # a minute down, a minute up, for an hour

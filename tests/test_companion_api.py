@@ -30,11 +30,11 @@ async def test_alerts_history_and_pairing_through_the_api(tmp_path):
                 base_url=node.api_url, timeout=20) as client:
             companion = node.companion
             assert companion is not None
-            # alone from the start: unreachable after 120 s x 0.01
-            await poll_until(lambda: [a.key for a in companion.book.active()] == ["unreachable"])
+            # it knows no peer from the start: "alone" after 120 s x 0.01 (info, not unreachable)
+            await poll_until(lambda: [a.key for a in companion.book.active()] == ["alone"])
             doc = (await client.get("/api/alerts")).json()
             alert = doc["alerts"][0]
-            assert alert["severity"] == "critical" and alert["fix"] and alert["since"] > 0
+            assert alert["severity"] == "info" and "--bootstrap" in alert["fix"] and alert["since"] > 0
             assert {r["key"] for r in doc["rules"]} >= {"unreachable", "gpu_hot", "clock_skew", "new_release"}
             assert doc["recent"][-1]["kind"] == "raised"
 
@@ -55,12 +55,13 @@ async def test_alerts_history_and_pairing_through_the_api(tmp_path):
                 assert TOKEN not in (await client.get(path)).text, path
 
             text = (await client.get("/metrics")).text
-            assert 'poolai_alert{alert="unreachable",severity="critical"} 1' in text
-            assert 'poolai_alerts_active{severity="critical"} 1' in text
+            assert 'poolai_alert{alert="alone",severity="info"} 1' in text
+            assert 'poolai_alerts_active{severity="critical"} 0' in text
+            assert 'poolai_alerts_active{severity="info"} 1' in text
             assert "poolai_telegram_paired 0" in text
             page = (await client.get("/api/page")).json()
-            first = page["alerts"][0]
-            assert first["level"] == "critical" and "Node unreachable" in first["text"]
+            shown = [a for a in page["alerts"] if a["text"].startswith("Node alone (since ")]
+            assert [a["level"] for a in shown] == ["info"]
             assert not any("No peer connected" in a["text"] for a in page["alerts"])  # not twice
 
 

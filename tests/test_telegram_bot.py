@@ -215,7 +215,8 @@ def companion(tmp_path: Path, url: str, peers: set[str], jobs: FakeJobs):
 
     config = SimpleNamespace(telegram_token=TOKEN, telegram_api_url=url, alert_scale=0.01)
     host = SimpleNamespace(peer_id="12D3KooWself", connected_peers=lambda: set(peers))
-    ctx = SimpleNamespace(config=config, data_dir=tmp_path, host=host, book=None, peer_id="12D3KooWself")
+    book = ["12D3KooWpeer"]  # the peer book: it knows one peer
+    ctx = SimpleNamespace(config=config, data_dir=tmp_path, host=host, book=book, peer_id="12D3KooWself")
     return CompanionService(ctx, jobs=jobs)  # type: ignore[arg-type]
 
 
@@ -237,7 +238,7 @@ async def test_service_pairs_pushes_an_alert_answers_the_owner_and_refuses_stran
             assert "Fix:" in alert["text"]
 
             fake.send_user(OWNER, "/status")
-            status = await trio.to_thread.run_sync(fake.wait_message, OWNER, "peers: 0 connected")
+            status = await trio.to_thread.run_sync(fake.wait_message, OWNER, "peers: 0 connected, 1 known")
             assert "Node unreachable" in status["text"]
 
             fake.send_user(STRANGER, "/drain")

@@ -126,10 +126,16 @@ class Rule:
 
 
 def _unreachable(o: Observation, m: Memory, active: bool) -> str | None:
-    if o.peers_connected > 0:
+    if o.peers_connected > 0 or o.known_peers == 0:
         return None
-    known = f"; it knows {o.known_peers} peer(s) but reaches none" if o.known_peers else ""
-    return f"no peer is connected: the mesh cannot reach this node{known}"
+    return (f"no peer is connected: the mesh cannot reach this node; it knows {o.known_peers} peer(s) "
+            f"but reaches none")
+
+
+def _alone(o: Observation, m: Memory, active: bool) -> str | None:
+    if o.peers_connected > 0 or o.known_peers > 0:
+        return None
+    return "this node knows no peer: it runs its owner's jobs itself and stores nothing for others"
 
 
 def _few_peers(o: Observation, m: Memory, active: bool) -> str | None:
@@ -275,8 +281,11 @@ def _size(n: float) -> str:
 
 RULES: tuple[Rule, ...] = (
     Rule("unreachable", "critical", "Node unreachable",
-         "Check the network and that the listen port (4001 by default) is open; restart with "
-         "--bootstrap <a peer's address> if it never had peers.", _unreachable, 120, 30),
+         "Check the network and that the listen port (4001 by default) is open; if its peers all "
+         "went away, restart with --bootstrap <a live peer's address>.", _unreachable, 120, 30),
+    Rule("alone", "info", "Node alone",
+         "To join a mesh, restart with --bootstrap <a peer's address> (it prints it as 'listening: ...').",
+         _alone, 120, 30),
     Rule("few_peers", "warning", "Few peers",
          "Peers come and go; if this lasts, check the connection and raise max_peers.", _few_peers, 600, 120),
     Rule("gpu_missing", "critical", "GPU missing",

@@ -114,7 +114,7 @@ def alerts(status: Mapping[str, Any], warnings: Sequence[Mapping[str, Any]]) -> 
         add(str(a.get("severity")), f"{a.get('title')} (since {_utc(a.get('since'))}): {a.get('detail')}. "
                                     f"Fix: {a.get('fix')}")
     covered = {a.get("key") for a in raised}
-    if not status.get("peers") and "unreachable" not in covered:
+    if not status.get("peers") and not covered & {"unreachable", "alone"}:
         add("warning", "No peer connected: the node is alone (check the bootstrap addresses).")
     overlay = status.get("overlay")
     if isinstance(overlay, Mapping) and status.get("peers") and not overlay.get("successors"):
