@@ -57,13 +57,14 @@ def test_paired_bot_alerts_when_the_only_peer_stops_and_obeys_only_its_owner(tmp
 
             delay = RULES_BY_KEY["unreachable"].raise_after * SCALE
             before = fake.last_message_id()
-            b.stop()
-            stopped = time.monotonic()
+            signalled = time.monotonic()  # A cannot miss B before this
+            shutdown = b.stop().seconds  # B closes its connections early in its shutdown
             alert = fake.wait_message(OWNER, "Node unreachable", timeout=delay + 30, after=before)
-            took = alert["at"] - stopped
-            print(f"alert {took:.1f} s after the peer stopped (rule delay {delay:g} s)")
+            took = alert["at"] - signalled
+            print(f"alert {took:.1f} s after the peer was stopped (rule delay {delay:g} s, "
+                  f"its shutdown took {shutdown:.1f} s)")
             slack = SAMPLE_S * SCALE + 10.0  # one sample period, the group window, the send
-            assert delay - SAMPLE_S * SCALE <= took <= delay + slack, took
+            assert delay - 0.5 <= took <= delay + shutdown + slack, took
             assert "Fix:" in alert["text"]
             assert a.get("/api/alerts")["alerts"][0]["key"] == "unreachable"
             shown = subprocess.run(poolai_command("--data-dir", str(a.data_dir), "alerts"),
