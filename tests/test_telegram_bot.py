@@ -264,7 +264,7 @@ async def test_service_pairs_pushes_an_alert_answers_the_owner_and_refuses_stran
     assert (tmp_path / "companion" / "history.json").exists()
 
 
-async def test_service_without_a_token_runs_no_bot(tmp_path):
+async def test_service_without_a_token_runs_no_bot_and_keeps_its_history(tmp_path):
     service = companion(tmp_path, "http://127.0.0.1:9", {"p"}, FakeJobs())
     service.token = ""
     async with trio.open_nursery() as nursery:
@@ -273,4 +273,11 @@ async def test_service_without_a_token_runs_no_bot(tmp_path):
         with pytest.raises(LookupError):
             service.new_pairing_code()
         assert service.status()["telegram"]["configured"] is False
+        nursery.cancel_scope.cancel()
+    saved = service.history.latest()
+    again = companion(tmp_path, "http://127.0.0.1:9", {"p"}, FakeJobs())  # the node restarted
+    again.token = ""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        assert again.history.minutes[0] == saved  # kept across the restart
         nursery.cancel_scope.cancel()
