@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,8 @@ from poolai.node import units
 from poolai.node.credits.payout import parse_payout_setting
 
 CONFIG_FILE = "config.toml"
+_TOKEN_SHAPE = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,60}")
+SECRET_KEYS = frozenset({"telegram_token"})  # shown as set or unset, never as the value
 
 
 class ConfigError(Exception):
@@ -136,6 +139,21 @@ def _duration_in(lo: int, hi: int) -> Callable[[Any], int]:
     return parse
 
 
+def _telegram_token(value: Any) -> str:
+    text = str(value).strip()
+    if text and not _TOKEN_SHAPE.fullmatch(text):
+        raise ValueError("not a Telegram bot token (digits, ':', then 30-60 letters, digits, '-' or '_'; "
+                         "from @BotFather)")  # the value itself is never echoed: it is a secret
+    return text
+
+
+def _http_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?", text) or len(text) > 256:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return text
+
+
 def _host(value: Any) -> str:
     text = str(value).strip()
     if not text or len(text) > 253 or " " in text:
@@ -193,6 +211,12 @@ SETTINGS: tuple[Setting, ...] = (
             "how long unpinned files put from this node are kept (e.g. 7d, 12h)"),
     Setting("storage_interval", 600, _duration_in(1, 86400),
             "seconds between storage upkeep passes (gc, scrub, repair, audit)"),
+    Setting("telegram_token", "", _telegram_token,
+            "the Telegram bot's token from @BotFather (empty = no bot); keep config.toml mode 0600"),
+    Setting("telegram_api_url", "https://api.telegram.org", _http_url,
+            "the Bot API server's root; methods are called at {url}/bot{token}/{method}"),
+    Setting("alert_scale", 1.0, _float_in(0.01, 100.0),
+            "multiplier on the alert rules' delays (below 1 = faster, for small test meshes)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -227,6 +251,9 @@ class Config:
     storage_quota: int
     storage_lease: int
     storage_interval: int
+    telegram_token: str
+    telegram_api_url: str
+    alert_scale: float
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
@@ -293,5 +320,8 @@ def describe(config: Config) -> list[tuple[str, Any, str]]:
     """(key, value, source) rows for ``poolai config show``."""
     rows: list[tuple[str, Any, str]] = [("data_dir", str(config.data_dir), config.sources["data_dir"])]
     for setting in SETTINGS:
-        rows.append((setting.key, getattr(config, setting.key), config.sources[setting.key]))
+        value = getattr(config, setting.key)
+        if setting.key in SECRET_KEYS:
+            value = "(set)" if value else ""
+        rows.append((setting.key, value, config.sources[setting.key]))
     return rows

@@ -12,7 +12,8 @@ below this module imports it (``tests/test_import_cycles.py``). Who uses whom:
 - capacity: the overlay (this node's coordinate), credits (reputation ranks peers);
 - credits: the capacity table (what a worker advertised bounds what it may claim);
 - storage: the overlay (the ring shares are placed on), credits (audits are paid);
-- jobs: capacity (where to offer), storage (job files), credits (checks and pay).
+- jobs: capacity (where to offer), storage (job files), credits (checks and pay);
+- companion: reads all of the above for its alerts, history and Telegram bot.
 
 The capacity table is made first and handed to both capacity and credits, so neither
 service needs the other to exist first. See docs/architecture.md.
@@ -43,6 +44,7 @@ from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
 from poolai.node.capacity.rules import advert_table
 from poolai.node.capacity.service import CapacityService
+from poolai.node.companion.service import CompanionService
 from poolai.node.config import Config, ConfigError
 from poolai.node.context import NodeContext, NodeService
 from poolai.node.credits.service import CreditsService
@@ -80,6 +82,7 @@ class Node:
         self.credits: CreditsService | None = None
         self.files: StorageService | None = None
         self.jobs: JobService | None = None
+        self.companion: CompanionService | None = None
         self.started_at = 0.0
         self._stopped = trio.Event()
 
@@ -128,7 +131,7 @@ class Node:
                 inbound_cap=inbound_cap_for(self.config.max_peers),
                 protected=built.overlay.overlay.link_peers)
             self.overlay, self.capacity, self.credits = built.overlay, built.capacity, built.credits
-            self.files, self.jobs = built.files, built.jobs
+            self.files, self.jobs, self.companion = built.files, built.jobs, built.companion
             self.services = built.in_start_order()
             try:
                 async with trio.open_nursery() as nursery:
@@ -244,11 +247,13 @@ class Services:
     credits: CreditsService
     files: StorageService
     jobs: JobService
+    companion: CompanionService
 
     def in_start_order(self) -> list[NodeService]:
         """Each service starts after those it uses are ready (credits' ledger before the
-        adverts that rank by it, storage before the jobs that move files through it)."""
-        return [self.overlay, self.credits, self.capacity, self.files, self.jobs]
+        adverts that rank by it, storage before the jobs that move files through it, and
+        the companion, which watches them all, last)."""
+        return [self.overlay, self.credits, self.capacity, self.files, self.jobs, self.companion]
 
 
 def build_services(ctx: NodeContext) -> Services:
@@ -261,7 +266,8 @@ def build_services(ctx: NodeContext) -> Services:
     capacity = CapacityService(ctx, table=table, overlay=overlay.overlay, reputation=credits)
     files = StorageService(ctx, overlay=overlay.overlay, credits=credits)
     jobs = JobService(ctx, capacity=capacity, storage=files, credits=credits)
-    return Services(overlay, capacity, credits, files, jobs)
+    companion = CompanionService(ctx, capacity=capacity, credits=credits, files=files, jobs=jobs)
+    return Services(overlay, capacity, credits, files, jobs, companion)
 
 
 @asynccontextmanager

@@ -73,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_modules() -> list:
     """``register(subparsers)`` functions of the command groups kept in their own modules."""
     from poolai.node.capacity import cli as cli_capacity
+    from poolai.node.companion import cli as cli_companion
     from poolai.node.credits import cli as cli_credits
     from poolai.node.files import cli as cli_storage
     from poolai.node.jobs import cli as cli_jobs
-    return [cli_capacity.register, cli_jobs.register, cli_storage.register, cli_credits.register]
+    return [cli_capacity.register, cli_jobs.register, cli_storage.register, cli_credits.register,
+            cli_companion.register]
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

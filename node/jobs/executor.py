@@ -28,6 +28,7 @@ import logging
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from poolai.node.jobs.spec import (
 log = logging.getLogger(__name__)
 
 FILE_TIMEOUT_S = 600.0
+RECENT_RESULTS = 32  # results of jobs run here kept for the owner's alerts
 
 
 Call = Callable[[str, Any, tuple[type, ...], float], Awaitable[Any]]
@@ -117,6 +119,9 @@ class Executor:
         self.held: dict[tuple[str, str], Held] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
         self.stats = {"accepted": 0, "refused": 0, "finished": 0, "stopped": 0, "restored": 0}
+        # (finished at, job id, result status) of the newest jobs run here: the owner's alerts
+        # judge a run of failures and the reputation peers build from them.
+        self.recent_results: deque[tuple[float, str, str]] = deque(maxlen=RECENT_RESULTS)
         self.draining = False  # refuse offers; what is held still runs
         self.paused = False  # refuse offers and start nothing; running jobs go on
         self._changed = trio.Event()  # queue or slot changed: the scheduler looks again
@@ -257,6 +262,7 @@ class Executor:
             self.held.pop(key, None)
             self.pending[key] = Pending(item.submitter, message, time.time())
             self.stats["finished"] += 1
+            self.recent_results.append((time.time(), item.job_id, str(message.record.get("status"))))
             self._deliver.set()
         await trio.to_thread.run_sync(shutil.rmtree, work, True)
         await self._save()

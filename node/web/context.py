@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from poolai.node.capacity.service import CapacityService
+    from poolai.node.companion.service import CompanionService
     from poolai.node.config import Config
     from poolai.node.credits.service import CreditsService
     from poolai.node.files.service import StorageService
@@ -31,6 +32,7 @@ class NodeView(Protocol):
     credits: CreditsService | None
     files: StorageService | None
     jobs: JobService | None
+    companion: CompanionService | None
 
     def status(self) -> dict[str, Any]:
         """Everything the node knows about itself, one section per service."""

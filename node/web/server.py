@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from poolai.node.auth import AuthMiddleware, Policy
 from poolai.node.capacity import api as capacity_api
+from poolai.node.companion import api as companion_api
 from poolai.node.credits import api as credits_api
 from poolai.node.files import api as files_api
 from poolai.node.jobs import api as jobs_api
@@ -56,6 +57,9 @@ def service_routes(node: NodeView) -> list[BaseRoute]:
         routes += jobs_api.routes(node.jobs)
     if node.credits is not None:
         routes += credits_api.routes(node.credits)
+    companion = getattr(node, "companion", None)  # stand-ins in tests may lack it
+    if companion is not None:
+        routes += companion_api.routes(companion)
     return routes
 
 
