@@ -51,6 +51,7 @@ from poolai.mesh.admission import ConnFacts, InboundAdmission
 from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
+from poolai.mesh.members import members as _members
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,22 @@ class MeshHost:
 
     # ------------------------------------------------------------------ peers
     def connected_peers(self) -> list[str]:
+        """Every peer with an open connection, members or not (see :meth:`member_peers`)."""
         return sorted(str(p) for p in self._host.get_connected_peers())
+
+    def member_peers(self) -> list[str]:
+        """The connected peers that are mesh members (:func:`poolai.mesh.members.is_member`:
+        identified, and not a reachability dial-back). Services that treat a connected peer
+        as a node (the overlay, the storage ring, peer exchange, credits) take these."""
+        return _members(self.connected_peers(), self.protocols_of)
+
+    def protocols_of(self, peer_id: str) -> frozenset[str] | None:
+        """The protocols ``peer_id``'s identify listed, or None before it answered."""
+        try:
+            known = self._host.get_peerstore().get_protocols(self._id(peer_id))
+        except Exception:  # py-libp2p raises PeerStoreError for a peer it has no record of
+            return None
+        return frozenset(str(p) for p in known) or None
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().connections.get(self._id(peer_id)))

@@ -131,6 +131,9 @@ class WalkHost:
     def connected_peers(self) -> list[str]:
         return []
 
+    def member_peers(self) -> list[str]:
+        return []
+
     def peer_addrs(self, peer: str) -> list[str]:
         return ["/ip4/127.0.0.1/tcp/1"]
 

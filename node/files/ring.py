@@ -111,7 +111,7 @@ class RingSource:
 
     def _connected(self) -> list[PeerId]:
         out = []
-        for name in self.host.connected_peers():
+        for name in self.host.member_peers():  # not a reachability dial-back (mesh.members)
             raw = self._names.get(name)
             if raw is None:
                 try:
