@@ -196,6 +196,8 @@ SETTINGS: tuple[Setting, ...] = (
             "how long unpinned files put from this node are kept (e.g. 7d, 12h)"),
     Setting("storage_interval", 600, _duration_in(1, 86400),
             "seconds between storage upkeep passes (gc, scrub, repair, audit)"),
+    Setting("reach_interval", 1800, _duration_in(2, 7 * 86400),
+            "seconds between reachability checks (sooner while unknown or when the address changes)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -230,6 +232,7 @@ class Config:
     storage_quota: int
     storage_lease: int
     storage_interval: int
+    reach_interval: int
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"

@@ -50,6 +50,7 @@ from poolai.node.files.service import StorageService
 from poolai.node.jobs.service import JobService
 from poolai.node.logring import LogRing
 from poolai.node.overlay.service import OverlayService
+from poolai.node.reach.service import ReachService
 from poolai.node.runtime import API_SOCKET, RUNTIME_FILE, lock_data_dir
 from poolai.node.web.server import open_unix_listener, remove_socket, serve_api
 
@@ -80,6 +81,7 @@ class Node:
         self.credits: CreditsService | None = None
         self.files: StorageService | None = None
         self.jobs: JobService | None = None
+        self.reach: ReachService | None = None
         self.started_at = 0.0
         self._stopped = trio.Event()
 
@@ -128,7 +130,7 @@ class Node:
                 inbound_cap=inbound_cap_for(self.config.max_peers),
                 protected=built.overlay.overlay.link_peers)
             self.overlay, self.capacity, self.credits = built.overlay, built.capacity, built.credits
-            self.files, self.jobs = built.files, built.jobs
+            self.files, self.jobs, self.reach = built.files, built.jobs, built.reach
             self.services = built.in_start_order()
             try:
                 async with trio.open_nursery() as nursery:
@@ -244,11 +246,13 @@ class Services:
     credits: CreditsService
     files: StorageService
     jobs: JobService
+    reach: ReachService
 
     def in_start_order(self) -> list[NodeService]:
         """Each service starts after those it uses are ready (credits' ledger before the
-        adverts that rank by it, storage before the jobs that move files through it)."""
-        return [self.overlay, self.credits, self.capacity, self.files, self.jobs]
+        adverts that rank by it, storage before the jobs that move files through it;
+        reachability uses no other service)."""
+        return [self.overlay, self.credits, self.capacity, self.files, self.jobs, self.reach]
 
 
 def build_services(ctx: NodeContext) -> Services:
@@ -261,7 +265,8 @@ def build_services(ctx: NodeContext) -> Services:
     capacity = CapacityService(ctx, table=table, overlay=overlay.overlay, reputation=credits)
     files = StorageService(ctx, overlay=overlay.overlay, credits=credits)
     jobs = JobService(ctx, capacity=capacity, storage=files, credits=credits)
-    return Services(overlay, capacity, credits, files, jobs)
+    reach = ReachService(ctx)
+    return Services(overlay, capacity, credits, files, jobs, reach)
 
 
 @asynccontextmanager

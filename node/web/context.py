@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from poolai.node.jobs.service import JobService
     from poolai.node.logring import LogRing
     from poolai.node.overlay.service import OverlayService
+    from poolai.node.reach.service import ReachService
 
 
 class NodeView(Protocol):
@@ -31,6 +32,7 @@ class NodeView(Protocol):
     credits: CreditsService | None
     files: StorageService | None
     jobs: JobService | None
+    reach: ReachService | None
 
     def status(self) -> dict[str, Any]:
         """Everything the node knows about itself, one section per service."""

@@ -46,6 +46,20 @@ def reachability(addrs: Sequence[str]) -> dict[str, Any]:
     return {"state": state, "note": note}
 
 
+def reach_view(reach: Any) -> dict[str, Any] | None:
+    """What the dial-back checks concluded (the ``reach`` section), for the node card: the
+    line, the observed public address and what the observed ports tell of the NAT."""
+    if not isinstance(reach, Mapping):
+        return None
+    mapping = reach.get("mapping") if isinstance(reach.get("mapping"), Mapping) else {}
+    return {"state": reach.get("state"), "line": str(reach.get("line") or ""),
+            "public_addr": reach.get("public_addr"), "observed_ip": reach.get("observed_ip"),
+            "answers": reach.get("answers"), "age_s": reach.get("age_s"),
+            "nat": mapping.get("nat"), "port_preserving": mapping.get("port_preserving"),
+            "address_dependent": mapping.get("address_dependent"),
+            "observed": list(mapping.get("observed") or ())[:8]}
+
+
 def _addr_kind(addr: str) -> str:
     parts = addr.split("/")
     if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
@@ -167,6 +181,7 @@ def page_view(
             "uptime_s": status.get("uptime_s"),
             "known_peers": status.get("known_peers"),
             "reachability": reachability(list(status.get("addrs") or ())),
+            "reach": reach_view(status.get("reach")),
         },
         "peers": page_of(peers, peers_offset, PEERS_PAGE),
         "overlay": status.get("overlay"),
