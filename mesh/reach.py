@@ -37,6 +37,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from poolai.mesh import rpc
 from poolai.mesh.errors import PeerUnreachable
 from poolai.mesh.host import Libp2pStream, MeshHost, open_host
+from poolai.mesh.members import DIALER_MARK
 from poolai.mesh.wire import field, message
 
 PROTOCOL = "/poolai/reach/1.0.0"
@@ -146,9 +147,19 @@ async def ask(host: MeshHost, peer_id: str, request: DialRequest,
 @asynccontextmanager
 async def open_dialer() -> AsyncIterator[MeshHost]:
     """A host with a fresh identity that listens nowhere: dial-backs leave from it, so each
-    is a new TCP connection and a new Noise session, never the requester's own connection."""
+    is a new TCP connection and a new Noise session, never the requester's own connection.
+
+    It serves :data:`~poolai.mesh.members.DIALER_MARK` (registered before it dials anyone,
+    so every identify of it lists the marker): the node it dials sees a connected peer
+    that is no member of the mesh (:mod:`poolai.mesh.members`), and keeps it out of its
+    overlay, storage ring, peer book and syncs."""
     async with open_host(create_new_key_pair(), []) as dialer:
+        dialer.set_handler(DIALER_MARK, _refuse)
         yield dialer
+
+
+async def _refuse(stream: Libp2pStream) -> None:
+    await stream.reset()  # the marker is for identify to list; nothing speaks it
 
 
 async def dial_back(dialer: MeshHost, peer_id: str, addr: str, nonce: bytes, *, timeout: float) -> None:  # noqa: ASYNC109

@@ -233,7 +233,7 @@ class ReachService:
     # ------------------------------------------------------------------ state
     def _candidates(self) -> list[Candidate]:
         out = []
-        for peer in self.host.connected_peers():
+        for peer in self.host.member_peers():  # never another node's dial-back identity
             if peer in self._no_protocol:
                 continue
             remote = self.host.peer_remote_addr(peer)
