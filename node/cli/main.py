@@ -184,8 +184,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"address:  {addr}")
     print(f"peers:    {len(data['peers'])} connected, {data['known_peers']} known")
     reach = data.get("reach")
-    if isinstance(reach, dict) and reach.get("line"):
-        print(f"reach:    {reach['line']}")
+    if isinstance(reach, dict) and (reach.get("summary") or reach.get("line")):
+        print(f"reach:    {reach.get('summary') or reach['line']}")
     for peer in data["peers"]:
         print(f"  {peer['peer_id']}")
     overlay = data.get("overlay")

@@ -17,15 +17,16 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from poolai.mesh import reach, rpc
 from poolai.mesh.errors import MeshError
 from poolai.mesh.host import MeshHost
+from poolai.node.reach import roles
 from poolai.node.reach.rules import (
     NOT_CHECKED,
     Answer,
@@ -42,6 +43,7 @@ from poolai.node.reach.rules import (
 )
 
 if TYPE_CHECKING:
+    from poolai.mesh.overlay_net import OverlayNode
     from poolai.node.context import NodeContext
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,27 @@ class _Pending:
     receipts: int = 0
 
 
+class Advertiser(Protocol):
+    """Where the verdict is advertised (the capacity service)."""
+
+    def set_reach(self, state: str) -> None: ...
+
+
 class ReachService:
     name = "reach"
 
     def __init__(self, ctx: NodeContext, config: ReachConfig | None = None,
                  limits: ServerLimits | None = None, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
-        """``config`` defaults to rounds every ``ctx.config.reach_interval`` seconds."""
+                 rng: random.Random | None = None, *, overlay: OverlayNode | None = None,
+                 advertiser: Advertiser | None = None) -> None:
+        """``config`` defaults to rounds every ``ctx.config.reach_interval`` seconds. After
+        each round the verdict's roles apply (:mod:`poolai.node.reach.roles`): ``overlay``
+        keeps fewer incoming links while the node is private, ``advertiser`` puts the
+        verdict in the capacity advert. Either may be None (tests): that role is skipped."""
         self.host: MeshHost = ctx.host
+        self.overlay = overlay
+        self.advertiser = advertiser
+        self.relay_addrs: tuple[str, ...] = ()  # this node's /p2p-circuit addresses (set_relay_addrs)
         self.config = config or ReachConfig.every(float(ctx.config.reach_interval))
         self.policy = ServerPolicy(limits)
         self.clock = clock
@@ -137,6 +152,7 @@ class ReachService:
         self.rechecks.round_done(verdict, listen)
         if self.verdict.line() != previous.line():
             log.info("reachability (%s): %s", reason, self.verdict.line())
+        self._apply_roles()
         self._round_done.set()
         self._round_done = trio.Event()
         return verdict
@@ -230,6 +246,27 @@ class ReachService:
         pending.receipts += 1
         return reach.DialBackAck()
 
+    # ------------------------------------------------------------------ roles
+    def set_relay_addrs(self, addrs: Sequence[str]) -> None:
+        """The hook for circuit relay: this node's ``/p2p-circuit`` addresses, each time its
+        relay reservations change (empty when it holds none). They go into the status line
+        ("behind NAT, reachable through relays ...")."""
+        self.relay_addrs = tuple(addrs)
+
+    def _apply_roles(self) -> None:
+        state = self.verdict.state
+        if self.overlay is not None:
+            table = self.overlay.table
+            table.limit_incoming(roles.incoming_cap(table.config.max_incoming, state))
+        if self.advertiser is not None:
+            self.advertiser.set_reach(state)
+
+    def summary(self) -> str:
+        """The line ``poolai status`` and the status page show (:func:`roles.summary`)."""
+        v = self.verdict
+        return roles.summary(v.state, public_addr=v.public_addr, relay_addrs=self.relay_addrs,
+                             detail=v.line(), answers=v.answers)
+
     # ------------------------------------------------------------------ state
     def _candidates(self) -> list[Candidate]:
         out = []
@@ -249,6 +286,8 @@ class ReachService:
         out: dict[str, Any] = self.verdict.as_json()
         out["age_s"] = round(now - self.verdict.at, 1) if self.rounds else None
         out["rounds"] = self.rounds
+        out["summary"] = self.summary()
+        out["relay_addrs"] = list(self.relay_addrs)
         out["last_round"] = self.last_round.as_json() if self.last_round else None
         out["server"] = {"served": self.policy.served, "refused": dict(self.policy.refused),
                          **{k: getattr(self._server.stats, k) for k in ("rejected_busy", "bad_requests")}}

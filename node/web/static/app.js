@@ -129,7 +129,9 @@ function renderOverview(v) {
 // What the dial-back checks saw, for the reachability line's tooltip.
 function reachDetail(r) {
   const yesNo = b => b === true ? "yes" : b === false ? "no" : "can't tell";
-  return `observed at: ${(r.observed || []).join(", ") || "—"}\n` +
+  return (r.detail && r.detail !== r.line ? `${r.detail}\n` : "") +
+    ((r.relay_addrs || []).length ? `relays: ${r.relay_addrs.join(", ")}\n` : "") +
+    `observed at: ${(r.observed || []).join(", ") || "—"}\n` +
     `NAT: ${yesNo(r.nat)}; port-preserving: ${yesNo(r.port_preserving)}; ` +
     `address-dependent: ${yesNo(r.address_dependent)}\n` +
     `${r.answers ?? 0} answer(s)` + (typeof r.age_s === "number" ? `, checked ${secs(r.age_s)} ago` : "");
