@@ -254,6 +254,14 @@ class MeshHost:
         as a node (the overlay, the storage ring, peer exchange, credits) take these."""
         return _members(self.connected_peers(), self.protocols_of)
 
+    async def wait_identified(self, peer_id: str) -> None:
+        """Return once identify has answered for ``peer_id`` (a connected peer is a member
+        from then on, unless it is a dial-back). py-libp2p runs identify in the background
+        after each connection and signals no event, so this polls every 10 ms; the caller
+        sets the deadline. For tests and tools that use a peer right after dialling it."""
+        while self.protocols_of(peer_id) is None:  # noqa: ASYNC110 - nothing signals identify
+            await trio.sleep(0.01)
+
     def protocols_of(self, peer_id: str) -> frozenset[str] | None:
         """The protocols ``peer_id``'s identify listed, or None before it answered."""
         try:

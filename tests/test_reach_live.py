@@ -44,6 +44,7 @@ def service(host: MeshHost, **kw) -> ReachService:
 async def connect(a: MeshHost, b: MeshHost) -> None:
     peer_id, addr = split_p2p_addr(b.addrs()[0])
     await a.connect(peer_id, [addr])
+    await a.wait_identified(peer_id)  # servers are chosen among members: identified peers
 
 
 def liar(host: MeshHost, *, over_same_connection: bool) -> None:

@@ -167,7 +167,7 @@ class RingSource:
         (see the module doc)."""
         ring = self.view()
         present = set(ring.peers)
-        relayed = self._relay_only(
+        relayed = set() if self.relay_only is None else self._relay_only(
             p for p in (*self._members(), *self._walked, *self._connected()) if p not in present)
         departed = sorted(p for p in {*self._last_in_view, *relayed} if p not in present)
         if not departed:
