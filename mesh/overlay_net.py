@@ -379,6 +379,7 @@ class OverlayNode:
             "long": [describe(p) for p in links.long],
             "proximity": [describe(p) for p in links.proximity],
             "incoming": len(links.incoming),
+            "incoming_cap": self.table.incoming_cap,
             "stats": dataclasses.asdict(self.stats),
         }
 

@@ -131,6 +131,11 @@ def test_node_processes_on_loopback_conclude_public(tmp_path):
         assert f"reach:    reachable from the internet at {listen}" in out.stdout
         page = a.get("/api/page")["node"]["reach"]
         assert page["state"] == PUBLIC and page["public_addr"] == listen
+        assert section["summary"] == page["line"] == section["line"]
+        # the verdict travels in A's capacity advert
+        b = nodes[1]
+        wait_until(lambda: any(e["peer_id"] == a.peer_id and e["reach"] == PUBLIC
+                               for e in b.get("/api/capacity")["entries"]), 30, "B reading A's verdict")
     finally:
         stop_all(nodes)
 
@@ -218,6 +223,13 @@ def test_a_firewalled_node_concludes_private(tmp_path, firewalled):
         assert verdict["observed_ip"] == WAN_IP
         assert verdict["mapping"]["nat"] is True and verdict["mapping"]["port_preserving"] is True
         assert verdict["line"] == "behind NAT (port-preserving mapping), not reachable directly"
+        assert verdict["summary"] == f"LAN only: {verdict['line']}, and no relay"
+        overlay = fetch_local(a.data_dir, "/api/status", 5.0)["overlay"]
+        assert overlay["incoming_cap"] == 8  # a quarter of the 32 a public node keeps
+        a_id = fetch_local(a.data_dir, "/api/status", 5.0)["peer_id"]
+        wait_until(lambda: any(e["peer_id"] == a_id and e["reach"] == PRIVATE
+                               for e in fetch_local(peers[0].data_dir, "/api/capacity", 5.0)["entries"]),
+                   30, "a peer reading A's verdict")
         assert dropped() >= 3  # the dial-backs were made, and the firewall dropped them
         served = [fetch_local(p.data_dir, "/api/reach", 5.0)["server"]["served"] for p in peers]
         assert sum(served) >= 3
