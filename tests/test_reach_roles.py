@@ -146,6 +146,11 @@ def test_the_overlay_table_drops_the_least_recently_heard_links_beyond_the_cap()
     assert table.incoming_cap == 8 and table.add_incoming(ring[10], 21.0)
 
 
+def test_only_a_public_node_serves_as_a_relay():
+    assert roles.may_relay("public")
+    assert not roles.may_relay("private") and not roles.may_relay("unknown")
+
+
 # ----------------------------------------------------------------------------- what the owner is told
 
 

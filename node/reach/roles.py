@@ -12,7 +12,8 @@ way to reach it is through a relay. Such a peer
   shares already on it are still computed (``storage.placement``'s absent peers);
 - keeps fewer incoming overlay links (:func:`incoming_cap`): each incoming link costs
   the linker a probe a minute and puts the node on lookup paths, and through a relay
-  every one of those rides the relay's circuits.
+  every one of those rides the relay's circuits;
+- serves as no relay (:func:`may_relay`; for the circuit relay service to consult).
 
 A ``private`` peer that holds a direct connection to us (it dialled out, or a hole
 punch made one) is reached directly and takes shares like anyone else; a ``public``
@@ -40,6 +41,13 @@ def write_exclusions(peers: Iterable[str], state_of: Callable[[str], str],
                      direct: Callable[[str], bool]) -> set[str]:
     """The ``peers`` a node must not place shares on now: the relay-only ones."""
     return {p for p in peers if relay_only(state_of(p), direct(p))}
+
+
+def may_relay(own_state: str) -> bool:
+    """Whether a node in ``own_state`` serves circuit relay: only a public one (a relay
+    others cannot dial is no relay, and a private node's own uplink is what its relayed
+    peers would be spending)."""
+    return own_state == PUBLIC
 
 
 def incoming_cap(max_incoming: int, own_state: str) -> int:
