@@ -84,6 +84,7 @@ class OverlayTable:
         self._long = [_LongSlot() for _ in range(config.long_links)]
         self._prox: list[PeerInfo] = []
         self._incoming: dict[bytes, tuple[PeerInfo, float]] = {}
+        self._incoming_cap = config.max_incoming  # lowered for a node behind NAT (limit_incoming)
         self._nbr: dict[bytes, tuple[LinkSet, float]] = {}
         self._asked: dict[bytes, float] = {}
         self._meas = Measurements(config.rtt_memory)
@@ -225,12 +226,29 @@ class OverlayTable:
         """``peer`` keeps a link to us (call on each of its link probes). False when full."""
         self.observe(peer, now, direct=True)
         if peer.peer_id not in self._incoming:
-            if len(self._incoming) >= self.config.max_incoming:
+            if len(self._incoming) >= self._incoming_cap:
                 return False
             self._version += 1
             self._changed()
         self._incoming[peer.peer_id] = (peer, now)
         return True
+
+    def limit_incoming(self, cap: int) -> None:
+        """Keep at most ``cap`` incoming links (never more than ``config.max_incoming``),
+        dropping the least recently heard beyond it. A node reachable only through relays
+        keeps fewer (``node/reach/roles.py``): it offers fewer peers as near and lookup
+        candidates, and records no more linkers than that."""
+        self._incoming_cap = max(0, min(cap, self.config.max_incoming))
+        extra = len(self._incoming) - self._incoming_cap
+        if extra > 0:
+            for pid in sorted(self._incoming, key=lambda p: self._incoming[p][1])[:extra]:
+                del self._incoming[pid]
+            self._version += 1
+            self._changed()
+
+    @property
+    def incoming_cap(self) -> int:
+        return self._incoming_cap
 
     def record_rtt(
         self,

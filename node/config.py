@@ -217,6 +217,8 @@ SETTINGS: tuple[Setting, ...] = (
             "the Bot API server's root; methods are called at {url}/bot{token}/{method}"),
     Setting("alert_scale", 1.0, _float_in(0.01, 100.0),
             "multiplier on the alert rules' delays (below 1 = faster, for small test meshes)"),
+    Setting("reach_interval", 1800, _duration_in(2, 7 * 86400),
+            "seconds between reachability checks (sooner while unknown or when the address changes)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -254,6 +256,7 @@ class Config:
     telegram_token: str
     telegram_api_url: str
     alert_scale: float
+    reach_interval: int
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,8 @@ from poolai.node.files.service import StorageService
 from poolai.node.jobs.service import JobService
 from poolai.node.logring import LogRing
 from poolai.node.overlay.service import OverlayService
+from poolai.node.reach import roles
+from poolai.node.reach.service import ReachService
 from poolai.node.runtime import API_SOCKET, RUNTIME_FILE, lock_data_dir
 from poolai.node.web.server import open_unix_listener, remove_socket, serve_api
 
@@ -83,6 +85,7 @@ class Node:
         self.files: StorageService | None = None
         self.jobs: JobService | None = None
         self.companion: CompanionService | None = None
+        self.reach: ReachService | None = None
         self.started_at = 0.0
         self._stopped = trio.Event()
 
@@ -131,7 +134,8 @@ class Node:
                 inbound_cap=inbound_cap_for(self.config.max_peers),
                 protected=built.overlay.overlay.link_peers)
             self.overlay, self.capacity, self.credits = built.overlay, built.capacity, built.credits
-            self.files, self.jobs, self.companion = built.files, built.jobs, built.companion
+            self.files, self.jobs = built.files, built.jobs
+            self.companion, self.reach = built.companion, built.reach
             self.services = built.in_start_order()
             try:
                 async with trio.open_nursery() as nursery:
@@ -248,12 +252,14 @@ class Services:
     files: StorageService
     jobs: JobService
     companion: CompanionService
+    reach: ReachService
 
     def in_start_order(self) -> list[NodeService]:
         """Each service starts after those it uses are ready (credits' ledger before the
-        adverts that rank by it, storage before the jobs that move files through it, and
-        the companion, which watches them all, last)."""
-        return [self.overlay, self.credits, self.capacity, self.files, self.jobs, self.companion]
+        adverts that rank by it, storage before the jobs that move files through it;
+        reachability's verdict goes to the overlay and capacity, which run by then; the
+        companion, which watches them all, last)."""
+        return [self.overlay, self.credits, self.capacity, self.files, self.jobs, self.reach, self.companion]
 
 
 def build_services(ctx: NodeContext) -> Services:
@@ -264,10 +270,19 @@ def build_services(ctx: NodeContext) -> Services:
     table = advert_table(ctx.config.capacity_heartbeat, ctx.config.capacity_expiry)
     credits = CreditsService(ctx, adverts=table)
     capacity = CapacityService(ctx, table=table, overlay=overlay.overlay, reputation=credits)
-    files = StorageService(ctx, overlay=overlay.overlay, credits=credits)
+    files = StorageService(ctx, overlay=overlay.overlay, credits=credits,
+                           relay_only=relay_only_rule(ctx.host, capacity.reach_of))
     jobs = JobService(ctx, capacity=capacity, storage=files, credits=credits)
+    reach = ReachService(ctx, overlay=overlay.overlay, advertiser=capacity)
     companion = CompanionService(ctx, capacity=capacity, credits=credits, files=files, jobs=jobs)
-    return Services(overlay, capacity, credits, files, jobs, companion)
+    return Services(overlay, capacity, credits, files, jobs, companion, reach)
+
+
+def relay_only_rule(host: MeshHost, reach_of: Callable[[str], str]) -> Callable[[str], bool]:
+    """Whether a peer is reachable from this node only through a relay: its advert says
+    private (``reach_of``) and no direct connection to it is open. Every connection is
+    direct until circuit relay is in use; then a relayed one does not count here."""
+    return lambda peer: roles.relay_only(reach_of(peer), host.is_connected(peer))
 
 
 @asynccontextmanager

@@ -81,6 +81,8 @@ def test_page_on_a_three_node_mesh(tmp_path, browser):
         expect(page.locator("#peer-id")).to_have_text(a.peer_id)
         expect(page.locator("#lock")).to_have_text("admin")
         expect(page.locator("#peer-count")).to_have_text("2", timeout=15_000)
+        # the dial-back checks' line: unknown until a round ends, then reachable on loopback
+        expect(page.locator("#reach-line")).to_contain_text("reachab")
         for peer in others:
             expect(page.locator(f'#peer-rows tr[data-peer="{peer}"]')).to_have_count(1)
         expect(page.locator(".device.gpu")).to_have_count(1, timeout=15_000)

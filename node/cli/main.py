@@ -185,6 +185,9 @@ def _status(args: argparse.Namespace) -> int:
     for addr in data["addrs"]:
         print(f"address:  {addr}")
     print(f"peers:    {len(data['peers'])} connected, {data['known_peers']} known")
+    reach = data.get("reach")
+    if isinstance(reach, dict) and (reach.get("summary") or reach.get("line")):
+        print(f"reach:    {reach.get('summary') or reach['line']}")
     for peer in data["peers"]:
         print(f"  {peer['peer_id']}")
     overlay = data.get("overlay")

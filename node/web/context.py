@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from poolai.node.jobs.service import JobService
     from poolai.node.logring import LogRing
     from poolai.node.overlay.service import OverlayService
+    from poolai.node.reach.service import ReachService
 
 
 class NodeView(Protocol):
@@ -33,6 +34,7 @@ class NodeView(Protocol):
     files: StorageService | None
     jobs: JobService | None
     companion: CompanionService | None
+    reach: ReachService | None
 
     def status(self) -> dict[str, Any]:
         """Everything the node knows about itself, one section per service."""

@@ -47,6 +47,24 @@ def reachability(addrs: Sequence[str]) -> dict[str, Any]:
     return {"state": state, "note": note}
 
 
+def reach_view(reach: Any) -> dict[str, Any] | None:
+    """What the dial-back checks concluded (the ``reach`` section), for the node card: the
+    line ("reachable from the internet at ...", "behind NAT, reachable through relays ...",
+    "LAN only: ..."), the verdict's own detail, the relay addresses, the observed public
+    address and what the observed ports tell of the NAT."""
+    if not isinstance(reach, Mapping):
+        return None
+    mapping = reach.get("mapping") if isinstance(reach.get("mapping"), Mapping) else {}
+    return {"state": reach.get("state"), "line": str(reach.get("summary") or reach.get("line") or ""),
+            "detail": str(reach.get("line") or ""),
+            "relay_addrs": [str(a) for a in list(reach.get("relay_addrs") or ())[:8]],
+            "public_addr": reach.get("public_addr"), "observed_ip": reach.get("observed_ip"),
+            "answers": reach.get("answers"), "age_s": reach.get("age_s"),
+            "nat": mapping.get("nat"), "port_preserving": mapping.get("port_preserving"),
+            "address_dependent": mapping.get("address_dependent"),
+            "observed": list(mapping.get("observed") or ())[:8]}
+
+
 def _addr_kind(addr: str) -> str:
     parts = addr.split("/")
     if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
@@ -182,6 +200,7 @@ def page_view(
             "uptime_s": status.get("uptime_s"),
             "known_peers": status.get("known_peers"),
             "reachability": reachability(list(status.get("addrs") or ())),
+            "reach": reach_view(status.get("reach")),
         },
         "peers": page_of(peers, peers_offset, PEERS_PAGE),
         "overlay": status.get("overlay"),
