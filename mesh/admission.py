@@ -90,6 +90,9 @@ class _Buckets:
             self._table.popitem(last=False)
 
 
+TokenBuckets = _Buckets  # the same buckets, for other rate limits (the reachability server's)
+
+
 class Verdict(enum.Enum):
     ADMIT = "admit"
     IP_RATE = "ip_rate"  # this remote address connected too often

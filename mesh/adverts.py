@@ -27,7 +27,7 @@ from typing import Any
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import KEY_LEN, SIG_LEN, Role, SealRejected, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError
+from poolai.mesh.errors import Rejected
 
 __all__ = ["peer_id_from_public_key"]  # re-exported: it used to live here
 
@@ -58,14 +58,8 @@ REASONS = (
 IGNORED = frozenset({"expired", "stale"})
 
 
-class AdvertRejected(ProtocolError):
+class AdvertRejected(Rejected, reasons=REASONS):
     """An advert failed verification; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
     @property
     def penalise(self) -> bool:
@@ -139,6 +133,12 @@ class Advert:
     coord: CoordAdvert | None = wire.field(default=None)
     payout_address: str = wire.field(max_len=128, default="")
 
+    @property
+    def reach(self) -> str:
+        """The sender's reachability verdict (``public``, ``private`` or ``unknown``), read
+        from the product comment of :attr:`software` (see :func:`software_with_reach`)."""
+        return reach_of_software(self.software)
+
 
 @wire.message("capacity.signed")
 class SignedAdvert:
@@ -147,6 +147,40 @@ class SignedAdvert:
     body: bytes = wire.field(max_len=MAX_BODY)
     public_key: bytes = wire.field(max_len=ED25519_KEY_LEN)
     signature: bytes = wire.field(max_len=ED25519_SIG_LEN)
+
+
+# --------------------------------------------------------------------------- reachability
+
+# The reachability verdict travels as a product comment of ``software``:
+# ``"poolai/0.1.0 (reach public)"``. A field of its own would be refused by every node of
+# an earlier release (decoding forbids unknown fields, and the validator penalises the
+# forwarder: NETWORK.md section 6); ``software`` is a string those nodes only display.
+# No comment means ``unknown``, so an advert without a verdict is byte-for-byte today's.
+REACH_STATES = ("public", "private", "unknown")
+_REACH_OPEN, _REACH_CLOSE = " (reach ", ")"
+MAX_SOFTWARE = 64
+
+
+def software_with_reach(software: str, reach: str) -> str:
+    """``software`` with the verdict ``reach`` as its comment (none for ``unknown``),
+    shortened so the whole fits :data:`MAX_SOFTWARE` characters with the comment kept.
+    Raises ValueError for a state not in :data:`REACH_STATES`."""
+    if reach not in REACH_STATES:
+        raise ValueError(f"unknown reachability state {reach!r}")
+    base = software.split(_REACH_OPEN, 1)[0]
+    if reach == "unknown":
+        return base[:MAX_SOFTWARE]
+    comment = f"{_REACH_OPEN}{reach}{_REACH_CLOSE}"
+    return base[: MAX_SOFTWARE - len(comment)] + comment
+
+
+def reach_of_software(software: str) -> str:
+    """The verdict in ``software``'s comment; ``unknown`` when there is none or it names
+    no known state (an advert's other checks do not depend on it)."""
+    if not software.endswith(_REACH_CLOSE) or _REACH_OPEN not in software:
+        return "unknown"
+    state = software.rsplit(_REACH_OPEN, 1)[1][: -len(_REACH_CLOSE)]
+    return state if state in REACH_STATES else "unknown"
 
 
 # --------------------------------------------------------------------------- sign and verify

@@ -7,13 +7,17 @@ first set in (or last set in, with ``renew=True``), and :meth:`CappedDict.put`
 or :meth:`CappedDict.trim` drop the oldest ones past ``capacity``. Entries the
 caller must keep (a link in use, a job still running) are passed as a
 predicate; they are never dropped and do not count toward the capacity.
+
+:class:`Memo` is the other bounded table repeated by hand: a cache of a pure
+conversion (peer id text to bytes and back) that is reset when it grows past
+its capacity.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -87,3 +91,29 @@ class CappedDict(MutableMapping[K, V]):
         if excess <= self.slack:
             return []
         return [(k, self._data.pop(k)) for k in droppable[:excess]]
+
+
+class Memo(Generic[K, V]):
+    """``convert(key)``, remembered for up to ``capacity`` keys, then all forgotten at once.
+
+    For a pure conversion that is worth not repeating (peer id text to bytes
+    and back) applied to keys peers supply: the memo stays bounded however many
+    distinct keys arrive, at the cost of converting again after a reset.
+    ``convert``'s exceptions pass through, and nothing is remembered for them.
+    """
+
+    def __init__(self, convert: Callable[[K], V], capacity: int = 10_000) -> None:
+        self._convert = convert
+        self._capacity = capacity
+        self._done: dict[K, V] = {}
+
+    def __call__(self, key: K) -> V:
+        try:
+            return self._done[key]
+        except KeyError:
+            pass
+        value = self._convert(key)
+        if len(self._done) > self._capacity:
+            self._done.clear()
+        self._done[key] = value
+        return value

@@ -120,8 +120,9 @@ class ConnectionManager:
     def _round(self, nursery: trio.Nursery) -> None:
         self._shed(nursery)
         now = self.clock()
-        connected = set(self.host.connected_peers())
-        for peer in connected:
+        connected = set(self.host.connected_peers())  # every connection takes room
+        members = set(self.host.member_peers())  # only nodes are booked and asked (mesh.members)
+        for peer in members:
             self.book.add(peer, [strip_p2p(a) for a in self.host.peer_addrs(peer)])
             self.book.mark_connected(peer, now)
         room = self.target_peers - len(connected) - len(self._dialling)
@@ -129,7 +130,7 @@ class ConnectionManager:
             for entry in self.book.due(now, connected | self._dialling, room):
                 self._dialling.add(entry.peer_id)
                 nursery.start_soon(self._dial, entry.peer_id, list(entry.addrs))
-        stale = [p for p in connected if now - self._last_exchange.get(p, 0.0) > self._exchange_period(p)]
+        stale = [p for p in members if now - self._last_exchange.get(p, 0.0) > self._exchange_period(p)]
         if stale:
             peer = min(stale, key=lambda p: self._last_exchange.get(p, 0.0))
             self._last_exchange[peer] = now
@@ -215,7 +216,7 @@ class ConnectionManager:
             self.wake()
 
     async def _on_request(self, peer: str, request: PeersRequest) -> PeersReply:
-        connected = set(self.host.connected_peers())
+        connected = set(self.host.member_peers())
         entries = [e for e in self.book.entries() if e.peer_id != peer and e.addrs]
         entries.sort(key=lambda e: (e.peer_id not in connected, -e.last_seen))
         records = [

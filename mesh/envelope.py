@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from poolai.mesh import base58
-from poolai.mesh.errors import ProtocolError
+from poolai.mesh.errors import Rejected
 
 KEY_LEN = 32  # a raw Ed25519 public key
 SIG_LEN = 64  # an Ed25519 signature
@@ -36,14 +36,8 @@ _ED25519_PROTO_PREFIX = b"\x08\x01\x12\x20"
 _IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
 
 
-class SealRejected(ProtocolError):
+class SealRejected(Rejected, reasons=REASONS):
     """A signature in an envelope does not hold; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def peer_id_from_public_key(public_key: bytes) -> str:

@@ -9,6 +9,9 @@ code raise ordinary Python exceptions and are never caught here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
 
 class MeshError(Exception):
     """Base class of every error the mesh layer raises on purpose."""
@@ -40,6 +43,24 @@ def fault_of(exc: ProtocolError) -> str:
     if isinstance(exc, UnknownField):
         return "unknown_field"
     return "schema" if isinstance(exc, SchemaError) else "malformed"
+
+
+class Rejected(ProtocolError):
+    """A peer's record (an advert, a receipt, a signature) failed a check: ``reason`` is a
+    code from the subclass's ``reasons`` (what counters and tests key on), ``detail`` the
+    particulars. A subclass names its codes: ``class AdvertRejected(Rejected, reasons=...)``."""
+
+    reasons: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, *, reasons: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reasons = frozenset(reasons)
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in self.reasons, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class RemoteError(MeshError):

@@ -261,7 +261,7 @@ class Gossip:
                 log.info("ban on peer %s lifted", peer)
                 self._pubsub.remove_from_blacklist(ID.from_base58(peer))
             now_missing = {}
-            for peer in self.host.connected_peers():
+            for peer in self.host.member_peers():
                 pid = ID.from_base58(peer)
                 if pid in self._pubsub.peers or self._box.is_banned(peer):
                     continue

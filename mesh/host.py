@@ -35,6 +35,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.host.exceptions import HostException
 from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.host.ping import PingService
+from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL_ID
+from libp2p.identity.identify.identify import parse_identify_response
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
@@ -46,12 +48,15 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from poolai.mesh import circuit, patches, rpc, wire
 from poolai.mesh.admission import ConnFacts, InboundAdmission
+from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
+from poolai.mesh.members import members as _members
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ PING_BYTES = 32  # the ping protocol's payload
 # before going through a relay (a LAN peer answers in milliseconds).
 DIRECT_FIRST = 2.0
 CIRCUIT_DIAL = 8.0  # one relay: connect to it if need be, then the circuit and its upgrade
+MAX_IDENTIFY = 8192  # an identify reply (keys, addresses, protocols); py-libp2p's are ~1 KiB
 
 
 class Libp2pStream:
@@ -76,6 +82,33 @@ class Libp2pStream:
         self.peer_id = str(stream.muxed_conn.peer_id)
         self._delay = delay
         self._turn = delay > 0  # the next read starts a turn: delay it
+
+    @property
+    def remote_addr(self) -> tuple[str, int] | None:
+        """The (ip, port) this stream's connection comes from, as the socket sees it: behind a
+        NAT, the NAT's mapping. None where the transport does not say."""
+        try:
+            addr = self._stream.get_remote_address()
+        except Exception:  # py-libp2p's layers raise assorted types once a connection is gone
+            return None
+        return (str(addr[0]), int(addr[1])) if addr else None
+
+    @property
+    def local_addr(self) -> tuple[str, int] | None:
+        """The (ip, port) this end of the stream's TCP connection is bound to, or None."""
+        return _local_address(getattr(self._stream, "muxed_conn", None))
+
+    @property
+    def inbound(self) -> bool:
+        """Whether the other side opened this stream's connection."""
+        conn = getattr(self._stream, "swarm_conn", None)
+        return getattr(conn, "direction", None) == Direction.INBOUND
+
+    @property
+    def connection(self) -> object:
+        """The connection this stream runs on; compare with ``is`` (streams on the same
+        connection give the same object)."""
+        return getattr(self._stream, "swarm_conn", None) or self._stream.muxed_conn
 
     async def send_all(self, data: bytes) -> None:
         # Noise spends its nonce before the bytes go out: a write cancelled half-way leaves the
@@ -127,6 +160,25 @@ class Libp2pStream:
 StreamHandler = Callable[[Libp2pStream], Awaitable[None]]
 
 
+def _local_address(conn: Any) -> tuple[str, int] | None:
+    """The local (ip, port) of the TCP socket under a muxed connection: py-libp2p 0.8.1 keeps
+    it at yamux -> secure session -> Noise reader -> raw connection -> trio stream -> socket
+    and exposes only the remote end, so the chain is walked by attribute."""
+    obj = getattr(conn, "secured_conn", conn)
+    for _ in range(8):
+        if obj is None:
+            return None
+        if hasattr(obj, "getsockname"):
+            try:
+                addr = obj.getsockname()
+            except OSError:
+                return None
+            return (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else None
+        obj = next((getattr(obj, a) for a in ("conn", "read_writer", "stream", "socket")
+                    if getattr(obj, a, None) is not None), None)
+    return None
+
+
 def split_p2p_addr(addr: str) -> tuple[str, str]:
     """``/ip4/../tcp/../p2p/<id>`` → (peer id, transport address); ValueError if malformed."""
     try:
@@ -156,7 +208,7 @@ class MeshHost:
         self.key_pair = key_pair
         self.peer_id = str(host.get_id())
         self._ping = PingService(host)
-        self._id_cache: dict[str, ID] = {}
+        self._ids: Memo[str, ID] = Memo(ID.from_base58)
         self.latency = latency
         self.admission = admission  # None: inbound connections are not rate limited
         self._tracker = ConnectionTracker(admission)
@@ -195,20 +247,37 @@ class MeshHost:
         return [a.rsplit("/p2p/", 1)[0] for a in self.addrs()]
 
     def _id(self, peer_id: str) -> ID:
-        pid = self._id_cache.get(peer_id)
-        if pid is None:
-            try:
-                pid = ID.from_base58(peer_id)
-            except Exception as exc:
-                raise ValueError(f"not a valid peer id {peer_id!r}: {exc}") from None
-            if len(self._id_cache) > 10_000:
-                self._id_cache.clear()
-            self._id_cache[peer_id] = pid
-        return pid
+        try:
+            return self._ids(peer_id)
+        except Exception as exc:
+            raise ValueError(f"not a valid peer id {peer_id!r}: {exc}") from None
 
     # ------------------------------------------------------------------ peers
     def connected_peers(self) -> list[str]:
+        """Every peer with an open connection, members or not (see :meth:`member_peers`)."""
         return sorted(str(p) for p in self._host.get_connected_peers())
+
+    def member_peers(self) -> list[str]:
+        """The connected peers that are mesh members (:func:`poolai.mesh.members.is_member`:
+        identified, and not a reachability dial-back). Services that treat a connected peer
+        as a node (the overlay, the storage ring, peer exchange, credits) take these."""
+        return _members(self.connected_peers(), self.protocols_of)
+
+    async def wait_identified(self, peer_id: str) -> None:
+        """Return once identify has answered for ``peer_id`` (a connected peer is a member
+        from then on, unless it is a dial-back). py-libp2p runs identify in the background
+        after each connection and signals no event, so this polls every 10 ms; the caller
+        sets the deadline. For tests and tools that use a peer right after dialling it."""
+        while self.protocols_of(peer_id) is None:  # noqa: ASYNC110 - nothing signals identify
+            await trio.sleep(0.01)
+
+    def protocols_of(self, peer_id: str) -> frozenset[str] | None:
+        """The protocols ``peer_id``'s identify listed, or None before it answered."""
+        try:
+            known = self._host.get_peerstore().get_protocols(self._id(peer_id))
+        except Exception:  # py-libp2p raises PeerStoreError for a peer it has no record of
+            return None
+        return frozenset(str(p) for p in known) or None
 
     def is_connected(self, peer_id: str) -> bool:
         return bool(self._host.get_network().connections.get(self._id(peer_id)))
@@ -240,12 +309,28 @@ class MeshHost:
     def relayed_peers(self) -> list[str]:
         return [p for p in self.connected_peers() if self.is_relayed(p)]
 
-    def supports(self, peer_id: str, protocol: str) -> bool:
-        """Whether ``peer_id`` said (in identify) that it serves ``protocol``."""
+    def peer_remote_addr(self, peer_id: str) -> tuple[str, int] | None:
+        """The (ip, port) our open connection to ``peer_id`` goes to, or None."""
+        conns = self._host.get_network().connections.get(self._id(peer_id)) or []
+        for conn in conns:
+            try:
+                addr = conn.muxed_conn.secured_conn.get_remote_address()
+            except Exception:  # a connection being torn down
+                continue
+            if addr:
+                return (str(addr[0]), int(addr[1]))
+        return None
+
+    def supports(self, peer_id: str, protocol: str) -> bool | None:
+        """Whether ``peer_id``'s identify listed ``protocol``; None before identify said."""
         try:
-            return bool(self._host.get_peerstore().supports_protocols(self._id(peer_id), [protocol]))
-        except Exception:  # py-libp2p raises PeerStoreError for an unknown or expired peer
-            return False
+            store = self._host.get_peerstore()
+            known = store.get_protocols(self._id(peer_id))
+        except Exception:  # py-libp2p raises PeerStoreError for a peer it has no record of
+            return None
+        if not known:
+            return None
+        return protocol in {str(p) for p in known}
 
     def connection_facts(self) -> list[ConnFacts]:
         """Every open connection as :func:`poolai.mesh.admission.choose_shed` sees it
@@ -385,6 +470,32 @@ class MeshHost:
         with trio.move_on_after(1):
             await stream.aclose()
         return rtt
+
+    async def identify_observed(self, peer_id: str) -> str | None:
+        """The address ``peer_id`` sees this node's connection coming from, as its identify
+        reply states it (``/ip4/../tcp/..``), or None where it gives none. Raises
+        :class:`PeerUnreachable`; the caller sets the deadline."""
+        try:
+            raw = await self._host.new_stream(self._id(peer_id), [IDENTIFY_PROTOCOL_ID])
+        except (*_LIBP2P_ERRORS, TypeError) as exc:
+            raise PeerUnreachable(f"identify {peer_id[-8:]} failed: {exc}") from None
+        try:
+            body = await read_varint_prefixed_bytes_limited(raw, MAX_IDENTIFY)
+            observed = parse_identify_response(body).observed_addr
+        except Exception as exc:  # a wrong length, a bad protobuf, a stream that broke
+            raise PeerUnreachable(f"identify {peer_id[-8:]} failed: {exc}") from None
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await raw.close()
+                except Exception:
+                    pass
+        if not observed:
+            return None
+        try:
+            return str(multiaddr.Multiaddr(observed))
+        except Exception:  # multiaddr raises several unrelated types for bad bytes
+            return None
 
     # ------------------------------------------------------------------ streams
     async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 
 from poolai.mesh.coords import Coord
 from poolai.mesh.ring import ring_distance
-from poolai.mesh.routing import PeerInfo, Step, hop_cost
+from poolai.mesh.routing import BY_PROGRESS, HopCost, PeerInfo, Step
 
 MAX_EXCLUDE = 64  # the most exclude entries a hop honours from one request
 
@@ -67,10 +67,11 @@ class StepRequest:
 class IterativeLookup:
     """Finds the live owner of ``key``, starting from the querier's own ``Step`` answer.
 
-    ``seeds`` are peers to try even without progress (a joining node's
-    bootstrap peers). After ``done``: ``owner`` is the live owner or ``None``
-    on failure, ``hops`` the length of the referral chain that led to it
-    (0 when the querier owns the key).
+    ``cost`` ranks the candidates, and its ``origin`` (the querier's coordinate)
+    goes with every request. ``seeds`` are peers to try even without progress
+    (a joining node's bootstrap peers). After ``done``: ``owner`` is the live
+    owner or ``None`` on failure, ``hops`` the length of the referral chain
+    that led to it (0 when the querier owns the key).
     """
 
     def __init__(
@@ -78,17 +79,13 @@ class IterativeLookup:
         key: int,
         first: Step,
         *,
-        origin: Coord | None = None,
-        size_estimate: float = 1.0,
-        ms_per_bit: float = 25.0,
-        default_rtt_ms: float = 150.0,
+        cost: HopCost = BY_PROGRESS,
         config: LookupConfig = DEFAULT_LOOKUP,
         seeds: Iterable[PeerInfo] = (),
     ) -> None:
         self.key = key
         self.config = config
-        self._origin = origin
-        self._cost_args = (origin, size_estimate, ms_per_bit, default_rtt_ms)
+        self._hop_cost = cost
         self._me = first.responder.peer_id
         self._cands: dict[bytes, PeerInfo] = {}
         self._depth: dict[bytes, int] = {self._me: 0}
@@ -116,7 +113,7 @@ class IterativeLookup:
 
     def request(self) -> StepRequest:
         """The request to send to every peer queried next."""
-        return StepRequest(self.key, tuple(self._dead[-self.config.max_exclude :]), self._origin)
+        return StepRequest(self.key, tuple(self._dead[-self.config.max_exclude :]), self._hop_cost.origin)
 
     def next_queries(self) -> list[PeerInfo]:
         """Peers to query now (each exactly once); marks them in flight."""
@@ -176,7 +173,7 @@ class IterativeLookup:
             self._depth[pid] = depth
         if pid not in self._cands or peer.coord is not None:
             self._cands[pid] = peer
-            self._cost[pid] = hop_cost(peer, self.key, *self._cost_args)
+            self._cost[pid] = self._hop_cost.of(peer, self.key)
 
     def _absorb(self, peer_id: bytes, answer: Step) -> None:
         self._answered[peer_id] = answer

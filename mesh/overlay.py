@@ -50,7 +50,7 @@ from poolai.mesh.lookup import (
 from poolai.mesh.nearby import NEAR_ANSWER, Measurements
 from poolai.mesh.ring import RING_MASK, harmonic_target, node_position
 from poolai.mesh.ringlists import RingLists
-from poolai.mesh.routing import LeafView, PeerInfo, Step
+from poolai.mesh.routing import HopCost, LeafView, PeerInfo, Step
 from poolai.mesh.routing import step as route_step
 
 WALK_FANOUT = 2  # the proximity walk asks one of this many nearest measured peers
@@ -84,6 +84,7 @@ class OverlayTable:
         self._long = [_LongSlot() for _ in range(config.long_links)]
         self._prox: list[PeerInfo] = []
         self._incoming: dict[bytes, tuple[PeerInfo, float]] = {}
+        self._incoming_cap = config.max_incoming  # lowered for a node behind NAT (limit_incoming)
         self._nbr: dict[bytes, tuple[LinkSet, float]] = {}
         self._asked: dict[bytes, float] = {}
         self._meas = Measurements(config.rtt_memory)
@@ -136,6 +137,10 @@ class OverlayTable:
         typical = statistics.median(rtts) if rtts else self.config.default_rtt_ms
         return typical / self.config.bits_per_hop
 
+    def hop_cost(self, origin: coords.Coord | None) -> HopCost:
+        """How this node ranks next hops for a querier at ``origin``."""
+        return HopCost(origin, self.size_estimate(), self.ms_per_bit(), self.config.default_rtt_ms)
+
     def members(self) -> tuple[PeerInfo, ...]:
         """Every live peer this node knows on the ring (read-only): its own successor,
         predecessor, long, proximity and incoming links and its neighbours' lists, without
@@ -173,10 +178,7 @@ class OverlayTable:
             self._known_peers(),
             self._lookahead(),
             exclude=frozenset(exclude) | self._failed.keys(),
-            origin=origin,
-            size_estimate=self.size_estimate(),
-            ms_per_bit=self.ms_per_bit(),
-            default_rtt_ms=self.config.default_rtt_ms,
+            cost=self.hop_cost(origin),
             limit=self.config.step_limit,
         )
 
@@ -198,10 +200,7 @@ class OverlayTable:
         return IterativeLookup(
             key,
             first,
-            origin=self.coord,
-            size_estimate=self.size_estimate(),
-            ms_per_bit=self.ms_per_bit(),
-            default_rtt_ms=self.config.default_rtt_ms,
+            cost=self.hop_cost(self.coord),
             config=config,
             seeds=seeds,
         )
@@ -227,12 +226,29 @@ class OverlayTable:
         """``peer`` keeps a link to us (call on each of its link probes). False when full."""
         self.observe(peer, now, direct=True)
         if peer.peer_id not in self._incoming:
-            if len(self._incoming) >= self.config.max_incoming:
+            if len(self._incoming) >= self._incoming_cap:
                 return False
             self._version += 1
             self._changed()
         self._incoming[peer.peer_id] = (peer, now)
         return True
+
+    def limit_incoming(self, cap: int) -> None:
+        """Keep at most ``cap`` incoming links (never more than ``config.max_incoming``),
+        dropping the least recently heard beyond it. A node reachable only through relays
+        keeps fewer (``node/reach/roles.py``): it offers fewer peers as near and lookup
+        candidates, and records no more linkers than that."""
+        self._incoming_cap = max(0, min(cap, self.config.max_incoming))
+        extra = len(self._incoming) - self._incoming_cap
+        if extra > 0:
+            for pid in sorted(self._incoming, key=lambda p: self._incoming[p][1])[:extra]:
+                del self._incoming[pid]
+            self._version += 1
+            self._changed()
+
+    @property
+    def incoming_cap(self) -> int:
+        return self._incoming_cap
 
     def record_rtt(
         self,

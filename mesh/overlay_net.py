@@ -113,7 +113,7 @@ class OverlayNode:
                 now = self.clock()
                 self._observe_connected(now)
                 links = self.table.links()
-                if not links.successors and now >= next_join and self.host.connected_peers():
+                if not links.successors and now >= next_join and self.host.member_peers():
                     next_join = now + self.driver.join_retry
                     nursery.start_soon(self._join)
                 for action in self.table.maintenance(now, self.rng):
@@ -121,8 +121,9 @@ class OverlayNode:
                 await trio.sleep(self.driver.tick)
 
     def _observe_connected(self, now: float) -> None:
-        # A peer connected to us is a peer we know directly; the table decides if it matters.
-        for peer in self.host.connected_peers():
+        # A member connected to us is a peer we know directly; the table decides if it matters.
+        # (Not every connected peer: a reachability dial-back is no node, see mesh.members.)
+        for peer in self.host.member_peers():
             try:
                 self.table.observe(PeerInfo.of(peer_id_bytes(peer)), now, direct=True)
             except ValueError:
@@ -239,7 +240,7 @@ class OverlayNode:
     async def _join(self) -> None:
         """Route to our own position and splice in next to the owner we find."""
         seeds = []
-        for peer in self.host.connected_peers()[:8]:
+        for peer in self.host.member_peers()[:8]:
             try:
                 seeds.append(PeerInfo.of(peer_id_bytes(peer)))
             except ValueError:
@@ -378,6 +379,7 @@ class OverlayNode:
             "long": [describe(p) for p in links.long],
             "proximity": [describe(p) for p in links.proximity],
             "incoming": len(links.incoming),
+            "incoming_cap": self.table.incoming_cap,
             "stats": dataclasses.asdict(self.stats),
         }
 

@@ -294,9 +294,11 @@ class ReservationKeeper:
                  rtt: Callable[[str, str | None], float | None] = lambda a, b: None,
                  want: int = TARGET_RELAYS, interval: float = 0.5, timeout: float = 5.0,
                  rng: random.Random | None = None,
+                 on_published: Callable[[list[str]], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.private = private
+        self.on_published = on_published  # hears the relay addresses each time they change
         self.rtt = rtt
         self.want = want
         self.interval = interval
@@ -372,6 +374,8 @@ class ReservationKeeper:
             return
         self._published = tuple(addrs)
         self.host.set_circuit_addrs(addrs)
+        if self.on_published is not None:
+            self.on_published(addrs)
         if addrs:
             log.info("reachable through %d relay(s): %s", len(self.held),
                      ", ".join(r[-8:] for r in sorted(self.held)))

@@ -101,6 +101,32 @@ def owner_chain(view: LeafView, key: int, exclude: frozenset[bytes]) -> tuple[Pe
     return ()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class HopCost:
+    """How next hops are ranked (see the module docstring): ``origin`` is the querier's
+    coordinate (``None`` ranks by progress alone), ``size_estimate`` the network's size,
+    ``ms_per_bit`` the time one resolved bit is worth, ``default_rtt_ms`` the RTT assumed
+    for a peer with no comparable coordinate."""
+
+    origin: Coord | None = None
+    size_estimate: float = 1.0
+    ms_per_bit: float = 25.0
+    default_rtt_ms: float = 150.0
+
+    def of(self, peer: PeerInfo, key: int) -> float:
+        """Estimated time to reach the key's owner through ``peer``."""
+        if self.origin is None:
+            rtt = 0.0
+        elif peer.coord is None or len(peer.coord.vec) != len(self.origin.vec):
+            rtt = self.default_rtt_ms
+        else:
+            rtt = predicted_rtt(self.origin, peer.coord)
+        return rtt + self.ms_per_bit * bits_to_go(ring_distance(peer.position, key), self.size_estimate)
+
+
+BY_PROGRESS = HopCost()
+
+
 def step(
     view: LeafView,
     key: int,
@@ -108,28 +134,22 @@ def step(
     lookahead: Iterable[LeafView] = (),
     *,
     exclude: frozenset[bytes] = frozenset(),
-    origin: Coord | None = None,
-    size_estimate: float = 1.0,
-    ms_per_bit: float = 25.0,
-    default_rtt_ms: float = 150.0,
+    cost: HopCost = BY_PROGRESS,
     limit: int = 8,
 ) -> Step:
     """Answer a routing request for ``key`` from one node's knowledge.
 
     ``view`` is the node's own successor/predecessor lists; ``known`` every
     other peer it may name (its links and its neighbours' links);
-    ``lookahead`` its neighbours' own leaf views. ``origin`` is the querier's
-    coordinate (latency is ranked from the querier's point of view in an
-    iterative lookup); ``None`` ranks by progress alone.
+    ``lookahead`` its neighbours' own leaf views. ``cost`` ranks the next hops,
+    from the querier's point of view in an iterative lookup.
     """
     me = view.node
     chain = owner_chain(view, key, exclude)
     if chain and chain[0].peer_id == me.peer_id:
         return Step(me, owners=chain)
     hops = rank_next_hops(
-        me, key, [*view.successors, *view.predecessors, *known],
-        exclude=exclude, origin=origin, size_estimate=size_estimate,
-        ms_per_bit=ms_per_bit, default_rtt_ms=default_rtt_ms, limit=limit,
+        me, key, [*view.successors, *view.predecessors, *known], exclude=exclude, cost=cost, limit=limit
     )
     if chain:
         return Step(me, owners=chain, next_hops=hops)
@@ -148,34 +168,13 @@ def step(
     return Step(me, owners=best_view[1] if best_view else (), next_hops=hops)
 
 
-def hop_cost(
-    peer: PeerInfo,
-    key: int,
-    origin: Coord | None,
-    size_estimate: float,
-    ms_per_bit: float,
-    default_rtt_ms: float,
-) -> float:
-    """Estimated time to reach the key's owner through ``peer`` (see the module docstring)."""
-    if origin is None:
-        rtt = 0.0
-    elif peer.coord is None or len(peer.coord.vec) != len(origin.vec):
-        rtt = default_rtt_ms
-    else:
-        rtt = predicted_rtt(origin, peer.coord)
-    return rtt + ms_per_bit * bits_to_go(ring_distance(peer.position, key), size_estimate)
-
-
 def rank_next_hops(
     me: PeerInfo,
     key: int,
     candidates: Iterable[PeerInfo],
     *,
     exclude: frozenset[bytes] = frozenset(),
-    origin: Coord | None = None,
-    size_estimate: float = 1.0,
-    ms_per_bit: float = 25.0,
-    default_rtt_ms: float = 150.0,
+    cost: HopCost = BY_PROGRESS,
     limit: int = 8,
 ) -> tuple[PeerInfo, ...]:
     """Candidates strictly closer to ``key`` than ``me``, cheapest first, at most ``limit``.
@@ -191,8 +190,7 @@ def rank_next_hops(
         d = ring_distance(c.position, key)
         if d >= here:
             continue
-        cost = hop_cost(c, key, origin, size_estimate, ms_per_bit, default_rtt_ms)
-        seen[c.peer_id] = (cost, d, c)
+        seen[c.peer_id] = (cost.of(c, key), d, c)
     if not seen:
         return ()
     entries = sorted(seen.values(), key=lambda e: (e[0], e[1]))

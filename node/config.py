@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,8 @@ from poolai.node import units
 from poolai.node.credits.payout import parse_payout_setting
 
 CONFIG_FILE = "config.toml"
+_TOKEN_SHAPE = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,60}")
+SECRET_KEYS = frozenset({"telegram_token"})  # shown as set or unset, never as the value
 
 
 class ConfigError(Exception):
@@ -56,34 +59,31 @@ def _str_list(value: Any) -> list[str]:
     raise ValueError("expected a list of strings (or a comma-separated string)")
 
 
-def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
+def _number_in(kind: type[int] | type[float], lo: float, hi: float) -> Callable[[Any], Any]:
+    """A ``kind`` (int or float) within lo..hi; inf, nan and numbers too large for a float
+    (OverflowError: TOML's inf, an integer of 400 digits) are one-line errors."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError("expected an integer")
+            raise ValueError(f"expected {noun}")
         try:
-            number = int(value)
-        except (TypeError, ValueError, OverflowError):  # OverflowError: inf from TOML
-            raise ValueError(f"expected an integer, got {value!r}") from None
-        if not lo <= number <= hi:
+            number = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"expected {noun}, got {value!r}") from None
+        if not lo <= number <= hi:  # nan compares false: outside
             raise ValueError(f"{number} is outside {lo}..{hi}")
         return number
 
     return parse
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    return _number_in(int, lo, hi)
 
 
 def _float_in(lo: float, hi: float) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
-        if not lo <= number <= hi:
-            raise ValueError(f"{number} is outside {lo}..{hi}")
-        return number
-
-    return parse
+    return _number_in(float, lo, hi)
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -137,6 +137,21 @@ def _duration_in(lo: int, hi: int) -> Callable[[Any], int]:
         return seconds
 
     return parse
+
+
+def _telegram_token(value: Any) -> str:
+    text = str(value).strip()
+    if text and not _TOKEN_SHAPE.fullmatch(text):
+        raise ValueError("not a Telegram bot token (digits, ':', then 30-60 letters, digits, '-' or '_'; "
+                         "from @BotFather)")  # the value itself is never echoed: it is a secret
+    return text
+
+
+def _http_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?", text) or len(text) > 256:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return text
 
 
 def _host(value: Any) -> str:
@@ -209,6 +224,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_bandwidth", 10 << 20, _size_in(0, 1 << 40),
             "relay: bytes a second across all circuits (0 = no cap)"),
     Setting("hole_punch", True, _bool, "upgrade relayed connections to direct ones (DCUtR)"),
+    Setting("telegram_token", "", _telegram_token,
+            "the Telegram bot's token from @BotFather (empty = no bot); keep config.toml mode 0600"),
+    Setting("telegram_api_url", "https://api.telegram.org", _http_url,
+            "the Bot API server's root; methods are called at {url}/bot{token}/{method}"),
+    Setting("alert_scale", 1.0, _float_in(0.01, 100.0),
+            "multiplier on the alert rules' delays (below 1 = faster, for small test meshes)"),
+    Setting("reach_interval", 1800, _duration_in(2, 7 * 86400),
+            "seconds between reachability checks (sooner while unknown or when the address changes)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log verbosity"),
     Setting("log_format", "text", _choice("text", "json"), "log line format"),
 )
@@ -251,6 +274,10 @@ class Config:
     relay_circuit_time: int
     relay_bandwidth: int
     hole_punch: bool
+    telegram_token: str
+    telegram_api_url: str
+    alert_scale: float
+    reach_interval: int
     log_level: str
     log_format: str
     sources: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
@@ -317,5 +344,8 @@ def describe(config: Config) -> list[tuple[str, Any, str]]:
     """(key, value, source) rows for ``poolai config show``."""
     rows: list[tuple[str, Any, str]] = [("data_dir", str(config.data_dir), config.sources["data_dir"])]
     for setting in SETTINGS:
-        rows.append((setting.key, getattr(config, setting.key), config.sources[setting.key]))
+        value = getattr(config, setting.key)
+        if setting.key in SECRET_KEYS:
+            value = "(set)" if value else ""
+        rows.append((setting.key, value, config.sources[setting.key]))
     return rows

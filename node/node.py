@@ -12,7 +12,8 @@ below this module imports it (``tests/test_import_cycles.py``). Who uses whom:
 - capacity: the overlay (this node's coordinate), credits (reputation ranks peers);
 - credits: the capacity table (what a worker advertised bounds what it may claim);
 - storage: the overlay (the ring shares are placed on), credits (audits are paid);
-- jobs: capacity (where to offer), storage (job files), credits (checks and pay).
+- jobs: capacity (where to offer), storage (job files), credits (checks and pay);
+- companion: reads all of the above for its alerts, history and Telegram bot.
 
 The capacity table is made first and handed to both capacity and credits, so neither
 service needs the other to exist first. See docs/architecture.md.
@@ -26,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
 from poolai.node.capacity.rules import advert_table
 from poolai.node.capacity.service import CapacityService
+from poolai.node.companion.service import CompanionService
 from poolai.node.config import Config, ConfigError
 from poolai.node.context import NodeContext, NodeService
 from poolai.node.credits.service import CreditsService
@@ -50,6 +52,8 @@ from poolai.node.files.service import StorageService
 from poolai.node.jobs.service import JobService
 from poolai.node.logring import LogRing
 from poolai.node.overlay.service import OverlayService
+from poolai.node.reach import roles
+from poolai.node.reach.service import ReachService
 from poolai.node.relay.service import RelayService
 from poolai.node.runtime import API_SOCKET, RUNTIME_FILE, lock_data_dir
 from poolai.node.web.server import open_unix_listener, remove_socket, serve_api
@@ -82,6 +86,8 @@ class Node:
         self.files: StorageService | None = None
         self.jobs: JobService | None = None
         self.relay: RelayService | None = None
+        self.companion: CompanionService | None = None
+        self.reach: ReachService | None = None
         self.started_at = 0.0
         self._stopped = trio.Event()
 
@@ -130,7 +136,9 @@ class Node:
                 inbound_cap=inbound_cap_for(self.config.max_peers),
                 protected=built.overlay.overlay.link_peers)
             self.overlay, self.capacity, self.credits = built.overlay, built.capacity, built.credits
-            self.files, self.jobs, self.relay = built.files, built.jobs, built.relay
+            self.files, self.jobs = built.files, built.jobs
+            self.companion, self.reach = built.companion, built.reach
+            self.relay = built.relay
             self.services = built.in_start_order()
             try:
                 async with trio.open_nursery() as nursery:
@@ -248,13 +256,18 @@ class Services:
     credits: CreditsService
     files: StorageService
     jobs: JobService
+    companion: CompanionService
+    reach: ReachService
     relay: RelayService
 
     def in_start_order(self) -> list[NodeService]:
         """Each service starts after those it uses are ready (the relays that make a private
         node reachable right after the overlay, credits' ledger before the adverts that
-        rank by it, storage before the jobs that move files through it)."""
-        return [self.overlay, self.relay, self.credits, self.capacity, self.files, self.jobs]
+        rank by it, storage before the jobs that move files through it; reachability's
+        verdict goes to the overlay, capacity and relays, which run by then; the
+        companion, which watches them all, last)."""
+        return [self.overlay, self.relay, self.credits, self.capacity, self.files, self.jobs, self.reach,
+                self.companion]
 
 
 def build_services(ctx: NodeContext) -> Services:
@@ -262,13 +275,39 @@ def build_services(ctx: NodeContext) -> Services:
     (which bounds claims by adverts) and capacity (which ranks by credits' reputation)
     need not know each other."""
     overlay = OverlayService(ctx)
-    relay = RelayService(ctx, overlay=overlay.overlay)
     table = advert_table(ctx.config.capacity_heartbeat, ctx.config.capacity_expiry)
     credits = CreditsService(ctx, adverts=table)
     capacity = CapacityService(ctx, table=table, overlay=overlay.overlay, reputation=credits)
-    files = StorageService(ctx, overlay=overlay.overlay, credits=credits)
+    files = StorageService(ctx, overlay=overlay.overlay, credits=credits,
+                           relay_only=relay_only_rule(ctx.host, capacity.reach_of))
     jobs = JobService(ctx, capacity=capacity, storage=files, credits=credits)
-    return Services(overlay, capacity, credits, files, jobs, relay)
+    reach = ReachService(ctx, overlay=overlay.overlay, advertiser=capacity)
+    relay = RelayService(ctx, overlay=overlay.overlay, reach=ReachVerdict(reach))
+    companion = CompanionService(ctx, capacity=capacity, credits=credits, files=files, jobs=jobs)
+    return Services(overlay, capacity, credits, files, jobs, companion, reach, relay)
+
+
+class ReachVerdict:
+    """The reachability verdict as the relay service asks for it."""
+
+    def __init__(self, reach: ReachService) -> None:
+        self.reach = reach
+
+    def is_private(self) -> bool | None:
+        return {roles.PRIVATE: True, roles.PUBLIC: False}.get(self.reach.verdict.state)
+
+    def set_relay_addrs(self, addrs: Sequence[str]) -> None:
+        self.reach.set_relay_addrs(addrs)
+
+
+def relay_only_rule(host: MeshHost, reach_of: Callable[[str], str]) -> Callable[[str], bool]:
+    """Whether a peer is reachable from this node only through a relay: its advert says
+    private (``reach_of``) and no direct connection to it is open (a relayed one does not
+    count)."""
+    def direct(peer: str) -> bool:
+        return host.is_connected(peer) and not host.is_relayed(peer)
+
+    return lambda peer: roles.relay_only(reach_of(peer), direct(peer))
 
 
 @asynccontextmanager

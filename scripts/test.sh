@@ -26,13 +26,13 @@ if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep 'libse
         || echo "warning: bubblewrap is not installed (as root: apt-get install bubblewrap); job workers cannot be sandboxed" >&2
 fi
 
-# The NAT lab (scripts/nat_lab.py,
+# The reachability test puts a node behind a firewall, and the NAT lab (scripts/nat_lab.py,
 # tests/test_nat_lab_live.py) builds home routers, in network namespaces: ip and ss (iproute2),
 # iptables (Debian's default nf_tables backend); as root. Without them, or not as root, those tests skip.
 if [ "$(id -u)" = 0 ] && { ! command -v iptables >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
         || ! command -v ss >/dev/null 2>&1; }; then
     apt_install iptables iproute2 \
-        || echo "note: iptables or iproute2 is not installed (as root: apt-get install iptables iproute2); the NAT lab tests will be skipped" >&2
+        || echo "note: iptables or iproute2 is not installed (as root: apt-get install iptables iproute2); the firewalled-node and NAT lab tests will be skipped" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -199,6 +199,32 @@ async def _replicate_manifest(
     return len(held), added
 
 
+async def _place_shares(
+    session: Transfers, ring: Ring, m: Manifest, seg: int, shares: list[bytes],
+    indices: list[int], meta: ShareMeta, tally: _Tally,
+) -> int:
+    """Store shares ``indices`` of segment ``seg`` at once, each on its holder or a fallback
+    not taken by another share of the segment; tally each and return how many were stored."""
+    file_id = meta.file_id
+    holders = placement.segment_holders(ring, file_id, seg, m.n)
+    taken = set(holders)
+    placed = 0
+
+    async def place(i: int) -> None:
+        nonlocal placed
+        walk = placement.share_candidates(ring, file_id, seg, i, holders)
+        if await session.place(walk, taken, m.share_id(seg, i), shares[i], meta):
+            placed += 1
+            tally.stored += 1
+        else:
+            tally.failed += 1
+
+    async with trio.open_nursery() as nursery:
+        for i in indices:
+            nursery.start_soon(place, i)
+    return placed
+
+
 async def put_file(
     path: str | os.PathLike[str],
     transport: ShareTransport,
@@ -240,23 +266,8 @@ async def put_file(
 
     async def put_segment(seg: int, shares: list[bytes], todo: list[int]) -> None:
         try:
-            holders = placement.segment_holders(ring, file_id, seg, m.n)
-            taken = set(holders)
-            placed = m.n - len(todo)
-
-            async def place(i: int) -> None:
-                nonlocal placed
-                walk = placement.share_candidates(ring, file_id, seg, i, holders)
-                if await session.place(walk, taken, m.share_id(seg, i), shares[i], meta):
-                    placed += 1
-                    tally.stored += 1
-                else:
-                    tally.failed += 1
-
-            async with trio.open_nursery() as nursery:
-                for i in todo:
-                    nursery.start_soon(place, i)
-            segment_done(seg, placed)
+            placed = await _place_shares(session, ring, m, seg, shares, todo, meta, tally)
+            segment_done(seg, m.n - len(todo) + placed)
         finally:
             window.release()
 
@@ -335,19 +346,7 @@ async def repair_file(
                 tally.failed += len(missing)
                 return
             rebuilt = await offload(segment_io.rebuild, m, seg, shares)
-            holders = placement.segment_holders(ring, file_id, seg, m.n)
-            taken = set(holders)
-
-            async def place(i: int) -> None:
-                walk = placement.share_candidates(ring, file_id, seg, i, holders)
-                if await session.place(walk, taken, m.share_id(seg, i), rebuilt[i], meta):
-                    tally.stored += 1
-                else:
-                    tally.failed += 1
-
-            async with trio.open_nursery() as nursery:
-                for i in missing:
-                    nursery.start_soon(place, i)
+            await _place_shares(session, ring, m, seg, rebuilt, missing, meta, tally)
         finally:
             segment_done(seg)
 

@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from poolai.mesh import wire
+from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError, ProtocolError
 from poolai.mesh.host import Libp2pStream, MeshHost
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
@@ -78,7 +79,7 @@ class Libp2pShareTransport:
         self._local = local
         self._me = peer_id_bytes(host.peer_id)
         self._timeout = fallback_timeout
-        self._names: dict[bytes, str] = {}
+        self._names: Memo[PeerId, str] = Memo(lambda peer: peer_id_text(bytes(peer)))
         self._n = {"requests": 0, "failures": 0, "bytes_sent": 0, "bytes_received": 0,
                    "stale_streams": 0, "corrupt_reports": 0}
         self._refusals: dict[str, int] = {}
@@ -227,16 +228,10 @@ class Libp2pShareTransport:
         self._refusals[exc.reason] = self._refusals.get(exc.reason, 0) + 1
 
     def _name(self, peer: PeerId) -> str:
-        name = self._names.get(peer)
-        if name is None:
-            try:
-                name = peer_id_text(bytes(peer))
-            except ValueError as exc:
-                raise PeerError(f"not a peer id: {exc}") from None
-            if len(self._names) > 10_000:
-                self._names.clear()
-            self._names[peer] = name
-        return name
+        try:
+            return self._names(peer)
+        except ValueError as exc:
+            raise PeerError(f"not a peer id: {exc}") from None
 
     async def _remote(
         self, peer: PeerId, io: Callable[..., Awaitable[Any]], *args: Any, keep: bool = False

@@ -40,6 +40,10 @@ async def credit_mesh(tmp_path: Path, n: int, config: FakeConfig = FakeConfig()
             for i, a in enumerate(hosts):
                 for b in hosts[i + 1:]:
                     await a.connect(b.peer_id, b.transport_addrs())
+            for a in hosts:  # credits sync with members only: identified peers
+                for b in hosts:
+                    if b is not a:
+                        await a.wait_identified(b.peer_id)
         async with trio.open_nursery() as nursery:
             services = [CreditsService(NodeContext(config, tmp_path / f"n{i}", h),  # type: ignore[arg-type]
                                        durable=False)

@@ -13,3 +13,13 @@ async def poll_until(condition: Callable[[], object], interval: float = 0.05) ->
     caller bounds the wait with ``trio.fail_after``."""
     while not condition():  # noqa: ASYNC110 - nothing signals this state
         await trio.sleep(interval)
+
+
+async def wait_for(condition: Callable[[], object], what: str, within: float = 30.0) -> None:
+    """:func:`poll_until` within ``within`` seconds; past it, an AssertionError that names
+    ``what`` the test was waiting for."""
+    try:
+        with trio.fail_after(within):
+            await poll_until(condition)
+    except trio.TooSlowError:
+        raise AssertionError(f"timed out after {within} s waiting for {what}") from None

@@ -25,7 +25,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
-from polling import poll_until
+from polling import wait_for
 from safetensors.torch import save_file
 
 from poolai.mesh import adverts, identity
@@ -46,15 +46,6 @@ SYBILS = 500
 BATCH = 16  # forged adverts in flight at once: under py-libp2p's outbound queue of 32 RPCs
 MAX_FAILED_OFFERS = 1
 GiB = 1 << 30
-
-
-async def wait_for(condition, what: str, within: float = 30.0) -> None:
-    """Wait for state the node's services own (no event signals it)."""
-    try:
-        with trio.fail_after(within):
-            await poll_until(condition)
-    except trio.TooSlowError:
-        raise AssertionError(f"timed out after {within} s waiting for {what}") from None
 
 
 async def relay_forged(gossip: Gossip, keys, data: bytes) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""CappedDict, the one bounded table, and the tables built on it."""
+"""CappedDict, the one bounded table, the tables built on it, and Memo."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poolai.mesh.bounded import CappedDict
+from poolai.mesh.bounded import CappedDict, Memo
 from poolai.mesh.nearby import SLACK, Measurements
 from poolai.mesh.routing import PeerInfo
 
@@ -114,3 +114,24 @@ def test_views_run_oldest_first_and_reverse_newest_first():
     assert list(table.values()) == [0, 1, 2] and list(reversed(table.values())) == [2, 1, 0]
     assert list(reversed(table)) == ["c", "b", "a"] and list(reversed(table.items()))[0] == ("c", 2)
     assert list(table.keys()) == ["a", "b", "c"]
+
+
+def test_a_memo_converts_each_key_once_and_forgets_all_past_its_capacity():
+    calls: list[int] = []
+
+    def double(n: int) -> int:
+        calls.append(n)
+        if n < 0:
+            raise ValueError(n)
+        return 2 * n
+
+    memo: Memo[int, int] = Memo(double, capacity=2)
+    assert [memo(1), memo(1), memo(2)] == [2, 2, 4]
+    assert calls == [1, 2]
+    with pytest.raises(ValueError):
+        memo(-1)
+    with pytest.raises(ValueError):
+        memo(-1)  # a failed conversion is not remembered
+    assert [memo(3), memo(4)] == [6, 8]  # 3 fills it past 2, so 4 starts it afresh
+    assert [memo(3), memo(1)] == [6, 2]
+    assert calls == [1, 2, -1, -1, 3, 4, 3, 1]

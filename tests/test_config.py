@@ -75,7 +75,8 @@ def test_absurd_sizes_and_durations_are_one_line_errors(tmp_path, env, needle):
 
 
 @pytest.mark.parametrize("text", ["storage_quota = inf\n", "storage_quota = nan\n", "max_peers = inf\n",
-                                  "storage_lease = -inf\n", "overlay_scale = nan\n"])
+                                  "storage_lease = -inf\n", "overlay_scale = nan\n",
+                                  f"overlay_scale = {10 ** 400}\n", f"inbound_rate_ip = {-10 ** 400}\n"])
 def test_toml_infinities_are_config_errors(tmp_path, text):
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(config.ConfigError, match=r"invalid \w+ in .*config.toml"):

@@ -28,7 +28,7 @@ import torch
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from polling import poll_until
+from polling import wait_for
 from safetensors.torch import load_file, save_file
 
 from poolai.mesh import wire
@@ -78,12 +78,6 @@ async def mesh(tmp_path: Path, n: int, env: dict[int, dict[str, str]] | None = N
             nodes.append(await stack.enter_async_context(open_node(cfg)))
         await wait_for(lambda: all(len(x.host.connected_peers()) == n - 1 for x in nodes), "a full mesh")
         yield nodes
-
-
-async def wait_for(condition, what: str) -> None:
-    """Wait for state other services own (no event signals it), at most 30 s."""
-    with trio.fail_after(30):
-        await poll_until(condition)
 
 
 def inject(ledger: lg.Ledger, raw: bytes) -> None:

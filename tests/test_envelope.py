@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from poolai.mesh.adverts import AdvertRejected
 from poolai.mesh.envelope import Role, SealRejected, SigningKey, peer_id_from_public_key
+from poolai.mesh.errors import ProtocolError
 
 A = Role("a", b"poolai/test/a/1\x00")
 B = Role("b", b"poolai/test/b/1\x00")
@@ -39,3 +41,13 @@ def test_a_key_signs_only_for_its_own_peer_id():
     signer, other = key(1), key(2)
     with pytest.raises(ValueError, match="does not belong"):
         A.sign(b"body", SigningKey(other.peer_id, signer.public_key, signer.sign))
+
+
+def test_each_rejection_carries_a_reason_of_its_own_kind():
+    err = SealRejected("key_mismatch", "not the signer's key")
+    assert isinstance(err, ProtocolError)
+    assert (err.reason, err.detail) == ("key_mismatch", "not the signer's key")
+    assert str(err) == "key_mismatch: not the signer's key"
+    assert "stale" in AdvertRejected.reasons and "stale" not in SealRejected.reasons
+    with pytest.raises(AssertionError):
+        SealRejected("stale", "an advert's reason, not an envelope's")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from fulldisk import small_disk
 from polling import poll_until
 
 from poolai.mesh import wire
@@ -66,6 +67,14 @@ def drive_to_offer(d: Dispatch, peers: list[str], now: float = 0.0) -> SendOffer
         action = d.step(now)
     assert isinstance(action, SendOffer), action
     return action
+
+
+def accepted_by_first(peers: list[str], retries: int) -> Dispatch:
+    """Job j1 with ``retries`` retries, offered to ``peers[0]`` as attempt 1, accepted at 0.0."""
+    d = Dispatch("j1", retries, 0.0, CFG)
+    assert drive_to_offer(d, peers) == SendOffer(peers[0], 1)
+    d.accepted(1, 0.0)
+    return d
 
 
 # ----------------------------------------------------------------------------- dispatch machine
@@ -136,9 +145,7 @@ def test_an_invalid_refusal_ends_the_job_with_the_workers_message() -> None:
 
 
 def test_a_silent_worker_is_probed_then_lost_and_the_job_goes_elsewhere_in_time() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=1)
     for t in (1.0, 2.0, 3.0):  # heartbeats renew the lease
         assert d.progress("A", 1, WorkState.RUNNING, t)
     assert d.step(5.9) == Wait(6.0)
@@ -156,9 +163,7 @@ def test_a_silent_worker_is_probed_then_lost_and_the_job_goes_elsewhere_in_time(
 
 
 def test_a_slow_worker_is_probed_again_until_it_has_been_silent_for_dead_s() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=1)
     assert d.step(3.0) == Probe("A", 1)
     d.probe_timed_out(1, 5.5)
     assert d.step(5.5) == Probe("A", 1)  # still within dead_s: ask again
@@ -171,18 +176,14 @@ def test_a_slow_worker_is_probed_again_until_it_has_been_silent_for_dead_s() -> 
 
 
 def test_a_probe_answer_renews_the_lease() -> None:
-    d = Dispatch("j1", 0, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=0)
     assert d.step(3.0) == Probe("A", 1)
     assert d.progress("A", 1, WorkState.RUNNING, 3.5)
     assert d.step(3.5) == Wait(6.5)
 
 
 def test_losing_the_worker_with_no_budget_left_ends_the_job_as_crashed() -> None:
-    d = Dispatch("j1", 0, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=0)
     d.step(3.0)
     d.lost(1, 4.0)
     action = d.step(4.0)
@@ -191,9 +192,7 @@ def test_losing_the_worker_with_no_budget_left_ends_the_job_as_crashed() -> None
 
 
 def test_results_are_accepted_exactly_once() -> None:
-    d = Dispatch("j1", 2, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=2)
     assert not d.result_received("B", 1, ok(), 1.0)  # not the peer it went to
     assert not d.result_received("A", 7, ok(), 1.0)  # an attempt never made
     assert not d.result_received("A", 1, ok("other"), 1.0)  # another job's record
@@ -204,9 +203,7 @@ def test_results_are_accepted_exactly_once() -> None:
 
 
 def test_a_lost_workers_late_result_wins_and_the_new_attempt_is_cancelled() -> None:
-    d = Dispatch("j1", 2, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=2)
     d.step(3.0)
     d.lost(1, 3.5)
     d.step(3.5)
@@ -221,9 +218,7 @@ def test_a_lost_workers_late_result_wins_and_the_new_attempt_is_cancelled() -> N
 
 
 def test_a_restarted_worker_that_kept_the_job_is_adopted_back() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["W"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["W"], retries=1)
     d.step(3.0)
     d.lost(1, 4.0)
     assert isinstance(d.step(4.0), FindWorkers)
@@ -235,9 +230,7 @@ def test_a_restarted_worker_that_kept_the_job_is_adopted_back() -> None:
 
 
 def test_retryable_results_spend_the_budget_then_become_final() -> None:
-    d = Dispatch("j1", 1, 0.0, CFG)
-    drive_to_offer(d, ["A", "B"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A", "B"], retries=1)
     timed_out = JobResult("j1", JobStatus.TIMED_OUT, error="killed after its timeout of 1 s")
     assert not d.result_received("A", 1, timed_out, 2.0)
     assert d.phase is Phase.SEEKING and d.retries_used == 1
@@ -250,17 +243,13 @@ def test_retryable_results_spend_the_budget_then_become_final() -> None:
 
 
 def test_failed_and_refused_results_are_final_whatever_the_budget() -> None:
-    d = Dispatch("j1", 8, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=8)
     assert d.result_received("A", 1, JobResult("j1", JobStatus.FAILED, error="shape"), 1.0)
     assert d.phase is Phase.DONE and d.result.error == "shape"
 
 
 def test_cancel_tells_the_worker_and_stops_its_heartbeats() -> None:
-    d = Dispatch("j1", 0, 0.0, CFG)
-    drive_to_offer(d, ["A"])
-    d.accepted(1, 0.0)
+    d = accepted_by_first(["A"], retries=0)
     assert d.cancel(1.0)
     assert d.step(1.0) == SendCancel("A", 1)
     assert d.step(1.0) == Finished(None)
@@ -508,7 +497,8 @@ class Submitter:
 
 
 class FakeRunner:
-    """Stands in for run_job: writes an output, or blocks until released."""
+    """Stands in for run_job: writes an output and returns, or (``block``) writes it and
+    returns once released."""
 
     def __init__(self) -> None:
         self.started: list[str] = []
@@ -518,10 +508,10 @@ class FakeRunner:
     async def __call__(self, job, files_dir, out_dir, policy):  # type: ignore[no-untyped-def]
         self.started.append(job.job_id)
         assert sorted(p.name for p in files_dir.iterdir()) == sorted(f.name for f in job.files())
-        if self.block:
-            await self.release.wait()
         data = b"out-" + job.job_id.encode()
         (out_dir / "output.safetensors").write_bytes(data)
+        if self.block:
+            await self.release.wait()
         result = JobResult(job.job_id, JobStatus.OK, FileRef("output.safetensors", sha(data), len(data)),
                            device=f"cpu [{policy.cuda_visible_devices or 'no gpu'}]")
         return JobOutcome(result, ProcessOutcome(0, False, b"", b"log line", 0, 0, 0.1, False))
@@ -571,6 +561,13 @@ async def started(tmp_path: Path, *, block: bool = False, reachable: bool = True
             nursery.cancel_scope.cancel()
 
 
+async def run_a_queue_b(ex: Executor, files: MemoryFiles, sub: Submitter) -> None:
+    """Offer jobs a and b and wait until a runs (with a blocking runner, b stays queued)."""
+    await offer_to(ex, files, "a")
+    await offer_to(ex, files, "b")
+    await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+
+
 def test_the_worker_state_file_round_trips_and_drops_only_what_no_longer_parses() -> None:
     job = spec("j1")
     held = Held(WorkItem("S", "j1", 2, 0, job.requirements, 5.0, 7), encode_job(job), {"a": "b"})
@@ -605,6 +602,38 @@ async def test_executor_runs_reports_and_redelivers_until_acknowledged(tmp_path:
         assert files.blobs[sub.results[0].output] == b"out-j1"
         assert sub.results[0].log_tail == "log line"
         await until(lambda: on_disk(tmp_path) == {"version": 1, "jobs": [], "results": []})
+
+
+async def test_a_full_disk_refuses_new_offers_and_the_executor_keeps_running(tmp_path: Path) -> None:
+    """Found by the chaos soak: on a full disk, writing the state file for an offer raised
+    ENOSPC and, from the tasks that save after a job, ended the node. Now an offer it
+    cannot write down is refused (the submitter goes elsewhere) and held work goes on."""
+    with small_disk(tmp_path, "1m") as disk:
+        async with started(disk, block=True) as (ex, files, sub, runner):
+            assert isinstance(await offer_to(ex, files, "j1"), jp.Accept)
+            await sub.wait_for(lambda: ("j1", 1, "running") in sub.progress)
+            fill(disk / "ballast")
+            refused = await offer_to(ex, files, "j2")
+            assert isinstance(refused, jp.Refuse) and refused.reason == "busy"
+            assert "cannot write to its disk" in refused.message
+            assert [j["job_id"] for j in on_disk(disk)["jobs"]] == ["j1"]
+            runner.release.set()  # j1 ends; its result is delivered although no save succeeds
+            await sub.wait_for(lambda: sub.results)
+            assert jp.parse_result(sub.results[0]).status is JobStatus.OK
+            (disk / "ballast").unlink()
+            assert isinstance(await offer_to(ex, files, "j3"), jp.Accept)
+            await until(lambda: [j["job_id"] for j in on_disk(disk).get("jobs", [])] == ["j3"])
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the disk under it is full."""
+    with path.open("wb") as f:
+        try:
+            while True:
+                f.write(bytes(64 << 10))
+                f.flush()
+        except OSError:
+            pass
 
 
 async def test_executor_refuses_malformed_offers_and_reports_a_missing_file(tmp_path: Path) -> None:
@@ -644,9 +673,7 @@ async def test_a_restarted_executor_runs_the_jobs_it_had_accepted(tmp_path: Path
 
 async def test_a_submitter_that_no_longer_wants_a_job_stops_it(tmp_path: Path) -> None:
     async with started(tmp_path, block=True) as (ex, files, sub, runner):
-        await offer_to(ex, files, "a")
-        await offer_to(ex, files, "b")
-        await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+        await run_a_queue_b(ex, files, sub)
         sub.keep = False
         await until(lambda: not ex.held)
         assert ex.stats["stopped"] == 2 and sub.results == []
@@ -665,9 +692,7 @@ async def test_a_repeated_offer_is_idempotent(tmp_path: Path) -> None:
 
 async def test_drain_and_pause_refuse_offers_and_pause_holds_the_queue(tmp_path: Path) -> None:
     async with started(tmp_path, block=True) as (ex, files, sub, runner):
-        await offer_to(ex, files, "a")
-        await offer_to(ex, files, "b")
-        await sub.wait_for(lambda: ("a", 1, "running") in sub.progress)
+        await run_a_queue_b(ex, files, sub)
         ex.draining = True
         refused = await offer_to(ex, files, "c")
         assert (refused.reason, refused.message) == ("busy", "this node is draining")

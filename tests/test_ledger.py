@@ -11,6 +11,7 @@ import trio
 from creditmesh import credit_mesh
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fulldisk import small_disk
 
 from poolai.mesh.adverts import peer_id_from_public_key
 from poolai.mesh.errors import RemoteError
@@ -67,17 +68,11 @@ def test_receipts_are_appended_once_and_paged_in_arrival_order(tmp_path):
         assert len(ledger.page(0, max_bytes=1)[0]) == 1
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux tmpfs")
 def test_a_full_disk_is_a_ledger_error_and_writes_resume_once_there_is_room(tmp_path):
     """Found by the chaos soak: on a full disk LMDB's commit failed with lmdb.DiskError,
     which crossed the credits service and ended the node. Now it is a LedgerError (the
     service retries later) and nothing half-written is left."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path, "1m") as disk:
         (disk / "ballast").write_bytes(bytes(256 << 10))
         with lg.Ledger(disk / "ledger", durable=False) as ledger:
             added = 0
@@ -89,8 +84,6 @@ def test_a_full_disk_is_a_ledger_error_and_writes_resume_once_there_is_room(tmp_
                 ledger.put_standings({f"peer-{i}" * 4: Standing(i, 0, 0, 0) for i in range(20_000)})
             (disk / "ballast").unlink()
             assert ledger.add(receipt(20_000)) and len(ledger) == added + 1
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_only_receipts_signed_by_both_parties_get_in(tmp_path):

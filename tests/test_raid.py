@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ import trio
 from poolai.storage import erasure, placement, raid, segment_io
 from poolai.storage.erasure import ErasureParams
 from poolai.storage.errors import FileChanged, NotEnoughShares, PeerError, PutFailed, StoreError
+from poolai.storage.manifest import Manifest
 from poolai.storage.placement import Ring
 from poolai.storage.raid import RaidConfig, ShareMeta
 from poolai.storage.store import ShareStore
@@ -155,10 +157,20 @@ async def put(peers: Peers, path, **kwargs) -> raid.PutResult:
     )
 
 
+async def put_new(peers: Peers, tmp_path: Path, size: int, seed: int = 0) -> tuple[raid.PutResult, bytes]:
+    """A new file of ``size`` random bytes, put on ``peers``: the put's result and the bytes."""
+    path, data = write_file(tmp_path, size, seed)
+    return await put(peers, path), data
+
+
 async def get(peers: Peers, file_id: bytes, out, ring: Ring | None = None, **kwargs):
     return await raid.get_file(
         file_id, out, peers, ring or peers.ring, config=CONFIG, **kwargs
     )
+
+
+async def repair(peers: Peers, m: Manifest, ring: Ring) -> raid.RepairResult:
+    return await raid.repair_file(m, peers, ring, lease_expiry=LEASE, config=CONFIG)
 
 
 @pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 5 * SEG + 17])
@@ -184,8 +196,7 @@ async def test_round_trip(tmp_path, make_peers, size):
 
 async def test_every_k_subset_of_holders_rebuilds(tmp_path, make_peers):
     peers = make_peers(6)  # six peers, n=6: every peer holds one share of every segment
-    path, data = write_file(tmp_path, 3 * SEG + 5)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 3 * SEG + 5)
     for alive in itertools.combinations(peers.ids, 3):
         peers.dead = set(peers.ids) - set(alive)
         out = tmp_path / "out.bin"
@@ -195,8 +206,7 @@ async def test_every_k_subset_of_holders_rebuilds(tmp_path, make_peers):
 
 async def test_corrupt_holders_are_skipped(tmp_path, make_peers):
     peers = make_peers(6)
-    path, data = write_file(tmp_path, 4 * SEG)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 4 * SEG)
     peers.corrupt = set(peers.ids[:3])  # exactly k honest peers left
     out = tmp_path / "out.bin"
     await get(peers, result.file_id, out)
@@ -210,8 +220,7 @@ async def test_fewer_than_k_valid_shares_fail_clearly_and_write_nothing_wrong(
     tmp_path, make_peers
 ):
     peers = make_peers(6)
-    path, data = write_file(tmp_path, 4 * SEG)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 4 * SEG)
     peers.corrupt = set(peers.ids[:4])
     out = tmp_path / "out.bin"
     with pytest.raises(NotEnoughShares, match="fewer than 3 valid shares"):
@@ -221,8 +230,7 @@ async def test_fewer_than_k_valid_shares_fail_clearly_and_write_nothing_wrong(
 
 async def test_manifest_is_fetched_from_any_valid_copy(tmp_path, make_peers):
     peers = make_peers(10)
-    path, _ = write_file(tmp_path, 2 * SEG)
-    result = await put(peers, path)
+    result, _ = await put_new(peers, tmp_path, 2 * SEG)
     holders = placement.manifest_holders(peers.ring, result.file_id, 3)
     peers.dead = {holders[0]}
     peers.corrupt = {holders[1]}
@@ -236,8 +244,7 @@ async def test_manifest_is_fetched_from_any_valid_copy(tmp_path, make_peers):
 
 async def test_slow_holders_are_hedged_and_cancelled(tmp_path, make_peers, autojump_clock):
     peers = make_peers(6)
-    path, data = write_file(tmp_path, 4 * SEG)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 4 * SEG)
     peers.slow = set(peers.ids[:3])
     config = RaidConfig(peer_timeout=100.0, hedge_delay=1.0, extra_fetches=0)
     start = trio.current_time()
@@ -255,8 +262,7 @@ async def test_slow_holders_time_out_when_hedging_cannot_help(
     tmp_path, make_peers, autojump_clock
 ):
     peers = make_peers(6)
-    path, _ = write_file(tmp_path, 2 * SEG)
-    result = await put(peers, path)
+    result, _ = await put_new(peers, tmp_path, 2 * SEG)
     peers.slow = set(peers.ids[:4])
     start = trio.current_time()
     with pytest.raises(NotEnoughShares):
@@ -365,8 +371,7 @@ async def test_put_refuses_a_file_that_grew_after_hashing(tmp_path, make_peers):
 
 async def test_get_resumes_after_the_last_good_segment(tmp_path, make_peers):
     peers = make_peers(8)
-    path, data = write_file(tmp_path, 5 * SEG + 3)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 5 * SEG + 3)
     m = result.manifest
     out = tmp_path / "out.bin"
     partial = bytearray(data[: 3 * SEG + 500])
@@ -385,12 +390,11 @@ async def test_repair_restores_full_redundancy_after_losing_n_minus_k_holders(
     tmp_path, make_peers
 ):
     peers = make_peers(12)
-    path, data = write_file(tmp_path, 4 * SEG)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 4 * SEG)
     fid, m = result.file_id, result.manifest
     peers.dead = set(placement.segment_holders(peers.ring, fid, 0, 6)[:3])
     live = peers.live_ring()
-    report = await raid.repair_file(m, peers, live, lease_expiry=LEASE, config=CONFIG)
+    report = await repair(peers, m, live)
     assert report.shares_missing > 0
     assert report.shares_rebuilt == report.shares_missing
     assert (report.shares_failed, report.segments_lost) == (0, 0)
@@ -402,7 +406,7 @@ async def test_repair_restores_full_redundancy_after_losing_n_minus_k_holders(
     out = tmp_path / "out.bin"
     await get(peers, fid, out, ring=peers.live_ring())
     assert out.read_bytes() == data
-    again = await raid.repair_file(m, peers, live, lease_expiry=LEASE, config=CONFIG)
+    again = await repair(peers, m, live)
     assert again.segments_lost == 0
 
 
@@ -410,11 +414,10 @@ async def test_repair_uses_fallbacks_while_dead_peers_are_still_in_the_ring(
     tmp_path, make_peers
 ):
     peers = make_peers(10)
-    path, data = write_file(tmp_path, 3 * SEG)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 3 * SEG)
     fid, m = result.file_id, result.manifest
     peers.dead = set(placement.segment_holders(peers.ring, fid, 1, 6)[:2])
-    report = await raid.repair_file(m, peers, peers.ring, lease_expiry=LEASE, config=CONFIG)
+    report = await repair(peers, m, peers.ring)
     assert report.shares_rebuilt == report.shares_missing > 0
     assert report.shares_failed == 0
     peers.dead |= set(placement.segment_holders(peers.ring, fid, 1, 6)[2:4])
@@ -425,12 +428,9 @@ async def test_repair_uses_fallbacks_while_dead_peers_are_still_in_the_ring(
 
 async def test_repair_reports_segments_it_cannot_rebuild(tmp_path, make_peers):
     peers = make_peers(6)
-    path, _ = write_file(tmp_path, 2 * SEG)
-    result = await put(peers, path)
+    result, _ = await put_new(peers, tmp_path, 2 * SEG)
     peers.dead = set(peers.ids[:4])
-    report = await raid.repair_file(
-        result.manifest, peers, peers.live_ring(), lease_expiry=LEASE, config=CONFIG
-    )
+    report = await repair(peers, result.manifest, peers.live_ring())
     assert report.segments_lost == 2
     assert report.shares_rebuilt == 0
 
@@ -466,8 +466,7 @@ async def test_stream_hands_segments_in_order_from_any_segment_and_stops_at_a_fa
     tmp_path, make_peers
 ):
     peers = make_peers(6)
-    path, data = write_file(tmp_path, 7 * SEG + 5)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 7 * SEG + 5)
     got: list[tuple[int, bytes]] = []
 
     async def collect(offset: int, blocks: list[bytes]) -> None:
@@ -487,8 +486,7 @@ async def test_stream_hands_segments_in_order_from_any_segment_and_stops_at_a_fa
 
 async def test_only_zfec_decoding_goes_to_a_thread_on_a_read_and_is_tallied(tmp_path, make_peers):
     peers = make_peers(6)
-    path, data = write_file(tmp_path, 3 * SEG + 5)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 3 * SEG + 5)
     m = result.manifest
     where = {m.share_id(seg, i): (seg, i) for seg in range(m.segment_count) for i in range(m.n)}
     config = RaidConfig(peer_timeout=100.0, hedge_delay=1.0, extra_fetches=0)
@@ -528,8 +526,7 @@ async def test_a_busy_primary_holder_is_spared_for_a_parity_share(tmp_path, make
     from poolai.storage.transfers import PRIMARY_EDGE, Transfers
 
     peers = make_peers(6)
-    path, data = write_file(tmp_path, SEG)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, SEG)
     m, ring = result.manifest, peers.ring
     holders = placement.segment_holders(ring, result.file_id, 0, m.n)
 
@@ -563,8 +560,7 @@ async def test_a_read_after_holders_left_asks_only_peers_that_have_the_shares(tm
     the two as absent: no fetch goes to a peer that left, and once the first segments showed
     that the file was put on that ring, every fetch is a hit."""
     peers = make_peers(6)
-    path, data = write_file(tmp_path, 8 * SEG + 5, seed=7)
-    result = await put(peers, path)
+    result, data = await put_new(peers, tmp_path, 8 * SEG + 5, seed=7)
     peers.dead = set(peers.ids[1:3])
     segments = result.manifest.segment_count
 

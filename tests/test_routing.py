@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from poolai.mesh.coords import Coord
 from poolai.mesh.lookup import IterativeLookup, LookupConfig
 from poolai.mesh.ring import RING_MASK, RING_SIZE, harmonic_target, in_arc, ring_distance
-from poolai.mesh.routing import LeafView, PeerInfo, Step, owner_chain, rank_next_hops, step
+from poolai.mesh.routing import HopCost, LeafView, PeerInfo, Step, owner_chain, rank_next_hops, step
 
 
 def peer(pos: int, coord: Coord | None = None) -> PeerInfo:
@@ -46,8 +46,8 @@ class StaticRing:
         return k % len(self.pos)
 
     def answer(self, i: int, key: int, exclude=frozenset(), origin=None) -> Step:
-        return step(self.views[i], key, self.known[i], exclude=frozenset(exclude), origin=origin,
-                    size_estimate=len(self.pos))
+        return step(self.views[i], key, self.known[i], exclude=frozenset(exclude),
+                    cost=HopCost(origin, size_estimate=len(self.pos)))
 
 
 def drive(lookup: IterativeLookup, answer, dead=frozenset()) -> IterativeLookup:
@@ -88,7 +88,7 @@ def test_owner_chain_across_zero():
 def test_next_hops_make_strict_progress_and_keep_the_closest():
     me = peer(0)
     cands = [peer(p) for p in (10, 1000, 5000, RING_MASK - 3, 9000)]
-    hops = rank_next_hops(me, 5000, cands, size_estimate=10, limit=2)
+    hops = rank_next_hops(me, 5000, cands, cost=HopCost(size_estimate=10), limit=2)
     assert all(ring_distance(h.position, 5000) < 5000 for h in hops)
     assert peer(5000) in hops  # the most progress is always offered
     assert rank_next_hops(peer(5000), 5000, cands) == ()  # nothing beats being at the key
@@ -99,10 +99,10 @@ def test_latency_breaks_near_ties_in_progress():
     key = RING_SIZE // 2
     far_fast = peer(key - RING_SIZE // 1000, Coord((5.0, 0.0), 1.0, 0.1))
     near_slow = peer(key - RING_SIZE // 1100, Coord((300.0, 0.0), 1.0, 0.1))
-    ranked = rank_next_hops(peer(0), key, [near_slow, far_fast], origin=origin,
-                            size_estimate=10_000, ms_per_bit=25.0)
-    assert ranked[0] == far_fast
-    assert rank_next_hops(peer(0), key, [near_slow, far_fast], size_estimate=10_000)[0] == near_slow
+    by_latency = HopCost(origin, size_estimate=10_000, ms_per_bit=25.0)
+    assert rank_next_hops(peer(0), key, [near_slow, far_fast], cost=by_latency)[0] == far_fast
+    by_progress = HopCost(size_estimate=10_000)
+    assert rank_next_hops(peer(0), key, [near_slow, far_fast], cost=by_progress)[0] == near_slow
 
 
 @settings(max_examples=40, deadline=None)

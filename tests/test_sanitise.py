@@ -98,10 +98,16 @@ def nodes(doc: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- attacks
 
 
-def sample_inputs_pickle(data: bytes, marker: Path) -> bytes:
-    members = members_of(data)
-    members[f"{ROOT}/data/sample_inputs/model.pt"] = torch_pickle(Touch(marker))
-    return zip_of(members)
+def _pickled_member(member: str) -> Callable[[bytes, Path], bytes]:
+    """An attack that puts a pickle that touches the marker at ``member`` (below ROOT)."""
+    def attack(data: bytes, marker: Path) -> bytes:
+        members = members_of(data)
+        members[f"{ROOT}/{member}"] = torch_pickle(Touch(marker))
+        return zip_of(members)
+    return attack
+
+
+sample_inputs_pickle = _pickled_member("data/sample_inputs/model.pt")
 
 
 def use_pickle_weight(data: bytes, marker: Path) -> bytes:
@@ -124,18 +130,6 @@ def _object_constant(prefix: str) -> Callable[[bytes, Path], bytes]:
         members[f"{ROOT}/data/constants/{prefix}0"] = pickle.dumps(Touch(marker))
         return zip_of(members)
     return attack
-
-
-def legacy_weights_member(data: bytes, marker: Path) -> bytes:
-    members = members_of(data)
-    members[f"{ROOT}/data/weights/model.pt"] = torch_pickle(Touch(marker))
-    return zip_of(members)
-
-
-def legacy_constants_member(data: bytes, marker: Path) -> bytes:
-    members = members_of(data)
-    members[f"{ROOT}/data/constants/model.pt"] = torch_pickle(Touch(marker))
-    return zip_of(members)
 
 
 def pre_28_format(data: bytes, marker: Path) -> bytes:
@@ -244,8 +238,8 @@ ATTACKS: dict[str, tuple[Callable[[bytes, Path], bytes], str]] = {
     "opaque_obj constant": (_object_constant("opaque_obj_"), "pickled object constant"),
     "custom_obj constant": (_object_constant("custom_obj_"), "pickled object constant"),
     "opaque_obj config entry": (object_config_only, "pickled object constant"),
-    "legacy data/weights/model.pt": (legacy_weights_member, "legacy pickled member"),
-    "legacy data/constants/model.pt": (legacy_constants_member, "legacy pickled member"),
+    "legacy data/weights/model.pt": (_pickled_member("data/weights/model.pt"), "legacy pickled member"),
+    "legacy data/constants/model.pt": (_pickled_member("data/constants/model.pt"), "legacy pickled member"),
     "pre-2.8 format": (pre_28_format, "pre-2.8 format"),
     "AOTInductor library": (aoti_library, "AOTInductor"),
     "aten.from_file node": (from_file_node, "'torch.ops.aten.from_file.default' is not on"),

@@ -34,4 +34,5 @@ def test_two_minutes_of_chaos_break_no_invariant(tmp_path):
     assert report["invariants"]["no_wrong_bytes"]["bytes_compared_in_gets"] > 0
     assert report["invariants"]["acknowledged_puts_readable"]["acknowledged"] > 0
     assert report["invariants"]["jobs_one_result"]["submitted"] > 0
+    assert report["invariants"]["no_node_stuck"]["probes"] > 0
     assert report["churn"]["attempts"] > 0

@@ -114,3 +114,12 @@ def test_the_expected_mlp_output_is_checked_with_tolerance():
     assert not workload.output_matches(expected, bad)
     assert not workload.output_matches(expected, b"junk")
     assert workload.read_safetensors(workload.safetensors_bytes(weights))["layers.0.bias"][0] == [32]
+
+
+def test_responsiveness_counts_slow_answers_and_no_answer_is_the_worst():
+    fast = verdict.responsiveness([0.01] * 98 + [1.2, 0.3], prompt_s=1.0)
+    assert fast["over"] == 1 and fast["prompt_share"] == 0.99 and fast["worst_s"] == 1.2
+    assert fast["p99_s"] == 1.2 and fast["median_s"] == 0.01
+    silent = verdict.responsiveness([0.01, float("inf")], prompt_s=1.0)
+    assert silent["over"] == 1 and silent["worst_s"] is None  # JSON-safe: None is no answer
+    assert verdict.responsiveness([], prompt_s=1.0)["prompt_share"] == 1.0

@@ -222,6 +222,21 @@ def test_page_view_stays_small_with_200_peers_and_1000_finished_jobs():
     newest = view.page_view(status, jobs={"rows": rows})["jobs"]["finished"]["items"][0]
     assert newest["job_id"] == f"{999:016x}" and newest["total_s"] == 1.0 and newest["run_s"] == 0.25
     assert doc["node"]["reachability"]["state"] == "private"
+    assert doc["node"]["reach"] is None  # no reach section in this status
+    status["reach"] = {"state": "private",
+                       "line": "behind NAT (port-preserving mapping), not reachable directly",
+                       "observed_ip": "198.51.100.7", "answers": 3, "age_s": 12.0,
+                       "mapping": {"nat": True, "port_preserving": True, "address_dependent": False,
+                                   "observed": ["/ip4/198.51.100.7/tcp/50000"]}}
+    shown = view.page_view(status)["node"]["reach"]
+    assert shown["line"].startswith("behind NAT") and shown["port_preserving"] is True
+    assert shown["observed"] == ["/ip4/198.51.100.7/tcp/50000"]
+    circuit = "/ip4/203.0.113.1/tcp/4001/p2p/R/p2p-circuit"
+    status["reach"]["summary"] = f"behind NAT, reachable through relays {circuit}"
+    status["reach"]["relay_addrs"] = [circuit]
+    shown = view.page_view(status)["node"]["reach"]
+    assert shown["line"].startswith("behind NAT, reachable through relays /ip4/203.0.113.1")
+    assert shown["detail"].startswith("behind NAT (port-preserving") and len(shown["relay_addrs"]) == 1
     assert any(a["text"] == "x: disk slow" for a in doc["alerts"])
     assert len(json.dumps(doc)) < 40_000
 

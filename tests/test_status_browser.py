@@ -81,6 +81,8 @@ def test_page_on_a_three_node_mesh(tmp_path, browser):
         expect(page.locator("#peer-id")).to_have_text(a.peer_id)
         expect(page.locator("#lock")).to_have_text("admin")
         expect(page.locator("#peer-count")).to_have_text("2", timeout=15_000)
+        # the dial-back checks' line: unknown until a round ends, then reachable on loopback
+        expect(page.locator("#reach-line")).to_contain_text("reachab")
         for peer in others:
             expect(page.locator(f'#peer-rows tr[data-peer="{peer}"]')).to_have_count(1)
         expect(page.locator(".device.gpu")).to_have_count(1, timeout=15_000)
@@ -236,5 +238,69 @@ def test_page_stays_usable_with_200_peers_and_1000_finished_jobs(browser):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "status-page-large.png"), full_page=True)
         assert errors == [] or all("401" in e for e in errors)  # the refused token logs its 401
+    finally:
+        stop()
+
+
+# ----------------------------------------------------------------------------- a day of history
+
+
+def companion_with_a_day_of_history(now: float, data_dir: Path) -> Any:
+    """A real companion service (not running) over a stand-in node, its history filled with a
+    simulated day: peers coming and going, storage filling, bursts of serving, jobs, credits."""
+    from poolai.node.companion.history import Sample
+    from poolai.node.companion.service import CompanionService
+
+    config = SimpleNamespace(telegram_token="123:" + "x" * 35, telegram_api_url="http://127.0.0.1:9",
+                             alert_scale=1.0)
+    host = SimpleNamespace(peer_id="12D3KooWlargenode", connected_peers=lambda: set())
+    ctx = SimpleNamespace(config=config, data_dir=data_dir, host=host, book=None, peer_id=host.peer_id)
+    service = CompanionService(ctx)  # type: ignore[arg-type]
+    rng = random.Random(5)
+    served = jobs = 0
+    earned = 0.0
+    for minute in range(24 * 60):
+        t = now - (24 * 60 - minute) * 60
+        busy = 8 <= (minute // 60) <= 20
+        served += rng.randrange(0, 40 << 20) if busy else rng.randrange(0, 2 << 20)
+        jobs += busy and rng.random() < 0.08
+        earned += 0.004 * busy + (0.05 if rng.random() < 0.01 else 0)
+        service.history.record(t, Sample(peers=6 + rng.randrange(-2, 3) + (minute // 240),
+                                         stored=(3 << 30) + minute * (1 << 21), served=served, jobs=jobs,
+                                         earned=earned))
+    return service
+
+
+def test_page_charts_a_day_of_history(tmp_path, browser):
+    now = time.time()
+    node = FakeNode(now)
+    node.companion = companion_with_a_day_of_history(now, tmp_path)
+    plain = node.status
+    node.status = lambda: {**plain(), "companion": node.companion.status()}
+    url, stop = serve_in_thread(node)
+    try:
+        errors: list[str] = []
+        page = open_page(browser, url, errors)
+        expect = playwright.expect
+        charts = page.locator("#charts figure.chart-box")
+        expect(charts).to_have_count(5, timeout=15_000)
+        for series in ("peers", "stored", "served", "jobs", "earned"):
+            line = page.locator(f'#charts figure[data-series="{series}"] svg.chart polyline.series')
+            expect(line).to_have_count(1)
+            assert len(line.get_attribute("points").split()) == 24 * 60
+        expect(page.locator('#charts figure[data-series="jobs"] figcaption')).to_contain_text("in all")
+        expect(page.locator("#streak")).to_contain_text("day(s) in a row")
+        expect(page.locator("#milestones li.reached").first).to_be_visible()
+        expect(page.locator("#telegram-state")).to_contain_text("not paired yet")
+        page.locator('#history button.span[data-span="90d"]').click()
+        expect(page.locator("#history button.span.on")).to_have_text("90 days")
+        points = page.locator('#charts figure[data-series="peers"] polyline.series').get_attribute("points")
+        assert 24 <= len(points.split()) <= 26  # by the hour
+        page.locator('#history button.span[data-span="day"]').click()
+        expect(page.locator("#history button.span.on")).to_have_text("day")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#history").screenshot(path=str(ARTIFACTS / "status-page-history.png"))
+        page.screenshot(path=str(ARTIFACTS / "status-page-with-history.png"), full_page=True)
+        assert errors == []
     finally:
         stop()

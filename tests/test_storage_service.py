@@ -76,6 +76,10 @@ async def storage_mesh(tmp_path: Path, count: int, *, overlay: bool = False, sta
                     await a.connect(b.peer_id, b.transport_addrs())
                     nodes[hosts.index(b)].book.add(a.peer_id, a.transport_addrs())
                     nodes[i].book.add(b.peer_id, b.transport_addrs())
+            for i, a in enumerate(hosts):  # the ring takes members only: identified peers
+                for b in hosts[i + 1 :] if not star or i == 0 else []:
+                    await a.wait_identified(b.peer_id)
+                    await b.wait_identified(a.peer_id)
         async with trio.open_nursery() as nursery:
             overlays: list[OverlayNode | None] = [None] * len(nodes)
             if overlay:
@@ -129,6 +133,9 @@ class WalkHost:
         self.dead, self.dialled = dead, []
 
     def connected_peers(self) -> list[str]:
+        return []
+
+    def member_peers(self) -> list[str]:
         return []
 
     def peer_addrs(self, peer: str) -> list[str]:

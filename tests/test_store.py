@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from fulldisk import small_disk
 
 from poolai.storage import integrity
 from poolai.storage.errors import (
@@ -320,19 +321,12 @@ def test_sigkill_at_random_moments_leaves_only_whole_shares(tmp_path):
             acknowledged.update(ids)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux tmpfs")
 def test_a_full_disk_refuses_the_share_with_a_store_error(tmp_path):
     """A disk that fills under the store (the quota is larger than the disk) refuses the
     share with StoreWriteFailed, keeps what it held, and stores again once there is room.
     Before, LMDB's commit error (EIO on a full tmpfs) escaped the store and an upkeep
     repair placing a share locally took the whole node down."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path, "2m") as disk:
         (disk / "ballast").write_bytes(bytes(512 << 10))
         store = ShareStore(disk / "shares", quota_bytes=64 << 20)
         kept = []
@@ -349,5 +343,3 @@ def test_a_full_disk_refuses_the_share_with_a_store_error(tmp_path):
         store.put(share_id, data, file_id=FILE, lease_expiry=2**40)
         assert store.get(share_id) == data
         store.close()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

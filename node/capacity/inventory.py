@@ -67,6 +67,20 @@ class Gpu:
     power_limit_w: float | None = None
     pcie_gen: int | None = None
     pcie_width: int | None = None
+    # NVML's clock-event ("throttle") reasons active now, by name; local only, never advertised.
+    throttle: tuple[str, ...] = ()
+
+
+# NVML's clocks-event reason bits (nvmlClocksEventReason*), by the names the alerts use.
+THROTTLE_BITS = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal", 0x40: "hw_thermal",
+                 0x80: "hw_power_brake"}
+
+
+def throttle_names(mask: int | None) -> tuple[str, ...]:
+    """The reasons set in an NVML clocks-event mask (unknown bits ignored)."""
+    if not isinstance(mask, int):
+        return ()
+    return tuple(name for bit, name in THROTTLE_BITS.items() if mask & bit)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -275,6 +289,9 @@ class NvmlProvider:
         util = _optional(nvml, nvml.nvmlDeviceGetUtilizationRates, handle)
         power = _optional(nvml, nvml.nvmlDeviceGetPowerUsage, handle)
         limit = _optional(nvml, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        mask = _optional(nvml, reasons, handle) if reasons is not None else None
         return Gpu(
             index=index,
             name=_text(nvml.nvmlDeviceGetName(handle))[:96],
@@ -289,6 +306,7 @@ class NvmlProvider:
             power_limit_w=round(limit / 1000.0, 1) if limit is not None else None,
             pcie_gen=_clamp(_optional(nvml, nvml.nvmlDeviceGetCurrPcieLinkGeneration, handle), 1, 32),
             pcie_width=_clamp(_optional(nvml, nvml.nvmlDeviceGetCurrPcieLinkWidth, handle), 1, 64),
+            throttle=throttle_names(mask),
         )
 
 
@@ -388,12 +406,20 @@ def _parse_gpu(index: int, raw: Any) -> Gpu:
             compute_capability=cc,
             power_w=_float_or_none(raw.get("power_w")),
             power_limit_w=_float_or_none(raw.get("power_limit_w")),
+            throttle=_throttle(raw.get("throttle", ())),
             **optional,
         )
     except KeyError as exc:
         raise ValueError(f"{where}: missing {exc.args[0]!r}") from None
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def _throttle(value: Any) -> tuple[str, ...]:
+    known = set(THROTTLE_BITS.values())
+    if not isinstance(value, list | tuple) or len(value) > len(known) or not set(value) <= known:
+        raise ValueError(f"throttle must be a list of {', '.join(sorted(known))}")
+    return tuple(value)
 
 
 def _int(value: Any, key: str, lo: int, hi: int) -> int:

@@ -41,7 +41,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from poolai.mesh.adverts import ADVERT_VERSION, MAX_MODELS, Advert, CoordAdvert, GpuAdvert
+from poolai.mesh.adverts import (
+    ADVERT_VERSION,
+    MAX_MODELS,
+    Advert,
+    CoordAdvert,
+    GpuAdvert,
+    software_with_reach,
+)
 from poolai.mesh.bounded import CappedDict
 from poolai.node.capacity.inventory import Inventory
 from poolai.node.credits.policy import NEUTRAL, excluded, reputation_cost_ms
@@ -525,6 +532,7 @@ class LocalState:
     queue_length: int = 0
     models: tuple[str, ...] = ()
     payout_address: str = ""
+    reach: str = "unknown"  # this node's reachability verdict (node.reach), advertised
 
 
 def make_advert(inventory: Inventory, state: LocalState, *, seq: int, now: float, ttl: float,
@@ -542,7 +550,8 @@ def make_advert(inventory: Inventory, state: LocalState, *, seq: int, now: float
     )
     slots = max(0, min(state.job_slots, 1024))
     return Advert(
-        peer_id=state.peer_id, seq=seq, timestamp=now, ttl=ttl, software=state.software[:64],
+        peer_id=state.peer_id, seq=seq, timestamp=now, ttl=ttl,
+        software=software_with_reach(state.software, state.reach),
         protocol=ADVERT_VERSION, simulated=inventory.simulated, gpus=gpus,
         cpu_cores=inventory.cpu_cores, ram_total=inventory.ram_total,
         ram_free=min(inventory.ram_free, inventory.ram_total), storage_free=inventory.storage_free,

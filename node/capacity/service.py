@@ -232,6 +232,20 @@ class CapacityService:
         self.state = dataclasses.replace(self.state, **changes)
         self._check_change()
 
+    def set_reach(self, state: str) -> None:
+        """Record this node's reachability verdict (``public``, ``private`` or ``unknown``);
+        a change is advertised at once (within MIN_PUBLISH_GAP). ValueError for another state."""
+        if state not in adverts.REACH_STATES:
+            raise ValueError(f"unknown reachability state {state!r}")
+        if state != self.state.reach:
+            self.state = dataclasses.replace(self.state, reach=state)
+            self._check_change()
+
+    def reach_of(self, peer_id: str) -> str:
+        """``peer_id``'s advertised reachability; ``unknown`` without an advert."""
+        entry = self.table.get(peer_id)
+        return entry.advert.reach if entry is not None else "unknown"
+
     def rtt_ms(self, peer_id: str) -> float | None:
         """Estimated round trip to ``peer_id``: settled coordinates first, then measured pings
         or overlay probes; coordinates of a peer never measured cannot make it look near
@@ -402,6 +416,7 @@ class CapacityService:
             "peer_id": a.peer_id, "seq": a.seq, "timestamp": a.timestamp,
             "received_at": entry.received_at, "expires_in": round(entry.expires_at - now, 3),
             "simulated": a.simulated, "software": a.software, "protocol": a.protocol,
+            "reach": a.reach,
             "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid, "memory_total": g.memory_total,
                       "memory_free": g.memory_free, "compute_capability": f"{g.cc_major}.{g.cc_minor}",
                       "utilization": g.utilization, "temperature_c": g.temperature_c,

@@ -73,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_modules() -> list:
     """``register(subparsers)`` functions of the command groups kept in their own modules."""
     from poolai.node.capacity import cli as cli_capacity
+    from poolai.node.companion import cli as cli_companion
     from poolai.node.credits import cli as cli_credits
     from poolai.node.files import cli as cli_storage
     from poolai.node.jobs import cli as cli_jobs
-    return [cli_capacity.register, cli_jobs.register, cli_storage.register, cli_credits.register]
+    return [cli_capacity.register, cli_jobs.register, cli_storage.register, cli_credits.register,
+            cli_companion.register]
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,6 +185,9 @@ def _status(args: argparse.Namespace) -> int:
     for addr in data["addrs"]:
         print(f"address:  {addr}")
     print(f"peers:    {len(data['peers'])} connected, {data['known_peers']} known")
+    reach = data.get("reach")
+    if isinstance(reach, dict) and (reach.get("summary") or reach.get("line")):
+        print(f"reach:    {reach.get('summary') or reach['line']}")
     for peer in data["peers"]:
         print(f"  {peer['peer_id']}")
     overlay = data.get("overlay")

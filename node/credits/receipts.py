@@ -43,7 +43,7 @@ from typing import Any
 
 from poolai.mesh import wire
 from poolai.mesh.envelope import Role, SealRejected, SigningKey, peer_id_from_public_key
-from poolai.mesh.errors import ProtocolError, SchemaError
+from poolai.mesh.errors import ProtocolError, Rejected, SchemaError
 
 RECEIPT_VERSION = 1
 MAX_RECEIPT = 4096  # a whole envelope, checked before anything is unpacked
@@ -168,13 +168,8 @@ REASONS = ("oversize", "malformed", "unknown_field", "schema", "version", "bad_k
            "key_mismatch", "unsigned", "self_signed", "invalid_claim")
 
 
-class ReceiptRejected(ProtocolError):
+class ReceiptRejected(Rejected, reasons=REASONS):
     """A receipt failed a check; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,7 +293,7 @@ class CreditsService:
 
     async def sync_now(self, peers: Sequence[str] | None = None) -> int:
         """Pull new receipts from ``peers`` (default: every connected peer); returns how many."""
-        targets = list(self.host.connected_peers() if peers is None else peers)
+        targets = list(self.host.member_peers() if peers is None else peers)
         limiter = trio.CapacityLimiter(SYNC_FANOUT)
         added = 0
 
@@ -465,7 +465,7 @@ class CreditsService:
         return added
 
     def _tracked(self) -> frozenset[str]:
-        return frozenset(self.host.connected_peers()) | self._counterparties
+        return frozenset(self.host.member_peers()) | self._counterparties
 
     async def _store(self, receipts: list[Checked]) -> int:
         """Keep the new receipts the retention rule admits, evicting what it says, in one

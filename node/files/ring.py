@@ -34,6 +34,12 @@ that moved in the computation only. ``departed_s`` is about two upkeep
 passes: by then repair has rebuilt what left on the ring of present peers,
 where reads look next.
 
+Peers reachable only through a relay (a ``private`` advert and no direct connection to
+this node: ``relay_only``, the rule is :func:`poolai.node.reach.roles.relay_only`) get no
+shares from this node: they are left out of :meth:`RingSource.view` and kept, absent,
+in :meth:`RingSource.reading_view`, so shares another node put on them over a direct
+path are still found there. Bulk share traffic never rides a relay's circuit limits.
+
 :func:`ring_of` is the pure rule; :class:`RingSource` is its driver.
 """
 
@@ -46,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.ring import RING_MASK, node_position
@@ -89,9 +96,10 @@ class RingSource:
         self, host: MeshHost, overlay: Any | None, book: PeerBook | None, *,
         ttl: float = 10.0, max_hops: int = 256, clock: Callable[[], float] = time.monotonic,
         unreachable_s: float = 120.0, max_verify: int = 256, dial_timeout: float = 5.0,
-        departed_s: float = 1200.0,
+        departed_s: float = 1200.0, relay_only: Callable[[str], bool] | None = None,
     ) -> None:
         self.host = host
+        self.relay_only = relay_only  # peers reached only through a relay: no shares placed on them
         self.overlay = overlay
         self.book = book
         self.me = peer_id_bytes(host.peer_id)
@@ -101,7 +109,7 @@ class RingSource:
         self._walked: frozenset[PeerId] = frozenset()
         self._walked_at: float | None = None
         self._lock = trio.Lock()
-        self._names: dict[str, PeerId] = {}
+        self._raw_ids: Memo[str, PeerId] = Memo(peer_id_bytes)
         self.unreachable_s = unreachable_s
         self.max_verify = max_verify
         self.dial_timeout = dial_timeout
@@ -111,17 +119,11 @@ class RingSource:
 
     def _connected(self) -> list[PeerId]:
         out = []
-        for name in self.host.connected_peers():
-            raw = self._names.get(name)
-            if raw is None:
-                try:
-                    raw = peer_id_bytes(name)
-                except ValueError:
-                    continue
-                if len(self._names) > 10_000:
-                    self._names.clear()
-                self._names[name] = raw
-            out.append(raw)
+        for name in self.host.member_peers():  # not a reachability dial-back (mesh.members)
+            try:
+                out.append(self._raw_ids(name))
+            except ValueError:
+                pass  # not a peer id: it has no place on the ring
         return out
 
     def _members(self) -> list[PeerId]:
@@ -130,14 +132,23 @@ class RingSource:
         return [p.peer_id for p in self.overlay.table.members()]
 
     def view(self) -> Ring:
-        """The ring as known now: overlay members and the last walk, less the peers found
-        unreachable, plus connected peers."""
+        """The ring shares are placed on: overlay members and the last walk, less the peers
+        found unreachable, plus connected members; less the peers reachable only through
+        a relay (``relay_only``; reads keep them, absent, see :meth:`reading_view`)."""
         now = self.clock()
         gone = self._gone(now)
         known = [p for p in (*self._members(), *self._walked) if p not in gone]
         ring = ring_of(self.me, known, self._connected())
+        relayed = self._relay_only(ring.peers)
+        if relayed:
+            ring = ring.without(relayed)
         self._note_present(ring, now)
         return ring
+
+    def _relay_only(self, peers: Iterable[PeerId]) -> set[PeerId]:
+        if self.relay_only is None:
+            return set()
+        return {p for p in peers if p != self.me and self.relay_only(peer_id_text(p))}
 
     def _gone(self, now: float) -> set[PeerId]:
         """The peers marked unreachable whose time is not up (forgetting the others)."""
@@ -151,7 +162,9 @@ class RingSource:
         (see the module doc)."""
         ring = self.view()
         present = set(ring.peers)
-        departed = [p for p in self._last_in_view if p not in present]
+        relayed = set() if self.relay_only is None else self._relay_only(
+            p for p in (*self._members(), *self._walked, *self._connected()) if p not in present)
+        departed = sorted(p for p in {*self._last_in_view, *relayed} if p not in present)
         if not departed:
             return ring
         return Ring.from_positions(

@@ -161,10 +161,12 @@ class StorageService:
     name = "storage"
 
     def __init__(self, ctx: NodeContext, *, overlay: OverlayNode | None = None,
-                 credits: AuditSink | None = None) -> None:
+                 credits: AuditSink | None = None,
+                 relay_only: Callable[[str], bool] | None = None) -> None:
         """``overlay`` gives the ring shares are placed on (without it: this node's
         connections); ``credits`` is paid for holders' passed audits (without it the
-        evidence is dropped)."""
+        evidence is dropped); ``relay_only`` names the peers reachable only through a
+        relay, which get no shares from this node (without it: none is)."""
         self.ctx = ctx
         self.host = ctx.host
         self.credits = credits
@@ -193,7 +195,7 @@ class StorageService:
         self.clock: Callable[[], float] = time.time  # stamps audits for credits
         # departed peers are kept in the reading ring for two upkeep passes
         self.rings = RingSource(self.host, overlay, ctx.book,
-                                departed_s=2 * self.interval)
+                                departed_s=2 * self.interval, relay_only=relay_only)
         self.ledger = AuditLedger(self.rings.me)
         self.raid_config = RAID
         self.credit_claims = 0

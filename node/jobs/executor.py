@@ -28,6 +28,7 @@ import logging
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from poolai.node.jobs.spec import (
 log = logging.getLogger(__name__)
 
 FILE_TIMEOUT_S = 600.0
+RECENT_RESULTS = 32  # results of jobs run here kept for the owner's alerts
 
 
 Call = Callable[[str, Any, tuple[type, ...], float], Awaitable[Any]]
@@ -117,6 +119,9 @@ class Executor:
         self.held: dict[tuple[str, str], Held] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
         self.stats = {"accepted": 0, "refused": 0, "finished": 0, "stopped": 0, "restored": 0}
+        # (finished at, job id, result status) of the newest jobs run here: the owner's alerts
+        # judge a run of failures and the reputation peers build from them.
+        self.recent_results: deque[tuple[float, str, str]] = deque(maxlen=RECENT_RESULTS)
         self.draining = False  # refuse offers; what is held still runs
         self.paused = False  # refuse offers and start nothing; running jobs go on
         self._changed = trio.Event()  # queue or slot changed: the scheduler looks again
@@ -172,10 +177,18 @@ class Executor:
         held = self.held.get(key)
         if held is None:
             self.held[key] = Held(admitted, offer.spec, parsed.files)
-            self.stats["accepted"] += 1
         else:
             held.item = admitted
-        await self._save()
+        if not await self._save() and held is None and self.queue.remove(key) is not None:
+            # A job this node could not write down would be forgotten by a restart: refuse
+            # it while it is still queued, so the submitter offers it elsewhere.
+            del self.held[key]
+            self._load_changed()
+            self.stats["refused"] += 1
+            return jp.Refuse(job_id=job.job_id, reason=Refusal.BUSY.value,
+                             message="this node cannot write to its disk (full?)")
+        if held is None:
+            self.stats["accepted"] += 1
         self._changed.set()
         return jp.Accept(job_id=job.job_id, attempt=parsed.attempt,
                          ahead=self.queue.position(key, time.time()))
@@ -249,6 +262,7 @@ class Executor:
             self.held.pop(key, None)
             self.pending[key] = Pending(item.submitter, message, time.time())
             self.stats["finished"] += 1
+            self.recent_results.append((time.time(), item.job_id, str(message.record.get("status"))))
             self._deliver.set()
         await trio.to_thread.run_sync(shutil.rmtree, work, True)
         await self._save()
@@ -420,10 +434,20 @@ class Executor:
                 await self.on_accepted(p.submitter, p.message)
 
     # ------------------------------------------------------------------ persistence
-    async def _save(self) -> None:
+    async def _save(self) -> bool:
+        """Write the state file. False when the disk refuses it (full, read-only): the state
+        stays in memory, the file keeps its last whole version, and the next change writes
+        it again. Every caller's change is already made; only offer() can still say no."""
         async with self._save_lock:
             data = encode_state(self.held.values(), self.pending.values())
-            await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
+            try:
+                await trio.to_thread.run_sync(write_atomic, self.dir / STATE_FILE, data)
+            except OSError as exc:
+                self.stats["unsaved"] = self.stats.get("unsaved", 0) + 1
+                log.warning("job state not written (%s); kept in memory until the next change",
+                            exc.strerror or exc)
+                return False
+            return True
 
     def _load(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -364,7 +364,7 @@ class JobService:
         """Capable peers, best first: the capacity table's ranking; then peers that would queue."""
         capacity = self.capacity
         if capacity is None:
-            return [self.peer_id, *self.host.connected_peers()]
+            return [self.peer_id, *self.host.member_peers()]
         from poolai.node.capacity import rules as cap
         creq = cap.Requirements()
         if req.device is Device.GPU:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -32,10 +33,12 @@ ROLE_CHECK = 5.0  # seconds between re-deciding whether to serve as a relay
 
 
 class Reachability(Protocol):
-    """What this service needs of a reachability verdict: True private, False public,
-    None not known yet."""
+    """What this service needs of the reachability service: its verdict (True private,
+    False public, None not known yet), and where to report this node's relay addresses."""
 
     def is_private(self) -> bool | None: ...
+
+    def set_relay_addrs(self, addrs: Sequence[str]) -> None: ...
 
 
 class RelayService:
@@ -52,7 +55,8 @@ class RelayService:
         self.reach = reach
         self.host = ctx.host
         self.server = RelayServer(ctx.host, rules.limits_from(ctx.config), on_reserved=self._on_reserved)
-        self.keeper = ReservationKeeper(ctx.host, self.is_private, rtt=self._rtt, rng=random.Random())
+        self.keeper = ReservationKeeper(ctx.host, self.is_private, rtt=self._rtt, rng=random.Random(),
+                                        on_published=None if reach is None else reach.set_relay_addrs)
         self.puncher = HolePuncher(ctx.host, enabled=ctx.config.hole_punch)
         self.serving = False
 

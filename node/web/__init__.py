@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 STATIC = {  # name -> media type; nothing else is served
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "companion.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = {

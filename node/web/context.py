@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from poolai.node.capacity.service import CapacityService
+    from poolai.node.companion.service import CompanionService
     from poolai.node.config import Config
     from poolai.node.credits.service import CreditsService
     from poolai.node.files.service import StorageService
     from poolai.node.jobs.service import JobService
     from poolai.node.logring import LogRing
     from poolai.node.overlay.service import OverlayService
+    from poolai.node.reach.service import ReachService
 
 
 class NodeView(Protocol):
@@ -31,6 +33,8 @@ class NodeView(Protocol):
     credits: CreditsService | None
     files: StorageService | None
     jobs: JobService | None
+    companion: CompanionService | None
+    reach: ReachService | None
 
     def status(self) -> dict[str, Any]:
         """Everything the node knows about itself, one section per service."""

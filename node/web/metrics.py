@@ -88,6 +88,7 @@ def collect(status: Mapping[str, Any], log_counts: Mapping[str, int] | None = No
             _one("poolai_credit_receipts", "gauge", "Verified receipts naming this node.",
                  credits.get("receipts")),
         ]
+    out += _companion(status.get("companion"))
     for name, section in sorted(status.items()):
         if isinstance(section, Mapping) and isinstance(section.get("stats"), Mapping):
             out.append(_many(f"poolai_{_NAME_OK.sub('_', name)}_events_total", "counter",
@@ -164,6 +165,26 @@ def _jobs(jobs: Any) -> list[Family | None]:
                          "Worker-side job events (offers accepted and refused, jobs finished ...).",
                          "event", worker["stats"]))
     return out
+
+
+def _companion(companion: Any) -> list[Family | None]:
+    if not isinstance(companion, Mapping):
+        return []
+    alerts = [a for a in companion.get("alerts") or () if isinstance(a, Mapping)]
+    by_severity = {s: sum(a.get("severity") == s for a in alerts) for s in ("critical", "warning", "info")}
+    telegram = companion.get("telegram") if isinstance(companion.get("telegram"), Mapping) else {}
+    streak = companion.get("streak") if isinstance(companion.get("streak"), Mapping) else {}
+    active = tuple(Sample((("alert", str(a.get("key"))), ("severity", str(a.get("severity")))), 1.0)
+                   for a in alerts)[:MAX_SAMPLES]
+    return [
+        _many("poolai_alerts_active", "gauge", "Alerts raised now, by severity.", "severity", by_severity),
+        Family("poolai_alert", "gauge", "1 for each alert raised now (see /api/alerts for its fix).",
+               active) if active else None,
+        _one("poolai_telegram_paired", "gauge", "1 when the Telegram bot is paired with the owner's chat.",
+             int(bool(telegram.get("paired")))) if telegram.get("configured") else None,
+        _one("poolai_contribution_streak_days", "gauge", "Days in a row this node contributed.",
+             streak.get("current")),
+    ]
 
 
 def _storage(storage: Any) -> list[Family | None]:

@@ -31,10 +31,12 @@ from starlette.routing import BaseRoute, Route
 
 from poolai.node.auth import AuthMiddleware, Policy
 from poolai.node.capacity import api as capacity_api
+from poolai.node.companion import api as companion_api
 from poolai.node.credits import api as credits_api
 from poolai.node.files import api as files_api
 from poolai.node.jobs import api as jobs_api
 from poolai.node.overlay import api as overlay_api
+from poolai.node.reach import api as reach_api
 from poolai.node.web import metrics, web_routes
 
 if TYPE_CHECKING:
@@ -56,6 +58,11 @@ def service_routes(node: NodeView) -> list[BaseRoute]:
         routes += jobs_api.routes(node.jobs)
     if node.credits is not None:
         routes += credits_api.routes(node.credits)
+    companion = getattr(node, "companion", None)  # stand-ins in tests may lack it
+    if companion is not None:
+        routes += companion_api.routes(companion)
+    if getattr(node, "reach", None) is not None:  # a stand-in node may predate the service
+        routes += reach_api.routes(node.reach)  # type: ignore[arg-type]
     return routes
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,24 @@ def reachability(addrs: Sequence[str]) -> dict[str, Any]:
     else:
         state, note = "unknown", "no dialable address"
     return {"state": state, "note": note}
+
+
+def reach_view(reach: Any) -> dict[str, Any] | None:
+    """What the dial-back checks concluded (the ``reach`` section), for the node card: the
+    line ("reachable from the internet at ...", "behind NAT, reachable through relays ...",
+    "LAN only: ..."), the verdict's own detail, the relay addresses, the observed public
+    address and what the observed ports tell of the NAT."""
+    if not isinstance(reach, Mapping):
+        return None
+    mapping = reach.get("mapping") if isinstance(reach.get("mapping"), Mapping) else {}
+    return {"state": reach.get("state"), "line": str(reach.get("summary") or reach.get("line") or ""),
+            "detail": str(reach.get("line") or ""),
+            "relay_addrs": [str(a) for a in list(reach.get("relay_addrs") or ())[:8]],
+            "public_addr": reach.get("public_addr"), "observed_ip": reach.get("observed_ip"),
+            "answers": reach.get("answers"), "age_s": reach.get("age_s"),
+            "nat": mapping.get("nat"), "port_preserving": mapping.get("port_preserving"),
+            "address_dependent": mapping.get("address_dependent"),
+            "observed": list(mapping.get("observed") or ())[:8]}
 
 
 def _addr_kind(addr: str) -> str:
@@ -106,7 +125,14 @@ def alerts(status: Mapping[str, Any], warnings: Sequence[Mapping[str, Any]]) -> 
     def add(level: str, text: str) -> None:
         found.append({"level": level, "text": text})
 
-    if not status.get("peers"):
+    companion = status.get("companion")
+    raised = companion.get("alerts") if isinstance(companion, Mapping) else None
+    raised = [a for a in raised if isinstance(a, Mapping)] if isinstance(raised, list) else []
+    for a in raised:  # the companion's rules (with delays against flapping) come first
+        add(str(a.get("severity")), f"{a.get('title')} (since {_utc(a.get('since'))}): {a.get('detail')}. "
+                                    f"Fix: {a.get('fix')}")
+    covered = {a.get("key") for a in raised}
+    if not status.get("peers") and not covered & {"unreachable", "alone"}:
         add("warning", "No peer connected: the node is alone (check the bootstrap addresses).")
     overlay = status.get("overlay")
     if isinstance(overlay, Mapping) and status.get("peers") and not overlay.get("successors"):
@@ -114,7 +140,8 @@ def alerts(status: Mapping[str, Any], warnings: Sequence[Mapping[str, Any]]) -> 
     storage = status.get("storage")
     if isinstance(storage, Mapping):
         used, quota = storage.get("used_bytes"), storage.get("quota_bytes")
-        if isinstance(used, int) and isinstance(quota, int) and quota > 0 and used >= STORAGE_WARN * quota:
+        if (isinstance(used, int) and isinstance(quota, int) and quota > 0 and used >= STORAGE_WARN * quota
+                and "quota_full" not in covered):
             add("warning", f"Storage is {used / quota:.0%} full.")
     jobs = status.get("jobs")
     if isinstance(jobs, Mapping):
@@ -135,6 +162,12 @@ def alerts(status: Mapping[str, Any], warnings: Sequence[Mapping[str, Any]]) -> 
         add(entry["level"], f"{entry['logger']}: {entry['msg']}")
     order = {"error": 0, "critical": 0, "warning": 1, "info": 2}
     return sorted(found, key=lambda a: order.get(a["level"], 3))[:MAX_ALERTS]
+
+
+def _utc(t: Any) -> str:
+    if not isinstance(t, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
 def page_view(
@@ -167,6 +200,7 @@ def page_view(
             "uptime_s": status.get("uptime_s"),
             "known_peers": status.get("known_peers"),
             "reachability": reachability(list(status.get("addrs") or ())),
+            "reach": reach_view(status.get("reach")),
         },
         "peers": page_of(peers, peers_offset, PEERS_PAGE),
         "overlay": status.get("overlay"),

@@ -13,31 +13,19 @@ from __future__ import annotations
 
 import bisect
 
+from simlib.baseline import Baseline
+
 BITS = 64
 MASK = (1 << BITS) - 1
 
 
-class Chord:
+class Chord(Baseline):
     def __init__(self, positions: list[int], successors: int = 8) -> None:
-        self.pos = positions
         self.r = successors
-        self.alive = [True] * len(positions)
-        self.rebuild()
-
-    def fail(self, victims: list[int]) -> None:
-        """Nodes stop abruptly: the truth changes now, the tables only at ``rebuild``."""
-        for i in victims:
-            self.alive[i] = False
-        live = sorted((p, i) for i, p in enumerate(self.pos) if self.alive[i])
-        self.truth_pos = [p for p, _ in live]
-        self.truth_idx = [i for _, i in live]
+        super().__init__(positions)
 
     def rebuild(self) -> None:
-        live = sorted((p, i) for i, p in enumerate(self.pos) if self.alive[i])
-        self.truth_pos = [p for p, _ in live]
-        self.truth_idx = [i for _, i in live]
-        self.sorted_pos = [p for p, _ in live]
-        self.sorted_idx = [i for _, i in live]
+        super().rebuild()
         self._rank = {i: k for k, i in enumerate(self.sorted_idx)}
         self._tables: dict[int, tuple[list[int], list[int], int]] = {}
 

@@ -18,32 +18,20 @@ from __future__ import annotations
 import bisect
 import random
 
+from simlib.baseline import Baseline
+
 BITS = 64
 
 
-class Kademlia:
+class Kademlia(Baseline):
     def __init__(self, positions: list[int], k: int = 20, alpha: int = 3, seed: int = 0) -> None:
-        self.pos = positions
         self.k = k
         self.alpha = alpha
         self.seed = seed
-        self.alive = [True] * len(positions)
-        self.rebuild()
-
-    def fail(self, victims: list[int]) -> None:
-        """Nodes stop abruptly: the truth changes now, the tables only at ``rebuild``."""
-        for i in victims:
-            self.alive[i] = False
-        live = sorted((p, i) for i, p in enumerate(self.pos) if self.alive[i])
-        self.truth_pos = [p for p, _ in live]
-        self.truth_idx = [i for _, i in live]
+        super().__init__(positions)
 
     def rebuild(self) -> None:
-        live = sorted((p, i) for i, p in enumerate(self.pos) if self.alive[i])
-        self.truth_pos = [p for p, _ in live]
-        self.truth_idx = [i for _, i in live]
-        self.sorted_pos = [p for p, _ in live]
-        self.sorted_idx = [i for _, i in live]
+        super().rebuild()
         self._tables: dict[int, list[int]] = {}
 
     def table(self, i: int) -> list[int]:

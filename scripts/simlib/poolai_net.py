@@ -116,32 +116,22 @@ class PoolNet:
     def _carry_out(self, i: int, action: object) -> None:
         t = self.tables[i]
         now = self.now
-        if isinstance(action, Probe):
+        if isinstance(action, (Probe, AskNeighbours, AskNear)):
+            # One request to one peer: a dead peer's silence fails it, whatever was asked.
             self.rpcs += 1
             j = self.index[action.peer]
-            if self.alive[j]:
-                tj = self.tables[j]
+            tj = self.tables[j]
+            if not self.alive[j]:
+                t.probe_failed(action.peer, now)
+            elif isinstance(action, Probe):
                 t.record_rtt(action.peer, self.model.rtt(i, j), tj.coord, now, self.rng)
                 if action.link:
                     tj.add_incoming(t.info, now)
-            else:
-                t.probe_failed(action.peer, now)
-        elif isinstance(action, AskNeighbours):
-            self.rpcs += 1
-            j = self.index[action.peer]
-            if self.alive[j]:
-                tj = self.tables[j]
+            elif isinstance(action, AskNeighbours):
                 tj.observe(t.info, now, direct=True)
                 t.merge_neighbours(action.peer, tj.links(), now)
             else:
-                t.probe_failed(action.peer, now)
-        elif isinstance(action, AskNear):
-            self.rpcs += 1
-            j = self.index[action.peer]
-            if self.alive[j]:
-                t.merge_near(action.peer, self.tables[j].near(t.coord), now)
-            else:
-                t.probe_failed(action.peer, now)
+                t.merge_near(action.peer, tj.near(t.coord), now)
         elif isinstance(action, FindLong):
             if self.route_long:
                 out = self.lookup(i, action.target, record=False)

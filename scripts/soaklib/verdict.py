@@ -6,6 +6,7 @@ Pure functions of plain data, so each rule is tested without a mesh
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,23 @@ def resources(samples: Mapping[str, Sequence[Sample]], start: float, bounds: Bou
         "max_fds_slope_per_min": max((r["fds_slope_per_min"] for r in rows), default=0.0),
         "over_bounds": sorted(over), "nodes": nodes,
     }
+
+
+def responsiveness(times: Sequence[float], prompt_s: float) -> dict[str, Any]:
+    """How one process answered its probes (seconds each; inf for no answer): how many,
+    the share within ``prompt_s``, the 99th percentile and the worst."""
+    if not times:
+        return {"probes": 0, "over": 0, "prompt_share": 1.0, "median_s": None, "p99_s": 0.0, "worst_s": 0.0}
+    ordered = sorted(times)
+    over = sum(t > prompt_s for t in ordered)
+
+    def seconds(t: float) -> float | None:  # JSON has no infinity: None is "no answer"
+        return round(t, 4) if math.isfinite(t) else None
+
+    return {"probes": len(ordered), "over": over, "prompt_share": round(1 - over / len(ordered), 5),
+            "median_s": seconds(ordered[len(ordered) // 2]),
+            "p99_s": seconds(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]),
+            "worst_s": seconds(ordered[-1])}
 
 
 class JobRecord:

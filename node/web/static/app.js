@@ -120,8 +120,21 @@ function renderOverview(v) {
   row("uptime", secs(n.uptime_s));
   row("addresses", ...(n.addrs.length ? n.addrs.map(a => el("div", { class: "mono" }, a)) : ["—"]));
   row("reachability", el("span", { title: n.reachability.note }, n.reachability.state + ": " + n.reachability.note));
+  if (n.reach) row("internet", el("span", { id: "reach-line", class: "reach " + String(n.reach.state),
+                                           title: reachDetail(n.reach) }, n.reach.line));
   row("peers", `${v.peers.total} connected, ${n.known_peers ?? "—"} known`);
   fill("overview-facts", ...dl);
+}
+
+// What the dial-back checks saw, for the reachability line's tooltip.
+function reachDetail(r) {
+  const yesNo = b => b === true ? "yes" : b === false ? "no" : "can't tell";
+  return (r.detail && r.detail !== r.line ? `${r.detail}\n` : "") +
+    ((r.relay_addrs || []).length ? `relays: ${r.relay_addrs.join(", ")}\n` : "") +
+    `observed at: ${(r.observed || []).join(", ") || "—"}\n` +
+    `NAT: ${yesNo(r.nat)}; port-preserving: ${yesNo(r.port_preserving)}; ` +
+    `address-dependent: ${yesNo(r.address_dependent)}\n` +
+    `${r.answers ?? 0} answer(s)` + (typeof r.age_s === "number" ? `, checked ${secs(r.age_s)} ago` : "");
 }
 
 function pager(id, page, onMove) {

@@ -1,0 +1,1 @@
+"""The owner's companion: alert rules, history, and the Telegram bot."""
