@@ -351,8 +351,8 @@ def run(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
     pair = pick_pair(topo)
     env: dict[str, dict[str, str]] = {n.name: {"POOLAI_LOG_LEVEL": args.log_level} for n in topo.nodes}
     for n in topo.nodes:
-        if n.kind == "firewall":  # a routable address: only a reachability check could tell
-            env[n.name]["POOLAI_RELAY_CLIENT"] = "on"
+        if n.kind == "firewall":  # a routable address: until its first reachability check says
+            env[n.name]["POOLAI_RELAY_CLIENT"] = "on"  # private, it would take itself for public
     if pair:
         inventory = root / "gpu.json"
         inventory.write_text(json.dumps(GPU))
