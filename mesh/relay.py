@@ -23,15 +23,15 @@ from typing import Any
 
 import multiaddr
 import trio
+from libp2p.connection_types import ConnectionType
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, Limit, StopMessage
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as CircuitPeerId
-from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.resources import RelayLimits as Libp2pRelayLimits
 from libp2p.relay.circuit_v2.resources import Reservation as Libp2pReservation
-from libp2p.tools.anyio_service import background_trio_service
 
 from poolai.mesh import circuit
 from poolai.mesh.circuit import HOP, STOP, Granted, read_msg, write_msg
@@ -60,19 +60,67 @@ _STATUS = {Refusal.NO_RESERVATION: StatusCode.NO_RESERVATION,
 
 class StopService:
     """Accepts relayed connections (circuit relay v2's ``stop`` protocol) on ``host``
-    while :meth:`run` runs: py-libp2p's ``CircuitV2Protocol`` without the hop role,
-    which upgrades each one like a direct inbound connection."""
+    while :meth:`run` runs, each upgraded with Noise and yamux like a direct inbound one.
+
+    Our own handler rather than py-libp2p's ``CircuitV2Protocol``: that one tags the
+    relayed connection ``/p2p/<itself>/p2p-circuit/...``, naming the destination as its
+    own relay (py-libp2p 0.8.1, ``handle_incoming_connection``), so nothing could tell which relay a
+    connection runs through; and it reads messages of up to 64 KiB.
+    """
 
     def __init__(self, host: MeshHost) -> None:
         self.host = host
+        self.accepted = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        protocol = CircuitV2Protocol(self.host.libp2p, allow_hop=False)
-        async with background_trio_service(protocol):
-            with trio.fail_after(10):
-                await protocol.event_started.wait()
+        self.host.libp2p.set_stream_handler(STOP, self._on_stop)
+        try:
             task_status.started()
             await trio.sleep_forever()
+        finally:
+            self.host.libp2p.remove_stream_handler(STOP)
+
+    async def _on_stop(self, stream: Any) -> None:
+        try:
+            await self._stop(stream)
+        except Exception:  # a handler exception would end the relay's connection
+            log.exception("relay: stop stream failed")
+            await circuit.reset_quietly(stream)
+
+    async def _stop(self, stream: Any) -> None:
+        relay = str(stream.muxed_conn.peer_id)
+        try:
+            with trio.fail_after(EXCHANGE_TIMEOUT):
+                msg = await read_msg(stream, StopMessage)
+                src = ID(msg.peer.id)
+                src_text = src.to_base58()
+                ok = msg.type == StopMessage.CONNECT
+                await write_msg(stream, StopMessage(
+                    type=StopMessage.STATUS,
+                    status=StatusCode.OK if ok else StatusCode.UNEXPECTED_MESSAGE))
+        except Exception:  # a timeout, a reset, or bytes that are no StopMessage or peer id
+            await circuit.reset_quietly(stream)
+            return
+        if not ok:
+            await circuit.close_quietly(stream)
+            return
+        addr = multiaddr.Multiaddr(f"/p2p/{relay}{circuit.CIRCUIT}/p2p/{src_text}")
+        raw = RawConnection(stream=stream, initiator=False, connection_type=ConnectionType.RELAYED,
+                            addresses=[addr])
+        done = False
+        try:
+            muxed = await self.host.libp2p.upgrade_inbound_connection(raw, addr)
+            for conn in self.host.libp2p.get_network().get_connections(src):
+                if conn.muxed_conn is muxed:
+                    conn.set_transport_info([addr], ConnectionType.RELAYED)
+            done = True
+            self.accepted += 1
+        except Exception as exc:  # the dialler gave up or failed the handshake
+            log.info("relay: inbound circuit from %s via %s failed: %s", src_text[-8:], relay[-8:], exc)
+        finally:
+            if not done:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await circuit.reset_quietly(stream)
 
 
 class RelayServer:

@@ -254,9 +254,10 @@ def renew_at(expiry: float, granted_at: float) -> float:
 
 
 def is_private_address(ip: str) -> bool:
-    """An address no one outside its own network can dial: RFC 1918, the carrier-grade
-    shared space 100.64.0.0/10, loopback, link-local. (Documentation ranges such as
-    203.0.113.0/24 count as public: the NAT lab's internet uses them.)"""
+    """An address behind a NAT: RFC 1918, the carrier-grade shared space 100.64.0.0/10,
+    link-local. Loopback is not (a node on 127.0.0.1 shares a machine with its peers,
+    as in tests), and documentation ranges such as 203.0.113.0/24 count as public: the
+    NAT lab's internet uses them."""
     try:
         parts = [int(p) for p in ip.split(".")]
     except ValueError:
@@ -264,7 +265,7 @@ def is_private_address(ip: str) -> bool:
     if len(parts) != 4:
         return False
     a, b = parts[0], parts[1]
-    return (a == 10 or a == 127 or (a == 172 and 16 <= b <= 31) or (a == 192 and b == 168)
+    return (a == 10 or (a == 172 and 16 <= b <= 31) or (a == 192 and b == 168)
             or (a == 100 and 64 <= b <= 127) or (a == 169 and b == 254))
 
 

@@ -75,6 +75,7 @@ def test_a_private_node_whose_relay_dies_is_reachable_through_another_within_10_
         relay = via(x.name, d_id) or via(d.name, lab.peer_id(x.name))
         assert relay is not None, lab.status(x.name)["peers"]
         victim = next(n for n, p in lab.nodes.items() if p.peer_id == relay)
+        assert victim.startswith("pub"), victim  # a relay, not one of the pair
 
         lab.nodes[victim].kill()
         killed = time.monotonic()

@@ -111,7 +111,7 @@ def test_renewal_is_never_a_tight_loop():
 
 @pytest.mark.parametrize("ip, private", [
     ("192.168.1.10", True), ("10.1.2.3", True), ("172.20.0.1", True), ("100.64.4.2", True),
-    ("127.0.0.1", True), ("203.0.113.10", False), ("198.51.100.130", False), ("8.8.8.8", False),
+    ("127.0.0.1", False), ("203.0.113.10", False), ("198.51.100.130", False), ("8.8.8.8", False),
     ("172.32.0.1", False), ("nonsense", False)])
 def test_private_addresses(ip, private):
     assert is_private_address(ip) is private
@@ -122,9 +122,16 @@ def test_roles():
     assert ips == ["192.168.1.10"]
     assert rules.is_private("auto", None, ips) and not rules.is_private("auto", False, ips)
     assert not rules.is_private("auto", None, ["203.0.113.10"])
+    assert not rules.is_private("auto", None, ["127.0.0.1"])  # 0.0.0.0 or loopback: the verdict decides
+    assert rules.is_private("auto", True, ["127.0.0.1"])
     assert rules.is_private("on", False, ["203.0.113.10"]) and not rules.is_private("off", True, ips)
-    assert rules.serves("auto", private=False) and not rules.serves("auto", private=True)
-    assert rules.serves("on", private=True) and not rules.serves("off", private=False)
+    assert rules.serves("auto", private=False, public=True)
+    assert not rules.serves("auto", private=True, public=True)
+    assert not rules.serves("auto", private=False, public=False)  # not known to be public: wait
+    assert rules.serves("on", private=True, public=False)
+    assert not rules.serves("off", private=False, public=True)
+    assert rules.looks_public(None, ["203.0.113.10"]) and not rules.looks_public(None, ["127.0.0.1"])
+    assert not rules.looks_public(None, ["192.168.1.10"]) and rules.looks_public(False, ["127.0.0.1"])
 
 
 def test_circuit_addresses_keep_their_relay():

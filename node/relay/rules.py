@@ -1,12 +1,10 @@
 """Which relay roles a node takes, pure.
 
-A node is *private* when nobody outside its own network can dial it. Until the node
-has its own reachability verdict (AutoNAT-style dial-backs), ``auto`` guesses from its
-listen addresses: all of them private (RFC 1918, 100.64.0.0/10, loopback) means behind a
-NAT. A firewalled node with a routable address cannot be told apart that way; its owner
-says ``relay_client = "on"``. A node listening on 0.0.0.0 reports 127.0.0.1 and so
-counts as private: most such nodes are home machines; a public server that listens on
-0.0.0.0 says ``relay_client = "off"`` (or ``relay_service = "on"``) until the verdict.
+A node is *private* when nobody outside its own network can dial it. With
+``relay_client = "auto"`` the node's reachability verdict decides; while it has none,
+a node whose listen addresses are all behind a NAT (RFC 1918, 100.64.0.0/10) counts as
+private, and one listening on 0.0.0.0 (reported as 127.0.0.1) or on a routable address
+waits for the verdict. ``on`` and ``off`` override both.
 """
 
 from __future__ import annotations
@@ -39,12 +37,22 @@ def is_private(setting: str, verdict: bool | None, ips: list[str]) -> bool:
         return False
     if verdict is not None:
         return verdict
-    return bool(ips) and all(is_private_address(ip) for ip in ips if ip != "0.0.0.0")
+    return bool(ips) and all(is_private_address(ip) for ip in ips)
 
 
-def serves(setting: str, private: bool) -> bool:
-    """``relay_service`` (``on``/``off``/``auto``): relay for others? (auto: when public)."""
-    return setting == "on" or (setting == "auto" and not private)
+def looks_public(verdict: bool | None, ips: list[str]) -> bool:
+    """Whether the node may be dialled from the internet: its verdict (``verdict`` is
+    "private?") when it has one, else all its listen addresses are routable (neither
+    behind a NAT nor loopback: a node on 0.0.0.0 or 127.0.0.1 waits for the verdict)."""
+    if verdict is not None:
+        return not verdict
+    return bool(ips) and not any(is_private_address(ip) or ip.startswith("127.") for ip in ips)
+
+
+def serves(setting: str, private: bool, public: bool) -> bool:
+    """``relay_service`` (``on``/``off``/``auto``): relay for others? ``auto``: when the
+    node looks public and is not private (``relay_client = "on"`` says private)."""
+    return setting == "on" or (setting == "auto" and public and not private)
 
 
 def limits_from(config: Config) -> RelayLimits:

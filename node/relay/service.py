@@ -63,9 +63,17 @@ class RelayService:
     def is_private(self) -> bool:
         """Whether this node needs relays to be reached (the small interface the
         reachability verdict plugs into)."""
-        verdict = self.reach.is_private() if self.reach is not None else None
-        return rules.is_private(self.config.relay_client, verdict,
-                                rules.listen_ips(self.host.transport_addrs()))
+        return rules.is_private(self.config.relay_client, self._verdict(), self._ips())
+
+    def _verdict(self) -> bool | None:
+        return self.reach.is_private() if self.reach is not None else None
+
+    def _ips(self) -> list[str]:
+        return rules.listen_ips(self.host.transport_addrs())
+
+    def _serves(self) -> bool:
+        return rules.serves(self.config.relay_service, self.is_private(),
+                            rules.looks_public(self._verdict(), self._ips()))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -75,7 +83,7 @@ class RelayService:
             task_status.started()
             server_scope: trio.CancelScope | None = None
             while True:
-                want = rules.serves(self.config.relay_service, self.is_private())
+                want = self._serves()
                 if want and server_scope is None:
                     server_scope = await nursery.start(self._serve)
                     log.info("serving as a circuit relay (%d slots, %d circuits)",
