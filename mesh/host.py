@@ -19,8 +19,10 @@ Latency emulation, a test facility, lives in :mod:`poolai.mesh.latency`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -49,7 +51,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from poolai.mesh import patches, rpc, wire
 from poolai.mesh.admission import ConnFacts, InboundAdmission
 from poolai.mesh.bounded import Memo
-from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
+from poolai.mesh.errors import MeshError, PeerUnreachable, PortInUse, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
 
@@ -352,13 +354,16 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
     ``latency`` defaults to :meth:`EmulatedLatency.from_env` (normally None: no delays).
     ``admission`` rate-limits inbound connections by remote IP, peer id and in total
     (:mod:`poolai.mesh.inbound`); None (for tests' many-host meshes) limits none.
-    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen,
+    Raises ValueError for a bad listen address or latency table, :class:`PortInUse` when
+    another process listens on a listen address's port, MeshError if it cannot listen,
     :class:`~poolai.mesh.patches.PatchMismatch` if py-libp2p is not the version PoolAI patches.
     """
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
     except Exception as exc:
         raise ValueError(f"invalid listen address: {exc}") from None
+    for addr in listen_addrs:
+        check_port_free(addr)
     if latency is None:
         latency = EmulatedLatency.from_env()
     if latency is not None:
@@ -384,6 +389,32 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
         raise MeshError(f"cannot listen on {', '.join(listen_addrs)}: {exc.strerror or exc}") from None
 
 
+def check_port_free(addr: str) -> None:
+    """Raise :class:`PortInUse` if another process listens on the TCP port of ``addr``.
+
+    py-libp2p 0.8 sets SO_REUSEPORT on its listeners (for hole punching), so a second node
+    given the same port binds it without an error and the kernel then splits the inbound
+    connections between the two. A plain bind (SO_REUSEADDR only, as trio's listeners do)
+    fails on a port anyone listens on, and so tells the owner before the node starts.
+    Port 0 and addresses that are not ``/ip4|ip6/.../tcp/PORT`` are not checked.
+    """
+    parts = addr.split("/")
+    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp" or not parts[4].isdigit():
+        return
+    port = int(parts[4])
+    if port == 0:
+        return
+    family = socket.AF_INET6 if parts[1] == "ip6" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((parts[2], port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(addr, port) from None
+            # anything else (no such address, a privileged port) libp2p reports itself
+
+
 async def _close_listeners(host: Any) -> None:
     # py-libp2p 0.8 leaves its TCP listeners running (in system tasks) after run() exits,
     # so a "stopped" host would go on accepting connections in this process.
@@ -404,5 +435,5 @@ async def _stop_auto_connector(host: Any) -> None:
             log.debug("auto-connector did not stop cleanly", exc_info=True)
 
 
-__all__ = ["Libp2pStream", "MeshHost", "open_host", "split_p2p_addr",
+__all__ = ["Libp2pStream", "MeshHost", "check_port_free", "open_host", "split_p2p_addr",
            "RequestTimeout"]
