@@ -25,3 +25,16 @@ def test_a_reader_that_left_ends_the_command_quietly(tmp_path, monkeypatch, caps
         stdout.close()
     assert code == EXIT_BROKEN_PIPE
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_config_show_aligns_keys_and_writes_sizes_and_durations_as_the_file_takes_them(
+        tmp_path, capsys):
+    (tmp_path / "config.toml").write_text('storage_quota = "500MB"\n')
+    assert main(["--data-dir", str(tmp_path), "config", "show"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len({line.index(" = ") for line in lines}) == 1  # one column, long keys included
+    assert len({line.index("  # ") for line in lines if not line.startswith("data_dir")}) == 1
+    shown = {line.split(" = ")[0].strip(): line.split(" = ")[1].split("  # ") for line in lines}
+    assert [v.strip() for v in shown["storage_quota"]] == ['"500MB"', "file"]
+    assert shown["storage_lease"][0].strip() == '"7d"'
+    assert shown["storage_interval"][0].strip() == '"10m"'

@@ -220,9 +220,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _config_show(args: argparse.Namespace) -> int:
     config = config_mod.load(args.data_dir, {})
+    rows = [(key, json.dumps(value), source) for key, value, source in config_mod.describe(config)]
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
     print(f"# effective configuration (file: {config.config_file})")
-    for key, value, source in config_mod.describe(config):
-        print(f"{key:<12} = {json.dumps(value):<40} # {source}")
+    for key, value, source in rows:
+        print(f"{key:<{key_width}} = {value:<{value_width}}  # {source}")
     return 0
 
 
