@@ -54,6 +54,7 @@ from poolai.storage.protocol import (
     PutRequest,
     Reader,
     RenewedReply,
+    ShareNotHeld,
     ShareRefused,
     StoredReply,
     abort,
@@ -204,7 +205,7 @@ class ShareServer:
             assert got is not None
             return got
         except ShareNotFound:
-            raise ShareRefused("not_found", "not_found", f"no share {share_id.hex()[:16]}") from None
+            raise ShareNotHeld(f"no share {share_id.hex()[:16]}") from None
         except ShareCorrupted as exc:
             self._n["corrupt"] += 1
             raise ShareRefused("not_found", "corrupt", str(exc)) from None

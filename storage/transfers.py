@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import trio
 
 from poolai.storage import integrity, placement
-from poolai.storage.errors import PeerError
+from poolai.storage.errors import PeerError, ShareMissing
 from poolai.storage.loop_load import LoopLoad
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
@@ -222,6 +222,10 @@ class Transfers:
                 async with self.limiter:
                     with trio.fail_after(self.config.peer_timeout):
                         data = await self.transport.fetch(peer, share_id)
+            except ShareMissing:
+                # A walk asks peers down the ring until one has the share: a miss is expected
+                # (a repair meets dozens), and the caller reports what it could not find.
+                log.debug("fetch %s: %s has no copy", short(share_id), peer_tag(peer))
             except (PeerError, trio.TooSlowError) as exc:
                 log.info("fetch %s from %s failed: %r", short(share_id), peer_tag(peer), exc)
             finally:
