@@ -38,3 +38,15 @@ def test_config_show_aligns_keys_and_writes_sizes_and_durations_as_the_file_take
     assert [v.strip() for v in shown["storage_quota"]] == ['"500MB"', "file"]
     assert shown["storage_lease"][0].strip() == '"7d"'
     assert shown["storage_interval"][0].strip() == '"10m"'
+
+
+def test_a_file_on_fewer_peers_than_shares_is_warned_of():
+    from poolai.node.files.cli import spread_warning
+    from poolai.node.web.view import file_health
+
+    assert spread_warning(10, 10, 4) is None
+    assert "if that peer is lost, so is the file" in spread_warning(1, 10, 4)
+    assert "on 2 distinct peer(s), not 10" in spread_warning(2, 10, 4, most_on_one=5)
+    assert "loses segments" in spread_warning(2, 10, 4, most_on_one=7)
+    assert file_health({"healthy": 3, "concentrated": 1, "degraded": 0, "lost": 0}) == "concentrated"
+    assert file_health({"healthy": 3, "concentrated": 0, "degraded": 0, "lost": 0}) == "healthy"

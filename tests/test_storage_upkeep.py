@@ -132,6 +132,18 @@ async def test_segment_with_fewer_than_k_shares_is_lost(stored):
     assert check.verified == (None, None, None, True) and check.health(m.k) == "lost"
 
 
+@pytest.mark.parametrize("holders, health, spread, most", [
+    ((b"a", b"b", b"c", b"d"), "healthy", 4, 1),
+    ((b"a", b"b", b"a", b"b"), "concentrated", 2, 2),  # 2-of-4 on two peers
+    ((b"me",) * 4, "concentrated", 1, 4),  # put while alone: every share on this node
+    ((b"a", b"b", None, b"c"), "degraded", 3, 1),
+    ((b"a", None, None, None), "lost", 1, 1),
+])
+def test_health_counts_distinct_holders_not_shares(holders, health, spread, most):
+    check = upkeep.SegmentCheck(0, holders, (None,) * 4)
+    assert (check.health(2), check.spread, check.most_on_one) == (health, spread, most)
+
+
 async def test_renew_extends_every_lease_and_never_shortens(stored):
     net, m = stored
     renewed = await upkeep.renew_file(net, net.ring, m, LEASE, manifest_copies=CONFIG.manifest_copies)

@@ -137,7 +137,7 @@ def put_json(outcome: PutOutcome) -> dict[str, Any]:
             "segment_size": m.segment_size, "segments": m.segment_count,
             "shares_stored": outcome.shares_stored, "shares_present": outcome.shares_present,
             "shares_failed": outcome.shares_failed, "manifest_copies": outcome.manifest_copies,
-            "pinned": outcome.pinned, "lease_expiry": outcome.lease_expiry}
+            "pinned": outcome.pinned, "lease_expiry": outcome.lease_expiry, "spread": outcome.spread}
 
 
 def health_json(health: FileHealth) -> dict[str, Any]:
@@ -146,8 +146,9 @@ def health_json(health: FileHealth) -> dict[str, Any]:
         "file_id": integrity.to_hex(health.file_id), "size": m.size, "k": m.k, "n": m.n,
         "segment_size": m.segment_size, "segments": m.segment_count, "verified": health.verified,
         "checked_at": round(health.checked_at, 3), "counts": health.counts(),
+        "spread": health.spread(), "most_on_one_peer": health.most_on_one(),
         "segment_health": [
-            {"segment": s.segment, "health": s.health(m.k), "live": s.live,
+            {"segment": s.segment, "health": s.health(m.k), "live": s.live, "spread": s.spread,
              "proven": sum(v is True for v in s.verified), "failed": sum(v is False for v in s.verified),
              "holders": [peer_id_text(p) if p is not None else None for p in s.holders],
              "proofs": list(s.verified), "healed": list(s.healed)}
@@ -320,6 +321,7 @@ def routes(service: StorageService) -> list[Route]:
                           "k": entry.manifest.k, "n": entry.manifest.n, "pinned": entry.pinned,
                           "lease_expiry": entry.lease_expiry, "added": entry.added,
                           "health": health.counts() if health else None,
+                          "spread": health.spread() if health else None,
                           "checked_at": round(health.checked_at, 3) if health else None})
         return JSONResponse({**service.status(), "files_placed": files})
 

@@ -126,6 +126,7 @@ class PutOutcome:
     renewed: int
     pinned: bool
     lease_expiry: int
+    spread: int  # distinct peers that took this put's shares (n at best; see FileHealth.spread)
 
 
 class _CountingTransport:
@@ -134,6 +135,7 @@ class _CountingTransport:
     def __init__(self, inner: Libp2pShareTransport) -> None:
         self.inner = inner
         self.refusals: collections.Counter[str] = collections.Counter()
+        self.holders: set[PeerId] = set()  # peers that took a share
 
     async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
         try:
@@ -141,6 +143,7 @@ class _CountingTransport:
         except ShareRefused as exc:
             self.refusals[exc.reason] += 1
             raise
+        self.holders.add(peer)
 
     async def fetch(self, peer: PeerId, share_id: bytes) -> bytes:
         return await self.inner.fetch(peer, share_id)
@@ -332,7 +335,7 @@ class StorageService:
                     renew=clock[3] - clock[2])
         await self.refresh_statistics()
         return PutOutcome(file_id, m, result.shares_stored, result.shares_present, result.shares_failed,
-                          result.manifest_copies, renewed, pin, lease)
+                          result.manifest_copies, renewed, pin, lease, len(counting.holders))
 
     async def open_manifest(self, file_id: bytes) -> Manifest:
         """The manifest of ``file_id``: ours if we look after it, else fetched and verified.

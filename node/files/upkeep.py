@@ -101,10 +101,18 @@ class FileHealth:
     checked_at: float
 
     def counts(self) -> dict[str, int]:
-        out = {"healthy": 0, "degraded": 0, "lost": 0}
+        out = {"healthy": 0, "concentrated": 0, "degraded": 0, "lost": 0}
         for seg in self.segments:
             out[seg.health(self.manifest.k)] += 1
         return out
+
+    def spread(self) -> int:
+        """The fewest distinct peers any segment's shares sit on (n at best)."""
+        return min((seg.spread for seg in self.segments), default=0)
+
+    def most_on_one(self) -> int:
+        """The most shares of one segment that one peer holds (1 at best)."""
+        return max((seg.most_on_one for seg in self.segments), default=0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -265,7 +265,9 @@ function renderStorage(v) {
     (s.hash_failures ? ` · ${s.hash_failures} corrupt share(s) found` : "")));
   const rows = (s.placed || []).map(f => el("tr", { "data-file": f.file_id },
     el("td", { class: "mono", title: f.file_id }, short(f.file_id)), el("td", {}, bytes(f.size)),
-    el("td", {}, `${f.k} of ${f.n}`), el("td", {}, stateTag(f.health))));
+    el("td", {}, `${f.k} of ${f.n}`),
+    el("td", { title: f.spread == null ? "" : `shares on ${f.spread} distinct peer(s) of the ${f.n} a full spread needs` },
+      stateTag(f.health), f.spread != null && f.spread < f.n ? ` on ${f.spread} of ${f.n} peers` : "")));
   parts.push(el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "file placed"), el("th", {}, "size"),
     el("th", {}, "shares"), el("th", {}, "health"))), el("tbody", {}, ...(rows.length ? rows : [emptyRow(4, "none yet")]))));
   for (const e of s.recent_errors || []) parts.push(el("p", { class: "status bad" }, `${e.op} ${short(e.file_id)}: ${e.error}`));
