@@ -27,6 +27,7 @@ from poolai.mesh.admission import MIN_IDLE, choose_shed, inbound_cap_for
 from poolai.mesh.errors import MeshError
 from poolai.mesh.host import MeshHost
 from poolai.mesh.peers import MAX_ADDR_LEN, MAX_ADDRS_PER_PEER, PeerBook
+from poolai.mesh.short_ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class ConnectionManager:
         except (MeshError, trio.TooSlowError, ValueError) as exc:
             self.dials_failed += 1
             delay = self.book.mark_failed(peer_id, self.clock())
-            log.debug("dial %s failed (%s); retry in %.0f s", peer_id[-8:], exc, delay)
+            log.debug("dial %s failed (%s); retry in %.0f s", short_id(peer_id), exc, delay)
             return
         finally:
             self._dialling.discard(peer_id)
@@ -191,7 +192,7 @@ class ConnectionManager:
                 timeout=self.request_timeout,
             )
         except MeshError as exc:
-            log.debug("peer exchange with %s failed: %s", peer_id[-8:], exc)
+            log.debug("peer exchange with %s failed: %s", short_id(peer_id), exc)
             return
         learned = 0
         for record in reply.peers:
@@ -200,7 +201,7 @@ class ConnectionManager:
                 learned += 1
             self.book.add(record.peer_id, addrs)
         if learned:
-            log.info("learned %d peer(s) from %s", learned, peer_id[-8:])
+            log.info("learned %d peer(s) from %s", learned, short_id(peer_id))
             self.wake()
 
     async def _on_request(self, peer: str, request: PeersRequest) -> PeersReply:

@@ -54,6 +54,7 @@ from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError, PeerUnreachable, PortInUse, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
+from poolai.mesh.short_ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,11 @@ class MeshHost:
         try:
             await self._host.connect(PeerInfo(pid, maddrs))
         except _LIBP2P_ERRORS as exc:
-            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"dial {short_id(peer_id)} failed: {exc}") from None
         except OSError as exc:
-            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"dial {short_id(peer_id)} failed: {exc}") from None
         if not self.is_connected(peer_id):  # py-libp2p can return from a failed dial silently
-            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: no connection was established")
+            raise PeerUnreachable(f"dial {short_id(peer_id)} failed: no connection was established")
         self._host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL)
 
     async def disconnect(self, peer_id: str) -> None:
@@ -255,7 +256,7 @@ class MeshHost:
         try:
             raw = await self._host.new_stream(self._id(peer_id), [PING_PROTOCOL_ID])
         except (*_LIBP2P_ERRORS, TypeError) as exc:  # py-libp2p 0.8 raises TypeError for a leaving peer
-            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"ping {short_id(peer_id)} failed: {exc}") from None
         stream = Libp2pStream(raw, self._delay(peer_id))
         payload = secrets.token_bytes(PING_BYTES)
         echo = b""
@@ -267,14 +268,14 @@ class MeshHost:
             rtt = (time.perf_counter() - start) * 1000.0
         except trio.BrokenResourceError as exc:
             await stream.reset()
-            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"ping {short_id(peer_id)} failed: {exc}") from None
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.reset()  # the peer's handler stops waiting for the next ping
             raise
         if echo != payload:
             await stream.reset()
-            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: a wrong or short echo")
+            raise PeerUnreachable(f"ping {short_id(peer_id)} failed: a wrong or short echo")
         with trio.move_on_after(1):
             await stream.aclose()
         return rtt
@@ -284,7 +285,7 @@ class MeshHost:
         try:
             raw = await self._host.new_stream(self._id(peer_id), [TProtocol(protocol)])
         except _LIBP2P_ERRORS as exc:
-            raise PeerUnreachable(f"stream {protocol} to {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"stream {protocol} to {short_id(peer_id)} failed: {exc}") from None
         return Libp2pStream(raw, self._delay(peer_id))
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
@@ -335,7 +336,7 @@ class MeshHost:
         except trio.TooSlowError:
             if stream is not None:
                 await stream.reset()
-            raise rpc.timeout_error(f"{protocol} to {peer_id[-8:]}", timeout) from None
+            raise rpc.timeout_error(f"{protocol} to {short_id(peer_id)}", timeout) from None
         except MeshError:  # ProtocolError (a bad reply) included
             if stream is not None:
                 await stream.reset()

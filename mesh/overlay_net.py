@@ -41,6 +41,7 @@ from poolai.mesh.overlay import OverlayTable
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.peers import PeerBook
 from poolai.mesh.routing import PeerInfo
+from poolai.mesh.short_ids import short_peer
 
 log = logging.getLogger(__name__)
 
@@ -382,11 +383,7 @@ class OverlayNode:
         }
 
 
-def _short(peer: bytes) -> str:
-    try:
-        return peer_id_text(peer)[-8:]
-    except ValueError:
-        return peer.hex()[:8]
+_short = short_peer
 
 
 __all__ = ["DriverConfig", "OverlayNode", "PeerUnreachable", "RemoteError", "RequestTimeout", "scaled"]

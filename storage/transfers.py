@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import trio
 
+from poolai.mesh.short_ids import short_hex, short_peer
 from poolai.storage import integrity, placement
 from poolai.storage.errors import PeerError, ShareMissing
 from poolai.storage.loop_load import LoopLoad
@@ -321,12 +322,6 @@ class Transfers:
         return got
 
 
-def short(ident: bytes) -> str:
-    return ident.hex()[:12]
-
-
-def peer_tag(peer: PeerId) -> str:
-    """A peer id for logs: the tail of its bytes (an Ed25519 peer id's multihash starts
-    with the same six bytes for every peer)."""
-    return peer.hex()[-12:]
+short = short_hex  # a share or file id in logs (poolai.mesh.short_ids)
+peer_tag = short_peer  # a peer in logs, as its base58 id ends
 

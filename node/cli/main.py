@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from poolai.mesh.errors import MeshError
+from poolai.mesh.short_ids import short_id
 from poolai.node import __version__
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import EXIT_ERROR, CliError
@@ -209,7 +210,7 @@ def _status(args: argparse.Namespace) -> int:
     overlay = data.get("overlay")
     if overlay:
         def ids(group: str) -> str:
-            return ", ".join(p["peer_id"][-8:] for p in overlay[group]) or "-"
+            return ", ".join(short_id(p["peer_id"]) for p in overlay[group]) or "-"
 
         print(f"overlay:  position {overlay['position']}, network size ~{overlay['size_estimate']:g}, "
               f"coordinate error {overlay['coordinate']['error']:.2f}")

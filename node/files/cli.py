@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from poolai.mesh.short_ids import short_id
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import CliError
 from poolai.node.cli.local_api import CONNECT_TIMEOUT, LocalNode, find_node
@@ -362,7 +363,7 @@ def _stat(args: argparse.Namespace) -> int:
         cells = []
         for holder, proof in zip(seg["holders"], seg["proofs"], strict=True):
             mark = {True: "+", False: "!", None: ""}[proof]
-            cells.append("-" if holder is None else holder[-6:] + mark)
+            cells.append("-" if holder is None else short_id(holder) + mark)
         print(f"{seg['segment']:>5}  {seg['health']:<12} {seg['live']:>2}/{data['n']:<2} "
               f"{seg['spread']:>5} {seg['proven']:>6}  {' '.join(cells)}")
     counts = data["counts"]

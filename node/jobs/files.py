@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from poolai.mesh.errors import MeshError
+from poolai.mesh.short_ids import short_id
 from poolai.storage import integrity
 from poolai.storage.erasure import DEFAULT_PARAMS
 from poolai.storage.errors import StorageError
@@ -148,4 +149,4 @@ class StorageFiles:
         try:
             await self._storage().get(integrity.from_hex(file_id), path)
         except StorageError as exc:
-            raise FileTransferError(f"storage get of {file_id[:12]} failed: {exc}") from None
+            raise FileTransferError(f"storage get of {short_id(file_id)} failed: {exc}") from None
