@@ -88,6 +88,7 @@ class ConnectionManager:
         self.dials_failed = 0
         self.shed = 0  # inbound connections closed to stay under inbound_cap
         self._dialling: set[str] = set()
+        self._connected: set[str] = set()  # as of the last round, or a dial of ours since
         self._shedding: set[str] = set()
         self._last_exchange: dict[str, float] = {}
         self._wake = trio.Event()
@@ -114,6 +115,7 @@ class ConnectionManager:
         self._shed(nursery)
         now = self.clock()
         connected = set(self.host.connected_peers())
+        self._log_joins_and_leaves(connected)
         for peer in connected:
             self.book.add(peer, [strip_p2p(a) for a in self.host.peer_addrs(peer)])
             self.book.mark_connected(peer, now)
@@ -127,6 +129,18 @@ class ConnectionManager:
             peer = min(stale, key=lambda p: self._last_exchange.get(p, 0.0))
             self._last_exchange[peer] = now
             nursery.start_soon(self._exchange, peer)
+
+    def _log_joins_and_leaves(self, connected: set[str]) -> None:
+        """One line per peer that connected (a dial of ours says so itself) or went away.
+        An inbound connection wakes the round at once, so a join is logged as it happens."""
+        inbound = {f.peer_id for f in self.host.connection_facts() if f.inbound}
+        for peer in sorted(connected - self._connected):
+            addrs = [strip_p2p(a) for a in self.host.peer_addrs(peer)]
+            log.info("peer %s connected (%s%s)", peer, "inbound" if peer in inbound else "outbound",
+                     f", {addrs[0]}" if addrs else "")
+        for peer in sorted(self._connected - connected):
+            log.info("peer %s disconnected", peer)
+        self._connected = connected
 
     def _shed(self, nursery: trio.Nursery) -> None:
         facts = [f for f in self.host.connection_facts() if f.peer_id not in self._shedding]
@@ -178,7 +192,9 @@ class ConnectionManager:
             self._dialling.discard(peer_id)
         self.dials_ok += 1
         self.book.mark_connected(peer_id, self.clock())
-        log.info("connected to %s", peer_id)
+        if peer_id not in self._connected:
+            self._connected.add(peer_id)
+            log.info("connected to %s", peer_id)
         self._last_exchange[peer_id] = self.clock()
         await self._exchange(peer_id)
 
