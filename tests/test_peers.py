@@ -51,3 +51,11 @@ def test_snapshot_round_trip_skips_garbage():
     assert other.get("a").addrs == ["/ip4/127.0.0.1/tcp/1"] and other.get("a").last_seen == 42.0
     assert other.restore({"version": 99}) == 0
     assert other.restore("junk") == 0
+
+
+def test_wildcard_addresses_learned_from_peers_are_dropped():
+    book = PeerBook("me")
+    book.add("a", ["/ip4/0.0.0.0/tcp/4003", "/ip4/127.0.0.1/tcp/4003", "/ip6/::/tcp/4003"])
+    assert book.get("a").addrs == ["/ip4/127.0.0.1/tcp/4003"]
+    book.add("b", ["/ip4/0.0.0.0/tcp/4004"], bootstrap=True)  # what the owner typed is kept
+    assert book.get("b").addrs == ["/ip4/0.0.0.0/tcp/4004"]
