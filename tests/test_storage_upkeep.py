@@ -184,3 +184,19 @@ async def test_concurrent_puts_and_a_pin_of_one_file_all_succeed(stored, tmp_pat
     reloaded = FileRegistry(tmp_path / "files")
     assert reloaded.load() == 1 and reloaded.get(m.file_id()) in (plain, pinned)
     assert sorted(p.suffix for p in (tmp_path / "files").iterdir()) == [".json", ".manifest"]
+
+
+async def test_a_file_entry_keeps_its_name_and_an_older_entry_reads_without_one(tmp_path, stored):
+    _, m = stored
+    registry = FileRegistry(tmp_path / "files")
+    registry.load()
+    registry.put(FileEntry(m.file_id(), m, pinned=False, lease_expiry=LEASE, added=1,
+                           name="demo job inputs.safetensors"))
+    again = FileRegistry(tmp_path / "files")
+    again.load()
+    assert again.get(m.file_id()).name == "demo job inputs.safetensors"
+    meta = tmp_path / "files" / f"{m.file_id().hex()}.json"
+    meta.write_text('{"pinned": false, "lease_expiry": 5, "added": 1}')  # written by a release before names
+    older = FileRegistry(tmp_path / "files")
+    older.load()
+    assert older.get(m.file_id()).name == ""

@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from poolai.mesh.peer_ids import peer_id_text
+from poolai.node.files.catalog import MAX_NAME
 from poolai.storage import erasure, integrity
 from poolai.storage.errors import (
     FileChanged,
@@ -177,7 +178,7 @@ def routes(service: StorageService) -> list[Route]:
             os.close(fd)
 
     async def post_file(request: Request) -> Response:
-        """Put the request body into the mesh (query: k, n, segment, pin, progress)."""
+        """Put the request body into the mesh (query: k, n, segment, pin, progress, name)."""
         query = request.query_params
         try:
             params = erasure.ErasureParams(
@@ -187,6 +188,7 @@ def routes(service: StorageService) -> list[Route]:
         except (TypeError, ValueError) as exc:
             return error_response(ValueError(f"bad erasure parameters: {exc}"))
         pin = query.get("pin", "") in ("1", "true", "yes")
+        name = query.get("name", "")[:MAX_NAME]
         path = service.scratch_path("uploads")
         try:
             await receive_body(request, path)
@@ -194,7 +196,8 @@ def routes(service: StorageService) -> list[Route]:
             _unlink(path)
             return error_response(exc if isinstance(exc, OSError) else ValueError("upload interrupted"))
         job = Job()
-        service.spawn(job.run, lambda progress: service.put(path, params=params, pin=pin, progress=progress))
+        service.spawn(job.run, lambda progress: service.put(path, params=params, pin=pin, progress=progress,
+                                                                name=name))
         if query.get("progress", "") in ("1", "true", "yes"):
             return StreamingResponse(_events(job, put_json, lambda: _unlink(path)),
                                      media_type="application/x-ndjson")
@@ -319,7 +322,7 @@ def routes(service: StorageService) -> list[Route]:
             health = service.health.get(entry.file_id)
             files.append({"file_id": integrity.to_hex(entry.file_id), "size": entry.manifest.size,
                           "k": entry.manifest.k, "n": entry.manifest.n, "pinned": entry.pinned,
-                          "lease_expiry": entry.lease_expiry, "added": entry.added,
+                          "lease_expiry": entry.lease_expiry, "added": entry.added, "name": entry.name,
                           "health": health.counts() if health else None,
                           "spread": health.spread() if health else None,
                           "checked_at": round(health.checked_at, 3) if health else None})

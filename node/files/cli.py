@@ -159,6 +159,7 @@ def _put(args: argparse.Namespace) -> int:
             params[key] = str(value)
     if args.pin:
         params["pin"] = "1"
+    params["name"] = path.name  # what the status page lists it as
     bar = Bar("put")
     start = time.monotonic()
 

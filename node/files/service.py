@@ -276,9 +276,10 @@ class StorageService:
     # ------------------------------------------------------------------ operations
     async def put(
         self, path: Path, *, params: ErasureParams, pin: bool = False,
-        progress: PhaseProgress | None = None,
+        progress: PhaseProgress | None = None, name: str = "",
     ) -> PutOutcome:
-        """Put a local file into the mesh; raises QuotaRefused, PutFailed, OSError."""
+        """Put a local file into the mesh; raises QuotaRefused, PutFailed, OSError. ``name``
+        says what it is on the status page (a file put again keeps the name it had)."""
         assert self.transport is not None
         now = int(time.time())
         lease = now + self.lease_s
@@ -321,7 +322,8 @@ class StorageService:
         known = self.files.get(file_id)
         if known is not None:
             pin, lease = pin or known.pinned, max(lease, known.lease_expiry)
-        await self.offload_io(self.files.put, FileEntry(file_id, m, pin, lease, now))
+            name = known.name or name
+        await self.offload_io(self.files.put, FileEntry(file_id, m, pin, lease, now, name))
         if progress:
             progress("renew", 0, 1)
         renewed = await upkeep.renew_file(self.transport, ring, m, lease,
@@ -443,7 +445,8 @@ class StorageService:
         entry = self.files.get(file_id)
         m = entry.manifest if entry else await self.open_manifest(file_id)
         lease = max(entry.lease_expiry if entry else 0, now + self.lease_s)
-        entry = FileEntry(file_id, m, True, lease, entry.added if entry else now)
+        entry = FileEntry(file_id, m, True, lease, entry.added if entry else now,
+                          entry.name if entry else "")
         await self.offload_io(self.files.put, entry)
         await upkeep.renew_file(self.transport, await self.reading_ring(), m, lease,
                                 manifest_copies=RAID.manifest_copies)

@@ -296,7 +296,8 @@ class Executor:
             self._set_state(held, WorkState.STORING)
             try:
                 with trio.fail_after(FILE_TIMEOUT_S):
-                    output = await self.files.put(out_dir / "output.safetensors")
+                    output = await self.files.put(out_dir / "output.safetensors",
+                                                  f"output of job {held.item.job_id}")
             except (FileTransferError, MeshError, OSError, trio.TooSlowError) as exc:
                 result = dataclasses.replace(result, status=JobStatus.CRASHED, output=None,
                                              error=f"could not store the output: {exc}")

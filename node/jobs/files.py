@@ -38,8 +38,9 @@ class FileTransferError(MeshError):
 class Files(Protocol):
     """Where programs, inputs and outputs live: burst-RAID storage, by file id (hex)."""
 
-    async def put(self, path: Path) -> str:
-        """Store the file at ``path``; return its id. Raises FileTransferError or OSError."""
+    async def put(self, path: Path, name: str = "") -> str:
+        """Store the file at ``path``; return its id. ``name`` says what it is (on the status
+        page). Raises FileTransferError or OSError."""
         ...
 
     async def get(self, file_id: str, path: Path) -> None:
@@ -60,8 +61,8 @@ class CachedFiles:
         self.hits = self.misses = 0
         self._order: OrderedDict[str, int] | None = None  # file id -> size, least recent first
 
-    async def put(self, path: Path) -> str:
-        return await self.inner.put(path)
+    async def put(self, path: Path, name: str = "") -> str:
+        return await self.inner.put(path, name)
 
     async def get(self, file_id: str, path: Path) -> None:
         if FILE_ID.fullmatch(file_id) is None:
@@ -138,9 +139,9 @@ class StorageFiles:
             raise FileTransferError("this node runs no storage service")
         return self.storage
 
-    async def put(self, path: Path) -> str:
+    async def put(self, path: Path, name: str = "") -> str:
         try:
-            outcome = await self._storage().put(path, params=DEFAULT_PARAMS)
+            outcome = await self._storage().put(path, params=DEFAULT_PARAMS, name=name)
         except StorageError as exc:
             raise FileTransferError(f"storage put failed: {exc}") from None
         return str(integrity.to_hex(outcome.file_id))
