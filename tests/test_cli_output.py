@@ -1,4 +1,5 @@
-"""The ``poolai`` command's own output: a closed pipe, ``config show``."""
+"""What the ``poolai`` command and the scripts print: a closed pipe, ``config show``, a
+file's spread, devnet's status URLs."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def test_a_file_on_fewer_peers_than_shares_is_warned_of():
     assert "loses segments" in spread_warning(2, 10, 4, most_on_one=7)
     assert file_health({"healthy": 3, "concentrated": 1, "degraded": 0, "lost": 0}) == "concentrated"
     assert file_health({"healthy": 3, "concentrated": 0, "degraded": 0, "lost": 0}) == "healthy"
+
+
+def test_the_status_url_carries_the_admin_token_as_node_url_prints_it(tmp_path):
+    from poolai.node.auth import load_or_create_token
+    from poolai.node.launcher import NodeProcess
+
+    node = NodeProcess(tmp_path / "n")
+    node.info = {"api": "http://127.0.0.1:8740"}  # as a started node publishes it
+    assert node.status_url == "http://127.0.0.1:8740/"  # no token yet: the page still opens, locked
+    (tmp_path / "n").mkdir(mode=0o700)
+    token, _ = load_or_create_token(tmp_path / "n")
+    assert node.status_url == f"http://127.0.0.1:8740/#token={token}"
