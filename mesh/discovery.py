@@ -28,6 +28,7 @@ from poolai.mesh.circuit import HOP
 from poolai.mesh.errors import MeshError
 from poolai.mesh.host import MeshHost
 from poolai.mesh.peers import MAX_ADDR_LEN, MAX_ADDRS_PER_PEER, PeerBook
+from poolai.mesh.short_ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class ConnectionManager:
         self.dials_failed = 0
         self.shed = 0  # inbound connections closed to stay under inbound_cap
         self._dialling: set[str] = set()
+        self._connected: set[str] = set()  # as of the last round, or a dial of ours since
         self._shedding: set[str] = set()
         self._last_exchange: dict[str, float] = {}
         self._wake = trio.Event()
@@ -122,6 +124,7 @@ class ConnectionManager:
         now = self.clock()
         connected = set(self.host.connected_peers())  # every connection takes room
         members = set(self.host.member_peers())  # only nodes are booked and asked (mesh.members)
+        self._log_joins_and_leaves(members)
         for peer in members:
             self.book.add(peer, [strip_p2p(a) for a in self.host.peer_addrs(peer)])
             self.book.mark_connected(peer, now)
@@ -138,6 +141,18 @@ class ConnectionManager:
 
     def _exchange_period(self, peer: str) -> float:
         return self.relay_exchange_every if self.host.supports(peer, HOP) else self.exchange_every
+
+    def _log_joins_and_leaves(self, connected: set[str]) -> None:
+        """One line per peer that connected (a dial of ours says so itself) or went away.
+        An inbound connection wakes the round at once, so a join is logged as it happens."""
+        inbound = {f.peer_id for f in self.host.connection_facts() if f.inbound}
+        for peer in sorted(connected - self._connected):
+            addrs = [strip_p2p(a) for a in self.host.peer_addrs(peer)]
+            log.info("peer %s connected (%s%s)", peer, "inbound" if peer in inbound else "outbound",
+                     f", {addrs[0]}" if addrs else "")
+        for peer in sorted(self._connected - connected):
+            log.info("peer %s disconnected", peer)
+        self._connected = connected
 
     def _shed(self, nursery: trio.Nursery) -> None:
         facts = [f for f in self.host.connection_facts() if f.peer_id not in self._shedding]
@@ -183,13 +198,15 @@ class ConnectionManager:
         except (MeshError, trio.TooSlowError, ValueError) as exc:
             self.dials_failed += 1
             delay = self.book.mark_failed(peer_id, self.clock())
-            log.debug("dial %s failed (%s); retry in %.0f s", peer_id[-8:], exc, delay)
+            log.debug("dial %s failed (%s); retry in %.0f s", short_id(peer_id), exc, delay)
             return
         finally:
             self._dialling.discard(peer_id)
         self.dials_ok += 1
         self.book.mark_connected(peer_id, self.clock())
-        log.info("connected to %s", peer_id)
+        if peer_id not in self._connected:
+            self._connected.add(peer_id)
+            log.info("connected to %s", peer_id)
         self._last_exchange[peer_id] = self.clock()
         await self._exchange(peer_id)
 
@@ -203,7 +220,7 @@ class ConnectionManager:
                 timeout=self.request_timeout,
             )
         except MeshError as exc:
-            log.debug("peer exchange with %s failed: %s", peer_id[-8:], exc)
+            log.debug("peer exchange with %s failed: %s", short_id(peer_id), exc)
             return
         learned = 0
         for record in reply.peers:
@@ -212,7 +229,7 @@ class ConnectionManager:
                 learned += 1
             self.book.add(record.peer_id, addrs)
         if learned:
-            log.info("learned %d peer(s) from %s", learned, peer_id[-8:])
+            log.info("learned %d peer(s) from %s", learned, short_id(peer_id))
             self.wake()
 
     async def _on_request(self, peer: str, request: PeersRequest) -> PeersReply:

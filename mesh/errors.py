@@ -76,5 +76,14 @@ class RequestTimeout(MeshError):
     """A request to a peer did not complete within its deadline."""
 
 
+class PortInUse(MeshError):
+    """A listen address's TCP port is taken by another process (another node, most often)."""
+
+    def __init__(self, addr: str, port: int) -> None:
+        super().__init__(f"port {port} of {addr} is in use by another program")
+        self.addr = addr
+        self.port = port
+
+
 class PeerUnreachable(MeshError):
     """A peer could not be dialled, or the stream to it broke."""

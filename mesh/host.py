@@ -19,8 +19,10 @@ Latency emulation, a test facility, lives in :mod:`poolai.mesh.latency`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,10 +55,11 @@ from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 from poolai.mesh import circuit, patches, rpc, wire
 from poolai.mesh.admission import ConnFacts, InboundAdmission
 from poolai.mesh.bounded import Memo
-from poolai.mesh.errors import MeshError, PeerUnreachable, RequestTimeout
+from poolai.mesh.errors import MeshError, PeerUnreachable, PortInUse, RequestTimeout
 from poolai.mesh.inbound import AdmittingResourceManager, ConnectionTracker
 from poolai.mesh.latency import LATENCY_ENV, EmulatedLatency, delayed_ping_handler
 from poolai.mesh.members import members as _members
+from poolai.mesh.short_ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -392,11 +395,11 @@ class MeshHost:
         try:
             await self._host.connect(PeerInfo(pid, maddrs))
         except _LIBP2P_ERRORS as exc:
-            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"dial {short_id(peer_id)} failed: {exc}") from None
         except OSError as exc:
-            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"dial {short_id(peer_id)} failed: {exc}") from None
         if not self.is_connected(peer_id):  # py-libp2p can return from a failed dial silently
-            raise PeerUnreachable(f"dial {peer_id[-8:]} failed: no connection was established")
+            raise PeerUnreachable(f"dial {short_id(peer_id)} failed: no connection was established")
         self._host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL)
 
     async def _connect_via_relays(self, peer_id: str, circuits: list[str], errors: list[str]) -> None:
@@ -447,7 +450,7 @@ class MeshHost:
         try:
             raw = await self._host.new_stream(self._id(peer_id), [PING_PROTOCOL_ID])
         except (*_LIBP2P_ERRORS, TypeError) as exc:  # py-libp2p 0.8 raises TypeError for a leaving peer
-            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"ping {short_id(peer_id)} failed: {exc}") from None
         stream = Libp2pStream(raw, self._delay(peer_id))
         payload = secrets.token_bytes(PING_BYTES)
         echo = b""
@@ -459,14 +462,14 @@ class MeshHost:
             rtt = (time.perf_counter() - start) * 1000.0
         except trio.BrokenResourceError as exc:
             await stream.reset()
-            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"ping {short_id(peer_id)} failed: {exc}") from None
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.reset()  # the peer's handler stops waiting for the next ping
             raise
         if echo != payload:
             await stream.reset()
-            raise PeerUnreachable(f"ping {peer_id[-8:]} failed: a wrong or short echo")
+            raise PeerUnreachable(f"ping {short_id(peer_id)} failed: a wrong or short echo")
         with trio.move_on_after(1):
             await stream.aclose()
         return rtt
@@ -502,7 +505,7 @@ class MeshHost:
         try:
             raw = await self._host.new_stream(self._id(peer_id), [TProtocol(protocol)])
         except _LIBP2P_ERRORS as exc:
-            raise PeerUnreachable(f"stream {protocol} to {peer_id[-8:]} failed: {exc}") from None
+            raise PeerUnreachable(f"stream {protocol} to {short_id(peer_id)} failed: {exc}") from None
         return Libp2pStream(raw, self._delay(peer_id))
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
@@ -553,7 +556,7 @@ class MeshHost:
         except trio.TooSlowError:
             if stream is not None:
                 await stream.reset()
-            raise rpc.timeout_error(f"{protocol} to {peer_id[-8:]}", timeout) from None
+            raise rpc.timeout_error(f"{protocol} to {short_id(peer_id)}", timeout) from None
         except MeshError:  # ProtocolError (a bad reply) included
             if stream is not None:
                 await stream.reset()
@@ -572,13 +575,16 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
     ``latency`` defaults to :meth:`EmulatedLatency.from_env` (normally None: no delays).
     ``admission`` rate-limits inbound connections by remote IP, peer id and in total
     (:mod:`poolai.mesh.inbound`); None (for tests' many-host meshes) limits none.
-    Raises ValueError for a bad listen address or latency table, MeshError if it cannot listen,
+    Raises ValueError for a bad listen address or latency table, :class:`PortInUse` when
+    another process listens on a listen address's port, MeshError if it cannot listen,
     :class:`~poolai.mesh.patches.PatchMismatch` if py-libp2p is not the version PoolAI patches.
     """
     try:
         maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
     except Exception as exc:
         raise ValueError(f"invalid listen address: {exc}") from None
+    for addr in listen_addrs:
+        check_port_free(addr)
     if latency is None:
         latency = EmulatedLatency.from_env()
     if latency is not None:
@@ -604,6 +610,32 @@ async def open_host(key_pair: KeyPair, listen_addrs: list[str], *,
         raise MeshError(f"cannot listen on {', '.join(listen_addrs)}: {exc.strerror or exc}") from None
 
 
+def check_port_free(addr: str) -> None:
+    """Raise :class:`PortInUse` if another process listens on the TCP port of ``addr``.
+
+    py-libp2p 0.8 sets SO_REUSEPORT on its listeners (for hole punching), so a second node
+    given the same port binds it without an error and the kernel then splits the inbound
+    connections between the two. A plain bind (SO_REUSEADDR only, as trio's listeners do)
+    fails on a port anyone listens on, and so tells the owner before the node starts.
+    Port 0 and addresses that are not ``/ip4|ip6/.../tcp/PORT`` are not checked.
+    """
+    parts = addr.split("/")
+    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp" or not parts[4].isdigit():
+        return
+    port = int(parts[4])
+    if port == 0:
+        return
+    family = socket.AF_INET6 if parts[1] == "ip6" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((parts[2], port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(addr, port) from None
+            # anything else (no such address, a privileged port) libp2p reports itself
+
+
 async def _close_listeners(host: Any) -> None:
     # py-libp2p 0.8 leaves its TCP listeners running (in system tasks) after run() exits,
     # so a "stopped" host would go on accepting connections in this process.
@@ -624,5 +656,5 @@ async def _stop_auto_connector(host: Any) -> None:
             log.debug("auto-connector did not stop cleanly", exc_info=True)
 
 
-__all__ = ["Libp2pStream", "MeshHost", "open_host", "split_p2p_addr",
+__all__ = ["Libp2pStream", "MeshHost", "check_port_free", "open_host", "split_p2p_addr",
            "RequestTimeout"]

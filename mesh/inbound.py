@@ -27,6 +27,7 @@ from libp2p.rcmgr import Direction
 from libp2p.rcmgr.manager import ConnectionScope, ResourceManager
 
 from poolai.mesh.admission import ConnFacts, InboundAdmission, Verdict
+from poolai.mesh.short_ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class AdmittingResourceManager(ResourceManager):
                 verdict = self.admission.admit_peer(str(peer_id), now)
             if verdict is not Verdict.ADMIT:
                 log.debug("inbound connection from %s refused: %s",
-                          endpoint_ip if peer_id is None else str(peer_id)[-8:], verdict.value)
+                          endpoint_ip if peer_id is None else short_id(str(peer_id)), verdict.value)
                 return None
         return super().open_connection(peer_id, endpoint_ip=endpoint_ip, direction=direction)
 

@@ -31,6 +31,13 @@ class PeerEntry:
     bootstrap: bool = False  # named by the owner: never forgotten, always retried
 
 
+def is_wildcard(addr: str) -> bool:
+    """Whether a multiaddr's host is the unspecified address (``0.0.0.0`` or ``::``)."""
+    parts = addr.split("/")
+    return len(parts) > 2 and ((parts[1] == "ip4" and parts[2] == "0.0.0.0")
+                               or (parts[1] == "ip6" and parts[2] in ("::", "0:0:0:0:0:0:0:0")))
+
+
 class PeerBook:
     """Known peers and when each may be dialled next (exponential backoff on failure)."""
 
@@ -52,10 +59,13 @@ class PeerBook:
         return list(self._peers.values())
 
     def add(self, peer_id: str, addrs: Iterable[str], *, bootstrap: bool = False) -> None:
-        """Learn (or refresh) addresses for a peer; our own id is ignored."""
+        """Learn (or refresh) addresses for a peer; our own id is ignored, and so are wildcard
+        addresses learned from peers (``/ip4/0.0.0.0/...``: a peer listening on every
+        interface tells its listen address as it is, which names no host to dial or show)."""
         if peer_id == self.self_id:
             return
-        clean = [a for a in addrs if isinstance(a, str) and 0 < len(a) <= MAX_ADDR_LEN]
+        clean = [a for a in addrs if isinstance(a, str) and 0 < len(a) <= MAX_ADDR_LEN
+                 and (bootstrap or not is_wildcard(a))]
         entry = self._peers.get(peer_id)
         if entry is None:
             if len(self._peers) >= self.capacity and not self._evict_one():

@@ -28,6 +28,7 @@ from poolai.mesh.errors import (
     RemoteError,
     RequestTimeout,
 )
+from poolai.mesh.short_ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,7 @@ async def _close_quietly(stream: ByteStream) -> None:
 
 
 def _short(peer: Any) -> str:
-    text = str(peer)
-    return text[-8:] if len(text) > 8 else text
+    return short_id(str(peer))
 
 
 def timeout_error(what: str, seconds: float) -> RequestTimeout:

@@ -161,12 +161,17 @@ def _host(value: Any) -> str:
     return text
 
 
+def _shown_as(value: Any) -> Any:
+    return value
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Setting:
     key: str
     default: Any
     parse: Callable[[Any], Any]
     help: str
+    show: Callable[[Any], Any] = _shown_as  # the value as ``config show`` prints it (parseable back)
 
     @property
     def env(self) -> str:
@@ -206,11 +211,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("credits_sync_interval", 60.0, _float_in(0.1, 86400.0),
             "seconds between pulls of new credit receipts from connected peers"),
     Setting("storage_quota", 10 << 30, _size_in(1 << 20, 1 << 50),
-            "bytes of shares this node keeps for the mesh (e.g. 10GiB, 500MB)"),
+            "bytes of shares this node keeps for the mesh (e.g. 10GiB, 500MB)", units.format_size),
     Setting("storage_lease", 7 * 86400, _duration_in(1, 10 * 365 * 86400),
-            "how long unpinned files put from this node are kept (e.g. 7d, 12h)"),
+            "how long unpinned files put from this node are kept (e.g. 7d, 12h)", units.format_duration),
     Setting("storage_interval", 600, _duration_in(1, 86400),
-            "seconds between storage upkeep passes (gc, scrub, repair, audit)"),
+            "seconds between storage upkeep passes (gc, scrub, repair, audit)", units.format_duration),
     Setting("relay_service", "auto", _choice("auto", "on", "off"),
             "serve as a circuit relay for private peers (auto: when this node is publicly reachable)"),
     Setting("relay_client", "auto", _choice("auto", "on", "off"),
@@ -341,11 +346,11 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def describe(config: Config) -> list[tuple[str, Any, str]]:
-    """(key, value, source) rows for ``poolai config show``."""
+    """(key, value, source) rows for ``poolai config show``; sizes and durations written as
+    the config file takes them (``10GiB``, ``7d``)."""
     rows: list[tuple[str, Any, str]] = [("data_dir", str(config.data_dir), config.sources["data_dir"])]
     for setting in SETTINGS:
         value = getattr(config, setting.key)
-        if setting.key in SECRET_KEYS:
-            value = "(set)" if value else ""
-        rows.append((setting.key, value, config.sources[setting.key]))
+        shown = ("(set)" if value else "") if setting.key in SECRET_KEYS else setting.show(value)
+        rows.append((setting.key, shown, config.sources[setting.key]))
     return rows

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from poolai.node.auth import read_token
 from poolai.node.runtime import read_runtime_file
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -196,6 +197,13 @@ class NodeProcess:
     def api(self) -> str:
         """The local API's base URL, ``http://127.0.0.1:PORT``."""
         return self._field("api")
+
+    @property
+    def status_url(self) -> str:
+        """The status page's URL with the admin token (as ``poolai node url`` prints it),
+        or without one where the token cannot be read."""
+        token = read_token(self.data_dir)
+        return f"{self.api}/#token={token}" if token else f"{self.api}/"
 
     @property
     def api_socket(self) -> str | None:

@@ -22,10 +22,12 @@ service needs the other to exist first. See docs/architecture.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,7 +41,8 @@ from poolai.mesh import identity
 from poolai.mesh.admission import AdmissionConfig, InboundAdmission, Rate, inbound_cap_for
 from poolai.mesh.discovery import ConnectionManager
 from poolai.mesh.durable import write_atomic as _atomic_write
-from poolai.mesh.host import MeshHost, open_host, split_p2p_addr
+from poolai.mesh.errors import PortInUse
+from poolai.mesh.host import MeshHost, check_port_free, open_host, split_p2p_addr
 from poolai.mesh.peers import PeerBook
 from poolai.node import __version__, auth
 from poolai.node.capacity.rules import advert_table
@@ -56,7 +59,7 @@ from poolai.node.reach import roles
 from poolai.node.reach.service import ReachService
 from poolai.node.relay.service import RelayService
 from poolai.node.runtime import API_SOCKET, RUNTIME_FILE, lock_data_dir
-from poolai.node.web.server import open_unix_listener, remove_socket, serve_api
+from poolai.node.web.server import open_tcp_socket, open_unix_listener, remove_socket, serve_api
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +114,45 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         lock = lock_data_dir(self.data_dir)
+        api_socket: socket.socket | None = None
         try:
+            api_socket = self._claim_ports()
             self.admin_token, self.admin_token_created = auth.load_or_create_token(self.data_dir)
             self.log_ring = LogRing()
             logging.getLogger().addHandler(self.log_ring)
             try:
-                await self._run(task_status)
+                await self._run(task_status, api_socket)
             finally:
                 logging.getLogger().removeHandler(self.log_ring)
         finally:
+            if api_socket is not None and api_socket.fileno() != -1:
+                api_socket.close()  # not handed to the API server (it failed to start)
             os.close(lock)  # releases the lock
 
-    async def _run(self, task_status: trio.TaskStatus[Node]) -> None:
+    def _claim_ports(self) -> socket.socket:
+        """Bind the API's TCP port and check the listen ports before anything starts, so a
+        port in use is one line naming it and the setting that changes it. Raises ConfigError."""
+        cfg = self.config
+        for addr in cfg.listen:
+            try:
+                check_port_free(addr)
+            except PortInUse as exc:
+                other = addr.replace(f"/tcp/{exc.port}", "/tcp/<port>", 1)
+                raise ConfigError(f"listen port {exc.port} ({addr}) is in use by another program, "
+                                  f"perhaps another node: choose another with --listen {other} "
+                                  f"(or listen in config.toml)") from None
+        try:
+            return open_tcp_socket(cfg.api_host, cfg.api_port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"api port {cfg.api_port} on {cfg.api_host} is in use by another "
+                                  f"program, perhaps another node: choose another with --api-port "
+                                  f"<port> (or api_port in config.toml; 0 picks a free "
+                                  f"one)") from None
+            raise ConfigError(f"cannot serve the API on {cfg.api_host}:{cfg.api_port}: "
+                              f"{exc.strerror or exc}") from None
+
+    async def _run(self, task_status: trio.TaskStatus[Node], api_socket: socket.socket) -> None:
         key_pair, created = identity.load_or_create(self.data_dir / KEY_FILE)
         if created:
             log.info("created a new identity in %s", self.data_dir / KEY_FILE)
@@ -149,7 +179,7 @@ class Node:
                     self.api_socket = self.data_dir / API_SOCKET if listener else None
                     self.api_url = await nursery.start(functools.partial(
                         serve_api, self, self.config.api_host, self.config.api_port,
-                        unix_listener=listener))
+                        unix_listener=listener, tcp_listener=api_socket))
                     nursery.start_soon(self._save_peers_periodically)
                     self.started_at = time.time()
                     self._write_runtime_file()

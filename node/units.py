@@ -1,7 +1,9 @@
 """Sizes and durations as people write them: ``10GiB``, ``512 MB``, ``90s``, ``7d``.
 
 The one parser of each for the config, the CLI, the local API and the simulated
-inventory file, so ``8GiB`` means the same everywhere. Pure: no I/O.
+inventory file, so ``8GiB`` means the same everywhere, and the formatters that
+write a value back the same way (:func:`format_size`, :func:`format_duration`:
+what they print parses to the same value). Pure: no I/O.
 
 A value is a non-negative number (digits, an optional fraction, an optional
 exponent: ``1.5``, ``1e9``) with an optional unit, case-insensitive, spaces
@@ -74,3 +76,29 @@ def _parse(value: Any, units: dict[str, Any], limit: int, what: str, examples: s
     if number > limit:  # infinity included
         raise ValueError(f"{value!r} is too large for {what} (at most {limit})")
     return number
+
+
+_SIZE_SHOWN = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
+               ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
+_DURATION_SHOWN = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def format_size(size: int) -> str:
+    """``10737418240`` -> ``10GiB``: the largest unit that holds ``size`` a whole number of
+    times (binary units first), else plain bytes. :func:`parse_size` reads it back exactly."""
+    for unit, factor in _SIZE_SHOWN:
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def format_duration(seconds: float) -> str:
+    """``604800`` -> ``7d``, ``90`` -> ``90s``, ``0.25`` -> ``250ms``: the largest unit that
+    holds it a whole number of times. :func:`parse_duration` reads it back."""
+    if seconds and seconds == int(seconds):
+        whole = int(seconds)
+        for unit, factor in _DURATION_SHOWN:
+            if whole % factor == 0:
+                return f"{whole // factor}{unit}"
+    millis = seconds * 1000
+    return f"{millis:g}ms" if millis == round(millis) else f"{seconds:g}s"

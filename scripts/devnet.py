@@ -5,7 +5,8 @@
 
 Node 0 starts alone; every other node bootstraps from node 0. Each node gets its
 own data directory under --base (a fresh temporary directory by default) and
-prints its peer id, listen address and status page URL; its output goes to
+prints its peer id, listen address and status page URL (admin token included, as
+``poolai node url`` prints it); its output goes to
 ``nodeN.log`` beside its data directory.
 """
 
@@ -55,7 +56,8 @@ def main() -> int:
                 print(f"node {i} did not start: {exc}", file=sys.stderr)
                 return 1
             print(f"node{i}  {node.peer_id}\n       {node.addr}\n"
-                  f"       status: {node.api}/  data: {node.data_dir}  log: {node.log_file}", flush=True)
+                  f"       status page: {node.status_url}\n"
+                  f"       data: {node.data_dir}  log: {node.log_file}", flush=True)
         print(f"{len(nodes)} nodes up; Ctrl-C stops them all.", flush=True)
         while all(n.alive for n in nodes):
             time.sleep(0.5)

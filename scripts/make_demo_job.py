@@ -22,12 +22,17 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import warnings
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 from poolai.node.jobs.sanitise import UnsafeProgram, sanitise_pt2
+
+with warnings.catch_warnings():
+    # torch.cuda imports pynvml, and the `pynvml` dist warns that it is deprecated in favour of
+    # nvidia-ml-py, which provides the very module it loads: nothing the user can act on.
+    warnings.filterwarnings("ignore", "The pynvml package is deprecated", FutureWarning)
+    import torch
+    from safetensors.torch import save_file
 
 
 class ResidualMLP(torch.nn.Module):
@@ -71,9 +76,21 @@ def main() -> int:
     d = str(out)
     print(f"wrote {d}/model.pt2, model.safetensors, inputs.safetensors, expected.safetensors\n")
     print("run it on the mesh (through the local node):")
-    print(f"  poolai job submit {d}/model.pt2 --weights {d}/model.safetensors "
+    print(f"  {poolai_command()} job submit {d}/model.pt2 --weights {d}/model.safetensors "
           f"--input {d}/inputs.safetensors --wait --out {d}/output.safetensors")
     return 0
+
+
+def poolai_command() -> str:
+    """How to run the ``poolai`` installed beside this Python: ``.venv/bin/poolai`` from the
+    checkout (as the README writes it), else its full path; plain ``poolai`` if there is none."""
+    exe = Path(sys.executable).parent / "poolai"  # not resolved: a venv's python is a symlink
+    if not exe.exists():
+        return "poolai"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-# pip's output minus the noise of this machine's local package index; pip's failure is ours.
+# pip's own warnings, minus the noise of this machine's local package index and what the build
+# backend says (indented; setuptools' notes on an editable install); all of it when pip fails.
 pip_install() {
     local out
     out=$(.venv/bin/python -m pip install --quiet "$@" 2>&1) || { echo "$out" >&2; return 1; }
-    echo "$out" | grep -v '^WARNING: Location' || true
+    echo "$out" | grep -v -e '^WARNING: Location' -e '^  ' || true
 }
 pip_install --upgrade pip
 # torch: the CPU build pinned here is what job workers run; installing it first keeps pip

@@ -37,6 +37,12 @@ class PeerError(StorageError):
     """
 
 
+class ShareMissing(PeerError):
+    """A peer answered that it holds no share under the id asked for. A read or a repair
+    walks past peers that never held the share (or hold it no longer), so this is an
+    ordinary answer there, not a fault of the peer."""
+
+
 class StoreError(StorageError):
     """The local share store refused or failed an operation."""
 

@@ -29,7 +29,7 @@ from poolai.mesh import wire
 from poolai.mesh.errors import FrameTooLarge, MeshError, PeerUnreachable, ProtocolError, TruncatedFrame
 from poolai.mesh.rpc import ByteStream
 from poolai.storage import integrity
-from poolai.storage.errors import PeerError
+from poolai.storage.errors import PeerError, ShareMissing
 from poolai.storage.store import MAX_LEASE, MAX_VALUE_SIZE
 from poolai.storage.transfers import MAX_HAS_IDS
 
@@ -146,10 +146,19 @@ class ShareRefused(PeerError):
         reason, sep, rest = message.partition(": ")
         if not sep or not reason.isidentifier() or len(reason) > 16:
             return cls(code, code, message)
+        if code == reason == "not_found":
+            return ShareNotHeld(rest)
         return cls(code, reason, rest)
 
     def to_wire(self) -> wire.ErrorReply:
         return wire.ErrorReply(code=self.code, message=str(self)[:512])
+
+
+class ShareNotHeld(ShareRefused, ShareMissing):
+    """The holder has no share under the id (code and reason ``not_found``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("not_found", "not_found", message)
 
 
 def pack_bits(flags: Sequence[bool]) -> bytes:

@@ -29,6 +29,7 @@ import trio
 from poolai.mesh import wire
 from poolai.mesh.errors import MeshError, PeerUnreachable, ProtocolError, TruncatedFrame
 from poolai.mesh.rpc import ByteStream
+from poolai.mesh.short_ids import short_hex, short_id
 from poolai.storage import grants, integrity
 from poolai.storage.errors import (
     GrantExceeded,
@@ -54,6 +55,7 @@ from poolai.storage.protocol import (
     PutRequest,
     Reader,
     RenewedReply,
+    ShareNotHeld,
     ShareRefused,
     StoredReply,
     abort,
@@ -204,7 +206,7 @@ class ShareServer:
             assert got is not None
             return got
         except ShareNotFound:
-            raise ShareRefused("not_found", "not_found", f"no share {share_id.hex()[:16]}") from None
+            raise ShareNotHeld(f"no share {short_hex(share_id)}") from None
         except ShareCorrupted as exc:
             self._n["corrupt"] += 1
             raise ShareRefused("not_found", "corrupt", str(exc)) from None
@@ -287,7 +289,7 @@ class ShareServer:
             except (MeshError, trio.TooSlowError) as exc:
                 if isinstance(exc, trio.TooSlowError):
                     self._n["timeouts"] += 1
-                log.info("store: dropped stream from %s: %r", peer[-8:], exc)
+                log.info("store: dropped stream from %s: %r", short_id(peer), exc)
                 await abort(stream)
                 return
         await close(stream)

@@ -46,6 +46,7 @@ from typing import Any
 
 import lmdb
 
+from poolai.mesh.short_ids import short_hex
 from poolai.storage import erasure, grants, integrity, manifest, memory
 from poolai.storage.errors import (
     GrantExceeded,
@@ -228,7 +229,7 @@ class ShareStore:
             raise ValueError("lease_expiry out of range")
         key = _owner_key(owner)
         if not integrity.matches(share_id, data):
-            raise ShareHashMismatch(f"share does not hash to {share_id.hex()[:16]}")
+            raise ShareHashMismatch(f"share does not hash to {short_hex(share_id)}")
         healed = False
         try:
             with self._writing() as txn:
@@ -411,7 +412,7 @@ class ShareStore:
             memory.release_view(view)  # the pages stay cached, not resident here (memory.py)
         if not ok:
             self._quarantine(share_id)
-            raise ShareCorrupted(f"share {share_id.hex()[:16]} failed its hash check; deleted")
+            raise ShareCorrupted(f"share {short_hex(share_id)} failed its hash check; deleted")
         with self._lock:
             self._reads += 1
         return size, out
@@ -610,7 +611,7 @@ class ShareStore:
             self._delete_in(txn, share_id)
         with self._lock:
             self._hash_failures += 1
-        log.warning("share %s failed its hash check on disk; deleted", share_id.hex()[:16])
+        log.warning("share %s failed its hash check on disk; deleted", short_hex(share_id))
 
     def _update_record(
         self, share_id: bytes, *, pinned: bool | None = None, lease_expiry: int | None = None

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import trio
 
+from poolai.mesh.short_ids import short_hex, short_peer
 from poolai.storage import integrity, placement
-from poolai.storage.errors import PeerError
+from poolai.storage.errors import PeerError, ShareMissing
 from poolai.storage.loop_load import LoopLoad
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import PeerId, Ring
@@ -133,6 +134,15 @@ class Transfers:
         # differs from its holder on the present peers (see fetch_segment).
         self.found_at_ring_holder = 0
         self.found_at_present_holder = 0
+        self.faults: collections.Counter[PeerId] = collections.Counter()  # failed exchanges per peer
+
+    def _fault(self, peer: PeerId, what: str, exc: BaseException) -> None:
+        """Log a peer's failed exchange: the first of each peer in this operation at INFO, the
+        rest at DEBUG (a peer that went away fails every share a repair sends it)."""
+        self.faults[peer] += 1
+        first = self.faults[peer] == 1
+        log.log(logging.INFO if first else logging.DEBUG, "%s on %s failed: %r%s", what, peer_tag(peer), exc,
+                "; more failures with this peer in this operation are logged at debug" if first else "")
 
     def present(self, ring: Ring) -> Ring:
         """``ring.present()``, computed once per ring this operation reads from."""
@@ -151,7 +161,7 @@ class Transfers:
                 with trio.fail_after(self.config.peer_timeout):
                     await self.transport.store(peer, share_id, data, meta)
         except (PeerError, trio.TooSlowError) as exc:
-            log.info("store %s on %s failed: %r", short(share_id), peer_tag(peer), exc)
+            self._fault(peer, f"store {short(share_id)}", exc)
             return False
         return True
 
@@ -186,7 +196,7 @@ class Transfers:
                     with trio.fail_after(self.config.peer_timeout):
                         answer = await self.transport.has(peer, [sid for _, sid in batch])
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("has on %s failed: %r", peer_tag(peer), exc)
+                self._fault(peer, "has", exc)
                 return
             if len(answer) != len(batch):
                 log.warning("has on %s answered %d of %d", peer_tag(peer), len(answer), len(batch))
@@ -222,8 +232,12 @@ class Transfers:
                 async with self.limiter:
                     with trio.fail_after(self.config.peer_timeout):
                         data = await self.transport.fetch(peer, share_id)
+            except ShareMissing:
+                # A walk asks peers down the ring until one has the share: a miss is expected
+                # (a repair meets dozens), and the caller reports what it could not find.
+                log.debug("fetch %s: %s has no copy", short(share_id), peer_tag(peer))
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("fetch %s from %s failed: %r", short(share_id), peer_tag(peer), exc)
+                self._fault(peer, f"fetch {short(share_id)}", exc)
             finally:
                 self.busy[peer] -= 1
             if data is not None and not await self._matches(share_id, data):
@@ -317,12 +331,6 @@ class Transfers:
         return got
 
 
-def short(ident: bytes) -> str:
-    return ident.hex()[:12]
-
-
-def peer_tag(peer: PeerId) -> str:
-    """A peer id for logs: the tail of its bytes (an Ed25519 peer id's multihash starts
-    with the same six bytes for every peer)."""
-    return peer.hex()[-12:]
+short = short_hex  # a share or file id in logs (poolai.mesh.short_ids)
+peer_tag = short_peer  # a peer in logs, as its base58 id ends
 

@@ -35,6 +35,7 @@ from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError, ProtocolError
 from poolai.mesh.host import Libp2pStream, MeshHost
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
+from poolai.mesh.short_ids import short_hex, short_id, short_peer
 from poolai.storage import integrity
 from poolai.storage import protocol as sp
 from poolai.storage.errors import PeerError
@@ -175,7 +176,7 @@ class Libp2pShareTransport:
         """Have ``peer`` check a share it sent wrong, in the background (see ``check``)."""
         self._n["corrupt_reports"] += 1
         if self._nursery is None:
-            log.info("no task to report corrupt %s to %s", share_id.hex()[:12], peer.hex()[-8:])
+            log.info("no task to report corrupt %s to %s", short_hex(share_id), short_peer(peer))
             return
 
         async def report() -> None:
@@ -183,9 +184,9 @@ class Libp2pShareTransport:
                 with trio.fail_after(REPORT_TIMEOUT):
                     whole = await self.check(peer, share_id)
             except (PeerError, trio.TooSlowError) as exc:
-                log.info("reporting corrupt %s failed: %r", share_id.hex()[:12], exc)
+                log.info("reporting corrupt %s failed: %r", short_hex(share_id), exc)
                 return
-            log.info("holder %s checked %s: %s", peer.hex()[-8:], share_id.hex()[:12],
+            log.info("holder %s checked %s: %s", short_peer(peer), short_hex(share_id),
                      "whole (it sent something else)" if whole else "rotten or gone")
 
         self._nursery.start_soon(report)
@@ -310,10 +311,11 @@ class Libp2pShareTransport:
                 raise
             if isinstance(exc, MeshError | trio.BrokenResourceError | trio.ClosedResourceError):
                 self._n["failures"] += 1
-                raise PeerError(f"{sp.PROTOCOL} with {name[-8:]}: {exc}") from None
+                raise PeerError(f"{sp.PROTOCOL} with {short_id(name)}: {exc}") from None
             if isinstance(exc, trio.TooSlowError):
                 self._n["failures"] += 1
-                raise PeerError(f"{sp.PROTOCOL} with {name[-8:]} took over {self._timeout:g} s") from None
+                raise PeerError(
+                    f"{sp.PROTOCOL} with {short_id(name)} took over {self._timeout:g} s") from None
             raise
         if keep:
             await self._links.keep_idle(name, stream)

@@ -18,6 +18,7 @@ faults count as "missing" or "failed", never raise.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import random
@@ -87,15 +88,30 @@ class SegmentCheck:
     def live(self) -> int:
         return sum(h is not None for h in self.holders)
 
+    @property
+    def spread(self) -> int:
+        """Distinct peers holding the shares found: n when every share has a peer of its own."""
+        return len({h for h in self.holders if h is not None})
+
+    @property
+    def most_on_one(self) -> int:
+        """The most shares any one peer holds: what the segment loses if that peer leaves."""
+        counts = collections.Counter(h for h in self.holders if h is not None)
+        return max(counts.values(), default=0)
+
     def health(self, k: int) -> str:
-        """``healthy`` (all n found, none failed), ``degraded`` (>= k usable) or ``lost``."""
+        """``healthy`` (all n found on n distinct peers, none failed), ``concentrated`` (all n
+        found, but some peer holds several, as on a mesh of fewer than n peers: a node that
+        put a file while alone holds all of it), ``degraded`` (>= k usable) or ``lost``."""
         usable = sum(
             h is not None and v is not False
             for h, v in zip(self.holders, self.verified, strict=True)
         )
         if usable < k:
             return "lost"
-        return "healthy" if usable == len(self.holders) else "degraded"
+        if usable < len(self.holders):
+            return "degraded"
+        return "healthy" if self.spread == len(self.holders) else "concentrated"
 
 
 def _walks(ring: Ring, file_id: bytes, m: Manifest, depth: int) -> dict[int, list[list[PeerId]]]:

@@ -137,15 +137,24 @@ def test_unsupported_optional_fields_are_none(tmp_path):
         None, None, None, None, None)
 
 
-def test_no_driver_means_cpu_only_with_one_log_line(tmp_path, caplog):
+def test_no_driver_means_cpu_only_said_in_words(tmp_path, caplog):
     nvml = FakeNvml([], init_error=FakeNvml.NVMLError_LibraryNotFound("NVML Shared Library Not Found"))
     p = provider(tmp_path, nvml, retry_after=60.0)
-    with caplog.at_level(logging.WARNING, logger="poolai.node.capacity.inventory"):
+    with caplog.at_level(logging.DEBUG, logger="poolai.node.capacity.inventory"):
         first, second = p.read(), p.read()
     assert first.gpus == () and second.gpus == () and first.torch_cuda is False
-    assert "NVML Shared Library Not Found" in first.note and first.note == second.note
+    assert first.note == second.note == "no NVIDIA driver found; this node runs CPU jobs"
     assert nvml.inits == 1  # not asked again before the retry time
-    assert len([r for r in caplog.records if "CPU only" in r.getMessage()]) == 1
+    said = [r for r in caplog.records if "CPU jobs" in r.getMessage()]
+    assert [r.levelname for r in said] == ["DEBUG"]  # an ordinary CPU node: no warning
+
+
+def test_a_driver_that_is_there_and_fails_is_a_warning(tmp_path, caplog):
+    nvml = FakeNvml([], init_error=FakeNvml.NVMLError_GpuIsLost("GPU is lost"))
+    with caplog.at_level(logging.WARNING, logger="poolai.node.capacity.inventory"):
+        inv = provider(tmp_path, nvml).read()
+    assert inv.note == "the NVIDIA driver failed (NVMLError_GpuIsLost: GPU is lost); this node runs CPU jobs"
+    assert [r.getMessage() for r in caplog.records] == [inv.note]
 
 
 def test_a_driver_failing_later_degrades_to_cpu_and_recovers(tmp_path):

@@ -458,10 +458,12 @@ def test_results_are_checked_before_they_are_believed() -> None:
 class MemoryFiles:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.names: dict[str, str] = {}
 
-    async def put(self, path: Path) -> str:
+    async def put(self, path: Path, name: str = "") -> str:
         data = await trio.Path(path).read_bytes()
         self.blobs[sha(data)] = data
+        self.names[sha(data)] = name
         return sha(data)
 
     async def get(self, file_id: str, path: Path) -> None:
@@ -600,6 +602,7 @@ async def test_executor_runs_reports_and_redelivers_until_acknowledged(tmp_path:
         result = jp.parse_result(sub.results[0])
         assert result.status is JobStatus.OK and sub.results[0].output == sha(b"out-j1")
         assert files.blobs[sub.results[0].output] == b"out-j1"
+        assert files.names[sub.results[0].output] == "output of job j1"  # named on the page
         assert sub.results[0].log_tail == "log line"
         await until(lambda: on_disk(tmp_path) == {"version": 1, "jobs": [], "results": []})
 

@@ -63,3 +63,11 @@ def test_a_new_address_ends_the_backoff():
     assert book.due(101.0, set(), 10) == []
     book.add("p", ["/ip4/203.0.113.10/tcp/4001/p2p/R/p2p-circuit"])
     assert [e.peer_id for e in book.due(101.0, set(), 10)] == ["p"]
+
+
+def test_wildcard_addresses_learned_from_peers_are_dropped():
+    book = PeerBook("me")
+    book.add("a", ["/ip4/0.0.0.0/tcp/4003", "/ip4/127.0.0.1/tcp/4003", "/ip6/::/tcp/4003"])
+    assert book.get("a").addrs == ["/ip4/127.0.0.1/tcp/4003"]
+    book.add("b", ["/ip4/0.0.0.0/tcp/4004"], bootstrap=True)  # what the owner typed is kept
+    assert book.get("b").addrs == ["/ip4/0.0.0.0/tcp/4004"]

@@ -18,7 +18,15 @@ import trio
 
 from poolai.storage import erasure, placement, raid, segment_io
 from poolai.storage.erasure import ErasureParams
-from poolai.storage.errors import FileChanged, NotEnoughShares, PeerError, PutFailed, StoreError
+from poolai.storage.errors import (
+    FileChanged,
+    NotEnoughShares,
+    PeerError,
+    PutFailed,
+    ShareMissing,
+    ShareNotFound,
+    StoreError,
+)
 from poolai.storage.manifest import Manifest
 from poolai.storage.placement import Ring
 from poolai.storage.raid import RaidConfig, ShareMeta
@@ -112,6 +120,8 @@ class Peers:
         await self._reach(peer)
         try:
             data = self.stores[peer].get(share_id)
+        except ShareNotFound as exc:
+            raise ShareMissing(str(exc)) from exc  # as the real transport's ShareNotHeld
         except StoreError as exc:
             raise PeerError(str(exc)) from exc
         if peer in self.corrupt:
@@ -424,6 +434,25 @@ async def test_repair_uses_fallbacks_while_dead_peers_are_still_in_the_ring(
     out = tmp_path / "out.bin"
     await get(peers, fid, out)  # segment 1 now needs the rebuilt copies on fallbacks
     assert out.read_bytes() == data
+
+
+async def test_peers_without_a_copy_are_expected_misses_logged_at_debug(tmp_path, make_peers, caplog):
+    peers = make_peers(12)
+    path, data = write_file(tmp_path, 4 * SEG)
+    small = Ring.from_peers(peers.ids[:6])
+    result = await raid.put_file(path, peers, small, lease_expiry=LEASE, params=PARAMS, config=CONFIG)
+    # then six more peers join the ring: walks meet peers that never had a share
+    peers.dead = {peers.ids[0]}
+    caplog.set_level("DEBUG", logger="poolai.storage")
+    out = tmp_path / "out.bin"
+    await get(peers, result.file_id, out)
+    assert out.read_bytes() == data
+    misses = [r for r in caplog.records if "has no copy" in r.getMessage()]
+    assert misses and {r.levelname for r in misses} == {"DEBUG"}
+    failed = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "failed" in r.getMessage()]
+    assert len(failed) == 1 and "is gone" in failed[0]  # a dead peer is news, once per operation
+    again = [r for r in caplog.records if r.levelname == "DEBUG" and "is gone" in r.getMessage()]
+    assert again  # its other failures in the same get
 
 
 async def test_repair_reports_segments_it_cannot_rebuild(tmp_path, make_peers):

@@ -241,6 +241,17 @@ def test_page_view_stays_small_with_200_peers_and_1000_finished_jobs():
     assert len(json.dumps(doc)) < 40_000
 
 
+def test_page_lists_a_file_by_name_and_says_when_its_shares_are_concentrated():
+    counts = {"healthy": 0, "concentrated": 1, "degraded": 0, "lost": 0}
+    files = [{"file_id": "ab" * 32, "size": 5, "k": 4, "n": 10, "added": 2,
+              "name": "demo job inputs.safetensors", "health": counts, "spread": 1},
+             {"file_id": "cd" * 32, "size": 5, "k": 4, "n": 10, "added": 1, "name": "", "health": None,
+              "spread": None}]
+    placed = view.page_view({"storage": {"files": 2}}, files=files)["storage"]["placed"]
+    assert [(f["name"], f["health"], f["spread"]) for f in placed] == [
+        ("demo job inputs.safetensors", "concentrated", 1), ("", "unchecked", None)]
+
+
 def test_metrics_text_parses_and_escapes_hostile_labels():
     status = {
         "peer_id": 'evil"peer\nid\\', "version": "0.1.0", "uptime_s": 5, "peers": [{}, {}], "known_peers": 7,

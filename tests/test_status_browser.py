@@ -225,6 +225,15 @@ def test_page_stays_usable_with_200_peers_and_1000_finished_jobs(browser):
         expect(page.locator("#job-counts")).to_contain_text("980 ok")
         expect(page.locator("#active-rows tr")).to_have_count(2)
         expect(page.locator("#ring path.link")).to_have_count(12)
+        # ring labels (eight neighbours sit close together) stay inside the drawing, none over another
+        boxes = page.evaluate("""() => [...document.querySelectorAll('#ring text')].map(t => {
+            const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height]; })""")
+        left, top, width, height = map(float, page.get_attribute("#ring", "viewBox").split())
+        assert len(boxes) > 4
+        assert all(left <= x0 and x1 <= left + width and top <= y0 and y1 <= top + height
+                   for x0, y0, x1, y1 in boxes), boxes
+        assert not any(a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5
+                       for i, a in enumerate(boxes) for b in boxes[i + 1:]), boxes
         page.locator("#job-pager button", has_text="older").click()
         expect(page.locator("#job-pager")).to_contain_text("26–50 of 1000")
         expect(page.locator("#finished-rows tr").first).to_have_attribute("data-job", f"{974:016x}")

@@ -21,7 +21,7 @@ from poolai.mesh.errors import TruncatedFrame
 from poolai.mesh.host import open_host
 from poolai.mesh.peer_ids import peer_id_bytes
 from poolai.storage import integrity, raid
-from poolai.storage.errors import PeerError, StoreWriteFailed
+from poolai.storage.errors import PeerError, ShareMissing, StoreWriteFailed
 from poolai.storage.protocol import (
     PROTOCOL,
     FetchRequest,
@@ -99,6 +99,15 @@ def test_refusal_reason_is_parsed_from_the_message():
         "refused", "quota", "quota: share of 5 bytes refused"
     )
     assert ShareRefused.from_remote("busy", "no reason word here").reason == "busy"
+
+
+def test_a_holder_without_the_share_is_a_miss_not_a_fault():
+    missing = ShareRefused.from_remote("not_found", "not_found: no share 00ff")
+    assert isinstance(missing, ShareMissing) and isinstance(missing, ShareRefused)
+    assert (missing.code, missing.reason) == ("not_found", "not_found")
+    assert missing.to_wire().message == "not_found: no share 00ff"  # on the wire as before
+    rotten = ShareRefused.from_remote("not_found", "corrupt: share 00ff failed its hash check")
+    assert not isinstance(rotten, ShareMissing)  # a holder that lost a share to rot is news
 
 
 @pytest.mark.live

@@ -132,6 +132,18 @@ async def test_segment_with_fewer_than_k_shares_is_lost(stored):
     assert check.verified == (None, None, None, True) and check.health(m.k) == "lost"
 
 
+@pytest.mark.parametrize("holders, health, spread, most", [
+    ((b"a", b"b", b"c", b"d"), "healthy", 4, 1),
+    ((b"a", b"b", b"a", b"b"), "concentrated", 2, 2),  # 2-of-4 on two peers
+    ((b"me",) * 4, "concentrated", 1, 4),  # put while alone: every share on this node
+    ((b"a", b"b", None, b"c"), "degraded", 3, 1),
+    ((b"a", None, None, None), "lost", 1, 1),
+])
+def test_health_counts_distinct_holders_not_shares(holders, health, spread, most):
+    check = upkeep.SegmentCheck(0, holders, (None,) * 4)
+    assert (check.health(2), check.spread, check.most_on_one) == (health, spread, most)
+
+
 async def test_renew_extends_every_lease_and_never_shortens(stored):
     net, m = stored
     renewed = await upkeep.renew_file(net, net.ring, m, LEASE, manifest_copies=CONFIG.manifest_copies)
@@ -172,3 +184,19 @@ async def test_concurrent_puts_and_a_pin_of_one_file_all_succeed(stored, tmp_pat
     reloaded = FileRegistry(tmp_path / "files")
     assert reloaded.load() == 1 and reloaded.get(m.file_id()) in (plain, pinned)
     assert sorted(p.suffix for p in (tmp_path / "files").iterdir()) == [".json", ".manifest"]
+
+
+async def test_a_file_entry_keeps_its_name_and_an_older_entry_reads_without_one(tmp_path, stored):
+    _, m = stored
+    registry = FileRegistry(tmp_path / "files")
+    registry.load()
+    registry.put(FileEntry(m.file_id(), m, pinned=False, lease_expiry=LEASE, added=1,
+                           name="demo job inputs.safetensors"))
+    again = FileRegistry(tmp_path / "files")
+    again.load()
+    assert again.get(m.file_id()).name == "demo job inputs.safetensors"
+    meta = tmp_path / "files" / f"{m.file_id().hex()}.json"
+    meta.write_text('{"pinned": false, "lease_expiry": 5, "added": 1}')  # written by a release before names
+    older = FileRegistry(tmp_path / "files")
+    older.load()
+    assert older.get(m.file_id()).name == ""

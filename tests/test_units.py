@@ -87,3 +87,25 @@ def test_any_text_is_a_value_in_range_or_a_value_error(parse, bound, text):
     except ValueError:
         return
     assert 0 <= value <= bound and math.isfinite(value)
+
+
+@pytest.mark.parametrize("size, shown", [(10 << 30, "10GiB"), (500 * 10**6, "500MB"), (1536 << 20, "1536MiB"),
+                                         (4096, "4KiB"), (1000, "1kB"), (1001, "1001"), (0, "0")])
+def test_format_size(size, shown):
+    assert units.format_size(size) == shown
+
+
+@pytest.mark.parametrize("seconds, shown", [(604800, "7d"), (600, "10m"), (5400, "90m"), (90, "90s"),
+                                            (0.25, "250ms"), (1.5, "1500ms"), (0, "0ms")])
+def test_format_duration(seconds, shown):
+    assert units.format_duration(seconds) == shown
+
+
+@given(st.integers(min_value=0, max_value=MAX_SIZE))
+def test_a_formatted_size_parses_back(size):
+    assert parse_size(units.format_size(size)) == size
+
+
+@given(st.integers(min_value=0, max_value=MAX_SECONDS))
+def test_a_formatted_duration_parses_back(seconds):
+    assert parse_duration(units.format_duration(seconds)) == seconds

@@ -225,10 +225,10 @@ class NvmlProvider:
                 raise _StillFailing(self._failure)
             gpus, driver, cuda = self._read_gpus()
         except Exception as exc:  # noqa: BLE001 - any driver failure means CPU-only, never a crash
-            reason = str(exc) if isinstance(exc, _StillFailing) else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, _StillFailing) else why_no_gpu(exc)
             self._cpu_only(reason)
             return Inventory((), host.cpu_cores, host.ram_total, host.ram_free, host.storage_free,
-                             torch_cuda=False, note=f"CPU-only: {reason}")
+                             torch_cuda=False, note=reason)
         if self._failure:
             log.info("NVIDIA driver available again: %d GPU(s)", len(gpus))
             self._failure = ""
@@ -248,7 +248,9 @@ class NvmlProvider:
 
     def _cpu_only(self, reason: str) -> None:
         if reason != self._failure:
-            log.warning("no usable NVIDIA GPU (%s); this node advertises CPU only", reason)
+            # a machine without the driver is an ordinary CPU node (the capacity service's
+            # start-up line says so); a driver that is there and fails is worth a warning
+            log.log(logging.DEBUG if reason == NO_DRIVER else logging.WARNING, "%s", reason)
             self._failure = reason
             self._retry_at = time.monotonic() + self.retry_after
         elif time.monotonic() >= self._retry_at:
@@ -308,6 +310,22 @@ class NvmlProvider:
             pcie_width=_clamp(_optional(nvml, nvml.nvmlDeviceGetCurrPcieLinkWidth, handle), 1, 64),
             throttle=throttle_names(mask),
         )
+
+
+NO_DRIVER = "no NVIDIA driver found; this node runs CPU jobs"
+
+
+def why_no_gpu(exc: BaseException) -> str:
+    """What an NVML failure means for the owner, in words (the raw NVML error name only
+    where the driver is there and failing)."""
+    name = type(exc).__name__
+    if name == "NVMLError_LibraryNotFound":
+        return NO_DRIVER
+    if name == "NVMLError_DriverNotLoaded":
+        return "the NVIDIA driver is installed but not loaded; this node runs CPU jobs"
+    if name == "NVMLError_NoPermission":
+        return "no permission to use the NVIDIA driver; this node runs CPU jobs"
+    return f"the NVIDIA driver failed ({name}: {exc}); this node runs CPU jobs"
 
 
 class _StillFailing(Exception):

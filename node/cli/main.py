@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import trio
 
 from poolai.mesh.errors import MeshError
+from poolai.mesh.short_ids import short_id
 from poolai.node import __version__
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import EXIT_ERROR, CliError
@@ -93,15 +95,35 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command a closed pipe ended
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except (CliError, config_mod.ConfigError, MeshError) as exc:
         print(f"poolai: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: its reader left (``poolai stat ID | head``), and what is
+    still buffered would otherwise fail again, with a traceback, as the interpreter exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real descriptor behind sys.stdout
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -193,7 +215,7 @@ def _status(args: argparse.Namespace) -> int:
     overlay = data.get("overlay")
     if overlay:
         def ids(group: str) -> str:
-            return ", ".join(p["peer_id"][-8:] for p in overlay[group]) or "-"
+            return ", ".join(short_id(p["peer_id"]) for p in overlay[group]) or "-"
 
         print(f"overlay:  position {overlay['position']}, network size ~{overlay['size_estimate']:g}, "
               f"coordinate error {overlay['coordinate']['error']:.2f}")
@@ -204,9 +226,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _config_show(args: argparse.Namespace) -> int:
     config = config_mod.load(args.data_dir, {})
+    rows = [(key, json.dumps(value), source) for key, value, source in config_mod.describe(config)]
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
     print(f"# effective configuration (file: {config.config_file})")
-    for key, value, source in config_mod.describe(config):
-        print(f"{key:<12} = {json.dumps(value):<40} # {source}")
+    for key, value, source in rows:
+        print(f"{key:<{key_width}} = {value:<{value_width}}  # {source}")
     return 0
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from poolai.mesh.short_ids import short_id
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import CliError
 from poolai.node.cli.local_api import fetch_local
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"latest {len(rows)} of {len(doc['statement'])} receipt(s):")
         for r in rows:
             print(f"  {r['direction']:<6} {r['credits']:>+12.3f}  {r['kind']:<7} "
-                  f"{r['job_or_epoch'][:20]:<20} {r['counterparty'][-12:]}")
+                  f"{r['job_or_epoch'][:20]:<20} {short_id(r['counterparty'])}")
     return 0
 
 

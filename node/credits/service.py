@@ -36,6 +36,7 @@ from poolai.mesh import rpc
 from poolai.mesh.backoff import Backoff
 from poolai.mesh.bounded import CappedDict
 from poolai.mesh.errors import MeshError, ProtocolError, RemoteError
+from poolai.mesh.short_ids import short_hex, short_id
 from poolai.node.credits import ledger as lg
 from poolai.node.credits.balances import Tally, check_all
 from poolai.node.credits.policy import (
@@ -244,7 +245,8 @@ class CreditsService:
         for peer, event in events:
             self._record(peer, event)
             if event is Event.MISMATCHED:
-                log.warning("job %s: %s returned an output the other runs disagree with", job_id, peer[-8:])
+                log.warning("job %s: %s returned an output the other runs disagree with", job_id,
+                            short_id(peer))
             arrived = self._arrived.get((job_id, peer))
             if arrived is not None:
                 arrived.set()
@@ -304,7 +306,7 @@ class CreditsService:
                     new = await self._pull(peer)
                     added += new  # read ``added`` only after the await: the tasks interleave
                 except (MeshError, lg.LedgerError) as exc:
-                    log.debug("ledger sync with %s failed: %s", peer[-8:], exc)
+                    log.debug("ledger sync with %s failed: %s", short_id(peer), exc)
 
         async with trio.open_nursery() as nursery:
             for peer in targets:
@@ -324,7 +326,7 @@ class CreditsService:
             await trio.to_thread.run_sync(ledger.put_pending, checked)
         except lg.LedgerError as exc:  # a full disk: the claim is sent all the same
             log.warning("claim %s kept in memory only (lost if the node restarts first): %s",
-                        checked.claim_key.hex()[:12], exc)
+                        short_hex(checked.claim_key), exc)
         self._pending[checked.claim_key] = _Pending(checked)
         self._wake.set()
         return checked.claim_key
@@ -353,11 +355,11 @@ class CreditsService:
             if done.receipt.body != mine.receipt.body:
                 raise ReceiptRejected("invalid_claim", "the signed receipt is for another claim")
             await self._store([done])
-            log.info("%s receipt %s signed by %s: %.3f credits", done.kind, done.receipt_id.hex()[:12],
-                     other[-8:], done.credit / MILLI)
+            log.info("%s receipt %s signed by %s: %.3f credits", done.kind, short_hex(done.receipt_id),
+                     short_id(other), done.credit / MILLI)
         except RemoteError as exc:
             if exc.code in ("refused", "bad_request"):
-                log.warning("%s refused to sign our %s claim: %s", other[-8:], mine.kind, exc.message)
+                log.warning("%s refused to sign our %s claim: %s", short_id(other), mine.kind, exc.message)
                 await self._drop(key)
             else:
                 await self._backoff(key, p, exc)
@@ -374,7 +376,7 @@ class CreditsService:
             await self._drop(key)
             return
         p.next_try = CLAIM_BACKOFF.next_at(trio.current_time(), p.tries)
-        log.debug("claim %s not signed yet (%s); retrying", key.hex()[:12], exc)
+        log.debug("claim %s not signed yet (%s); retrying", short_hex(key), exc)
 
     async def _drop(self, key: bytes) -> None:
         try:

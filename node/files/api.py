@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from poolai.mesh.peer_ids import peer_id_text
+from poolai.node.files.catalog import MAX_NAME
 from poolai.storage import erasure, integrity
 from poolai.storage.errors import (
     FileChanged,
@@ -137,7 +138,7 @@ def put_json(outcome: PutOutcome) -> dict[str, Any]:
             "segment_size": m.segment_size, "segments": m.segment_count,
             "shares_stored": outcome.shares_stored, "shares_present": outcome.shares_present,
             "shares_failed": outcome.shares_failed, "manifest_copies": outcome.manifest_copies,
-            "pinned": outcome.pinned, "lease_expiry": outcome.lease_expiry}
+            "pinned": outcome.pinned, "lease_expiry": outcome.lease_expiry, "spread": outcome.spread}
 
 
 def health_json(health: FileHealth) -> dict[str, Any]:
@@ -146,8 +147,9 @@ def health_json(health: FileHealth) -> dict[str, Any]:
         "file_id": integrity.to_hex(health.file_id), "size": m.size, "k": m.k, "n": m.n,
         "segment_size": m.segment_size, "segments": m.segment_count, "verified": health.verified,
         "checked_at": round(health.checked_at, 3), "counts": health.counts(),
+        "spread": health.spread(), "most_on_one_peer": health.most_on_one(),
         "segment_health": [
-            {"segment": s.segment, "health": s.health(m.k), "live": s.live,
+            {"segment": s.segment, "health": s.health(m.k), "live": s.live, "spread": s.spread,
              "proven": sum(v is True for v in s.verified), "failed": sum(v is False for v in s.verified),
              "holders": [peer_id_text(p) if p is not None else None for p in s.holders],
              "proofs": list(s.verified), "healed": list(s.healed)}
@@ -176,7 +178,7 @@ def routes(service: StorageService) -> list[Route]:
             os.close(fd)
 
     async def post_file(request: Request) -> Response:
-        """Put the request body into the mesh (query: k, n, segment, pin, progress)."""
+        """Put the request body into the mesh (query: k, n, segment, pin, progress, name)."""
         query = request.query_params
         try:
             params = erasure.ErasureParams(
@@ -186,6 +188,7 @@ def routes(service: StorageService) -> list[Route]:
         except (TypeError, ValueError) as exc:
             return error_response(ValueError(f"bad erasure parameters: {exc}"))
         pin = query.get("pin", "") in ("1", "true", "yes")
+        name = query.get("name", "")[:MAX_NAME]
         path = service.scratch_path("uploads")
         try:
             await receive_body(request, path)
@@ -193,7 +196,8 @@ def routes(service: StorageService) -> list[Route]:
             _unlink(path)
             return error_response(exc if isinstance(exc, OSError) else ValueError("upload interrupted"))
         job = Job()
-        service.spawn(job.run, lambda progress: service.put(path, params=params, pin=pin, progress=progress))
+        service.spawn(job.run, lambda progress: service.put(path, params=params, pin=pin, progress=progress,
+                                                                name=name))
         if query.get("progress", "") in ("1", "true", "yes"):
             return StreamingResponse(_events(job, put_json, lambda: _unlink(path)),
                                      media_type="application/x-ndjson")
@@ -318,8 +322,9 @@ def routes(service: StorageService) -> list[Route]:
             health = service.health.get(entry.file_id)
             files.append({"file_id": integrity.to_hex(entry.file_id), "size": entry.manifest.size,
                           "k": entry.manifest.k, "n": entry.manifest.n, "pinned": entry.pinned,
-                          "lease_expiry": entry.lease_expiry, "added": entry.added,
+                          "lease_expiry": entry.lease_expiry, "added": entry.added, "name": entry.name,
                           "health": health.counts() if health else None,
+                          "spread": health.spread() if health else None,
                           "checked_at": round(health.checked_at, 3) if health else None})
         return JSONResponse({**service.status(), "files_placed": files})
 

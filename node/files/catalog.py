@@ -3,7 +3,8 @@
 One directory, two files per file id (hex)::
 
     <id>.manifest   the manifest bytes (verified against the id when loaded)
-    <id>.json       {"pinned": bool, "lease_expiry": unix seconds, "added": unix seconds}
+    <id>.json       {"pinned": bool, "lease_expiry": unix seconds, "added": unix seconds,
+                     "name": what the file is to its owner (optional, "" when absent)}
 
 Each file is written through :func:`poolai.mesh.durable.write_atomic`, so a crash
 leaves either the old or the new version. Entries whose manifest does not
@@ -43,6 +44,10 @@ class FileEntry:
     pinned: bool
     lease_expiry: int
     added: int
+    name: str = ""  # what it is to the owner ("inputs.safetensors", "output of job ..."); may be ""
+
+
+MAX_NAME = 120
 
 
 class FileRegistry:
@@ -63,7 +68,8 @@ class FileRegistry:
                     raise ManifestError("manifest does not hash to its file id")
                 meta = json.loads(meta_path.read_text())
                 entry = FileEntry(file_id, manifest_mod.decode(blob), bool(meta["pinned"]),
-                                  int(meta["lease_expiry"]), int(meta["added"]))
+                                  int(meta["lease_expiry"]), int(meta["added"]),
+                                  str(meta.get("name", ""))[:MAX_NAME])
             except (OSError, ValueError, KeyError, TypeError, ManifestError) as exc:
                 log.warning("skipping unreadable file entry %s: %s", meta_path.name, exc)
                 continue
@@ -84,7 +90,8 @@ class FileRegistry:
         name = integrity.to_hex(entry.file_id)
         if entry.file_id not in self._entries:
             write_atomic(self.path / f"{name}.manifest", entry.manifest.encode())
-        meta = {"pinned": entry.pinned, "lease_expiry": entry.lease_expiry, "added": entry.added}
+        meta = {"pinned": entry.pinned, "lease_expiry": entry.lease_expiry, "added": entry.added,
+                "name": entry.name[:MAX_NAME]}
         write_atomic(self.path / f"{name}.json", json.dumps(meta).encode())
         self._entries[entry.file_id] = entry
 

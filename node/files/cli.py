@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from poolai.mesh.short_ids import short_id
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import CliError
 from poolai.node.cli.local_api import CONNECT_TIMEOUT, LocalNode, find_node
@@ -158,6 +159,7 @@ def _put(args: argparse.Namespace) -> int:
             params[key] = str(value)
     if args.pin:
         params["pin"] = "1"
+    params["name"] = path.name  # what the status page lists it as
     bar = Bar("put")
     start = time.monotonic()
 
@@ -175,8 +177,27 @@ def _put(args: argparse.Namespace) -> int:
     bar.finish(f"put {size / MiB:.1f} MiB in {took:.1f} s ({size / max(took, 1e-6) / 1e6:.1f} MB/s), "
                f"{result['segments']} segments, {result['k']}-of-{result['n']}"
                f"{', pinned' if result.get('pinned') else ''}")
+    if not result.get("shares_present"):  # all stored now, so the put saw where they went
+        warning = spread_warning(result.get("spread", result["n"]), result["n"], result["k"])
+        if warning:
+            print(warning, file=sys.stderr)
     print(result["file_id"])
     return 0
+
+
+def spread_warning(spread: int, n: int, k: int, most_on_one: int | None = None) -> str | None:
+    """A warning when a file's shares sit on fewer distinct peers than it has shares per
+    segment (a node alone holds all ten of a 4-of-10 file); None when each has its own.
+    ``most_on_one``, where known, is the most shares of a segment one peer holds."""
+    if spread >= n:
+        return None
+    head = f"warning: the {n} shares of each segment sit on {spread} distinct peer(s), not {n}"
+    if spread <= 1:
+        return f"{head}: if that peer is lost, so is the file"
+    if most_on_one is not None and n - most_on_one < k:
+        return f"{head}: losing the peer with the most ({most_on_one}) loses segments (each needs {k})"
+    lose = most_on_one if most_on_one is not None else -(-n // spread)
+    return f"{head}: losing one peer costs a segment up to {lose} shares, not one"
 
 
 def _follow(node: LocalNode, what: str, bar: Bar, method: str, path: str, **request: Any) -> dict[str, Any]:
@@ -337,17 +358,21 @@ def _stat(args: argparse.Namespace) -> int:
     print(f"file {data['file_id']}")
     print(f"size {data['size']} bytes, {data['k']}-of-{data['n']}, {data['segments']} segments of "
           f"{data['segment_size'] / MiB:g} MiB{', verified' if data['verified'] else ''}")
-    print(f"{'seg':>5}  {'health':<9} {'live':>5} {'proven':>6}  holders (share 0..n-1; "
+    print(f"{'seg':>5}  {'health':<12} {'live':>5} {'peers':>5} {'proven':>6}  holders (share 0..n-1; "
           f"+ proven, ! failed, - none)")
     for seg in data["segment_health"]:
         cells = []
         for holder, proof in zip(seg["holders"], seg["proofs"], strict=True):
             mark = {True: "+", False: "!", None: ""}[proof]
-            cells.append("-" if holder is None else holder[-6:] + mark)
-        print(f"{seg['segment']:>5}  {seg['health']:<9} {seg['live']:>2}/{data['n']:<2} "
-              f"{seg['proven']:>6}  {' '.join(cells)}")
+            cells.append("-" if holder is None else short_id(holder) + mark)
+        print(f"{seg['segment']:>5}  {seg['health']:<12} {seg['live']:>2}/{data['n']:<2} "
+              f"{seg['spread']:>5} {seg['proven']:>6}  {' '.join(cells)}")
     counts = data["counts"]
-    print(f"segments: {counts['healthy']} healthy, {counts['degraded']} degraded, {counts['lost']} lost")
+    print(f"segments: {counts['healthy']} healthy, {counts['concentrated']} concentrated (on fewer "
+          f"than {data['n']} peers), {counts['degraded']} degraded, {counts['lost']} lost")
+    warning = spread_warning(data["spread"], data["n"], data["k"], data["most_on_one_peer"])
+    if warning and data["segments"]:
+        print(warning)
     return 0
 
 

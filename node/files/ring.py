@@ -56,6 +56,7 @@ from poolai.mesh.bounded import Memo
 from poolai.mesh.errors import MeshError
 from poolai.mesh.peer_ids import peer_id_bytes, peer_id_text
 from poolai.mesh.ring import RING_MASK, node_position
+from poolai.mesh.short_ids import short_id
 from poolai.storage.placement import PeerId, Ring
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class RingSource:
                             await self.host.connect(name, addrs)
                             ok = True
                     except MeshError as exc:
-                        log.info("storage ring: %s unreachable: %s", name[-8:], exc)
+                        log.info("storage ring: %s unreachable: %s", short_id(name), exc)
             if not ok:
                 self.mark_unreachable(name)
 

@@ -126,6 +126,7 @@ class PutOutcome:
     renewed: int
     pinned: bool
     lease_expiry: int
+    spread: int  # distinct peers that took this put's shares (n at best; see FileHealth.spread)
 
 
 class _CountingTransport:
@@ -134,6 +135,7 @@ class _CountingTransport:
     def __init__(self, inner: Libp2pShareTransport) -> None:
         self.inner = inner
         self.refusals: collections.Counter[str] = collections.Counter()
+        self.holders: set[PeerId] = set()  # peers that took a share
 
     async def store(self, peer: PeerId, share_id: bytes, data: bytes, meta: ShareMeta) -> None:
         try:
@@ -141,6 +143,7 @@ class _CountingTransport:
         except ShareRefused as exc:
             self.refusals[exc.reason] += 1
             raise
+        self.holders.add(peer)
 
     async def fetch(self, peer: PeerId, share_id: bytes) -> bytes:
         return await self.inner.fetch(peer, share_id)
@@ -275,9 +278,10 @@ class StorageService:
     # ------------------------------------------------------------------ operations
     async def put(
         self, path: Path, *, params: ErasureParams, pin: bool = False,
-        progress: PhaseProgress | None = None,
+        progress: PhaseProgress | None = None, name: str = "",
     ) -> PutOutcome:
-        """Put a local file into the mesh; raises QuotaRefused, PutFailed, OSError."""
+        """Put a local file into the mesh; raises QuotaRefused, PutFailed, OSError. ``name``
+        says what it is on the status page (a file put again keeps the name it had)."""
         assert self.transport is not None
         now = int(time.time())
         lease = now + self.lease_s
@@ -320,7 +324,8 @@ class StorageService:
         known = self.files.get(file_id)
         if known is not None:
             pin, lease = pin or known.pinned, max(lease, known.lease_expiry)
-        await self.offload_io(self.files.put, FileEntry(file_id, m, pin, lease, now))
+            name = known.name or name
+        await self.offload_io(self.files.put, FileEntry(file_id, m, pin, lease, now, name))
         if progress:
             progress("renew", 0, 1)
         renewed = await upkeep.renew_file(self.transport, ring, m, lease,
@@ -334,7 +339,7 @@ class StorageService:
                     renew=clock[3] - clock[2])
         await self.refresh_statistics()
         return PutOutcome(file_id, m, result.shares_stored, result.shares_present, result.shares_failed,
-                          result.manifest_copies, renewed, pin, lease)
+                          result.manifest_copies, renewed, pin, lease, len(counting.holders))
 
     async def open_manifest(self, file_id: bytes) -> Manifest:
         """The manifest of ``file_id``: ours if we look after it, else fetched and verified.
@@ -442,7 +447,8 @@ class StorageService:
         entry = self.files.get(file_id)
         m = entry.manifest if entry else await self.open_manifest(file_id)
         lease = max(entry.lease_expiry if entry else 0, now + self.lease_s)
-        entry = FileEntry(file_id, m, True, lease, entry.added if entry else now)
+        entry = FileEntry(file_id, m, True, lease, entry.added if entry else now,
+                          entry.name if entry else "")
         await self.offload_io(self.files.put, entry)
         await upkeep.renew_file(self.transport, await self.reading_ring(), m, lease,
                                 manifest_copies=RAID.manifest_copies)

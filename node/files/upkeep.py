@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from poolai.mesh.errors import MeshError
 from poolai.mesh.peer_ids import peer_id_text
+from poolai.mesh.short_ids import short_hex, short_peer
 from poolai.node.files.catalog import FileEntry
 from poolai.storage import grants, raid, upkeep
 from poolai.storage.errors import ShareNotFound
@@ -101,10 +102,18 @@ class FileHealth:
     checked_at: float
 
     def counts(self) -> dict[str, int]:
-        out = {"healthy": 0, "degraded": 0, "lost": 0}
+        out = {"healthy": 0, "concentrated": 0, "degraded": 0, "lost": 0}
         for seg in self.segments:
             out[seg.health(self.manifest.k)] += 1
         return out
+
+    def spread(self) -> int:
+        """The fewest distinct peers any segment's shares sit on (n at best)."""
+        return min((seg.spread for seg in self.segments), default=0)
+
+    def most_on_one(self) -> int:
+        """The most shares of one segment that one peer holds (1 at best)."""
+        return max((seg.most_on_one for seg in self.segments), default=0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,7 +205,7 @@ async def _look_after(svc: StorageService, entry: FileEntry, n: collections.Coun
     n["rebuilt"] += repaired.shares_rebuilt
     n["lost"] += repaired.segments_lost
     if repaired.shares_rebuilt or repaired.segments_lost:
-        log.info("repaired %s: %d missing, %d rebuilt, %d segments lost", entry.file_id.hex()[:12],
+        log.info("repaired %s: %d missing, %d rebuilt, %d segments lost", short_hex(entry.file_id),
                  repaired.shares_missing, repaired.shares_rebuilt, repaired.segments_lost)
     found = await upkeep.locate(svc.transport, ring, m)
     at = svc.clock()
@@ -238,7 +247,7 @@ async def _claim_credits(svc: StorageService) -> int:
             made += 1
         except (ValueError, MeshError, OSError) as exc:  # refused (ReceiptRejected is a
             # MeshError) or not recorded: the credits service's trouble must not stop upkeep
-            log.warning("storage credit for %s not claimed: %s", peer_id_text(claim.holder)[-8:], exc)
+            log.warning("storage credit for %s not claimed: %s", short_peer(claim.holder), exc)
     svc.credit_claims += made
     return made
 

@@ -69,7 +69,7 @@ def routes(service: JobService) -> list[Route]:
                         return _error(f"a job file is at most {MAX_FILE_BYTES} bytes", 413)
                     digest.update(chunk)
                     await f.write(chunk)
-            file_id = await service.files.put(path)
+            file_id = await service.files.put(path, f"job file {name}")
         except (FileTransferError, MeshError, OSError) as exc:
             return _error(f"could not store the file: {exc}", 503)
         finally:

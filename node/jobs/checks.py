@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from poolai.mesh.errors import MeshError
+from poolai.mesh.short_ids import short_id
 from poolai.node.credits.policy import Verdict
 from poolai.node.credits.receipts import device_of
 from poolai.node.jobs import protocol as jp
@@ -86,7 +87,7 @@ class OutputChecks:
         credits = self.credits
         if problem:
             log.warning("job %s: the output of %s failed its check: %s", sub.spec.job_id,
-                        worker[-8:], problem)
+                        short_id(worker), problem)
             run.check = f"{Check.FAILED.value}: {problem}"[:300]
             if credits is not None:
                 credits.job_failed(worker, job_id=sub.spec.job_id)
@@ -146,7 +147,7 @@ async def claim_credit(credits: CreditsService | None, me: str, submitter: str, 
         await credits.claim_job(job_id=msg.job_id, submitter=submitter, device=result.device,
                                 seconds=seconds, result_hash=bytes.fromhex(result.output.sha256))
     except (ValueError, MeshError) as exc:
-        log.warning("job %s: no credit claimed from %s: %s", msg.job_id, submitter[-8:], exc)
+        log.warning("job %s: no credit claimed from %s: %s", msg.job_id, short_id(submitter), exc)
 
 
 def sha256_size(path: Path) -> tuple[str, int]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from poolai.mesh.short_ids import short_id
 from poolai.node import config as config_mod
 from poolai.node.cli.errors import CliError
 from poolai.node.jobs.sanitise import safetensors_f32
@@ -240,7 +241,7 @@ def describe(data: dict[str, Any]) -> str:
     result = data.get("result")
     state = data["state"] + (f": {result['status']}" if result else "")
     worker = data.get("worker") or ""
-    where = f" on {worker[-12:]}" if worker else ""
+    where = f" on {short_id(worker)}" if worker else ""
     age = time.time() - data["submitted_at"]
     return (f"{data['job_id']}  {state}{where}  ({len(data['attempts'])} offer(s), "
             f"{data['retries_used']}/{data['retry_budget']} retries, {age:.0f} s ago)")

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from poolai.mesh.short_ids import short_id
 from poolai.node.jobs.spec import JobResult, JobStatus
 
 # ----------------------------------------------------------------------------- shared vocabulary
@@ -414,7 +415,7 @@ class Dispatch:
         self.result = result
 
     def _no_worker_error(self) -> str:
-        reasons = "; ".join(f"{p[-8:]}: {r}" for p, r in list(self.refusals.items())[:8])
+        reasons = "; ".join(f"{short_id(p)}: {r}" for p, r in list(self.refusals.items())[:8])
         gave_up = (f"; gave up after {len(self._unreachable)} unreachable peers"
                    if len(self._unreachable) >= self.config.max_unreachable else "")
         return ("no capable peer accepted the job ("

@@ -39,6 +39,7 @@ import trio
 from poolai.mesh.backoff import Backoff
 from poolai.mesh.durable import write_atomic
 from poolai.mesh.errors import MeshError
+from poolai.mesh.short_ids import short_id
 from poolai.node.jobs import protocol as jp
 from poolai.node.jobs.dispatch import Refusal, WorkState
 from poolai.node.jobs.files import Files, FileTransferError
@@ -301,7 +302,8 @@ class Executor:
             self._set_state(held, WorkState.STORING)
             try:
                 with trio.fail_after(FILE_TIMEOUT_S):
-                    output = await self.files.put(out_dir / "output.safetensors")
+                    output = await self.files.put(out_dir / "output.safetensors",
+                                                  f"output of job {held.item.job_id}")
             except (FileTransferError, MeshError, OSError, trio.TooSlowError) as exc:
                 result = dataclasses.replace(result, status=JobStatus.CRASHED, output=None,
                                              error=f"could not store the output: {exc}")
@@ -378,10 +380,10 @@ class Executor:
             ack = await self.call(submitter, jp.Progress(entries=entries), (jp.ProgressAck,),
                                   self.config.request_timeout_s)
         except MeshError as exc:
-            log.debug("progress to %s failed: %s", submitter[-8:], exc)
+            log.debug("progress to %s failed: %s", short_id(submitter), exc)
             return
         if len(ack.keep) != len(entries):
-            log.info("progress ack from %s has %d verdicts for %d jobs", submitter[-8:],
+            log.info("progress ack from %s has %d verdicts for %d jobs", short_id(submitter),
                      len(ack.keep), len(entries))
             return
         stopped = False
@@ -389,7 +391,7 @@ class Executor:
             key = h.item.key
             if not keep and self.held.get(key) is h:
                 log.info("job %s: submitter %s no longer wants attempt %d", h.item.job_id,
-                         submitter[-8:], h.item.attempt)
+                         short_id(submitter), h.item.attempt)
                 self._stop(key)
                 stopped = True
         if stopped:
@@ -420,13 +422,13 @@ class Executor:
                 self.pending.pop(key, None)
                 await self._save()
             else:
-                log.debug("result of %s to %s failed: %s", key[1], p.submitter[-8:], exc)
+                log.debug("result of %s to %s failed: %s", key[1], short_id(p.submitter), exc)
             return
         finally:
             self._delivering.discard(key)
             self._deliver.set()
         log.info("job %s: result %s by %s", key[1], "accepted" if ack.accepted else "not needed",
-                 p.submitter[-8:])
+                 short_id(p.submitter))
         if self.pending.get(key) is p:
             del self.pending[key]
             await self._save()

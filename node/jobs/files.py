@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from poolai.mesh.errors import MeshError
+from poolai.mesh.short_ids import short_id
 from poolai.storage import integrity
 from poolai.storage.erasure import DEFAULT_PARAMS
 from poolai.storage.errors import StorageError
@@ -37,8 +38,9 @@ class FileTransferError(MeshError):
 class Files(Protocol):
     """Where programs, inputs and outputs live: burst-RAID storage, by file id (hex)."""
 
-    async def put(self, path: Path) -> str:
-        """Store the file at ``path``; return its id. Raises FileTransferError or OSError."""
+    async def put(self, path: Path, name: str = "") -> str:
+        """Store the file at ``path``; return its id. ``name`` says what it is (on the status
+        page). Raises FileTransferError or OSError."""
         ...
 
     async def get(self, file_id: str, path: Path) -> None:
@@ -59,8 +61,8 @@ class CachedFiles:
         self.hits = self.misses = 0
         self._order: OrderedDict[str, int] | None = None  # file id -> size, least recent first
 
-    async def put(self, path: Path) -> str:
-        return await self.inner.put(path)
+    async def put(self, path: Path, name: str = "") -> str:
+        return await self.inner.put(path, name)
 
     async def get(self, file_id: str, path: Path) -> None:
         if FILE_ID.fullmatch(file_id) is None:
@@ -137,9 +139,9 @@ class StorageFiles:
             raise FileTransferError("this node runs no storage service")
         return self.storage
 
-    async def put(self, path: Path) -> str:
+    async def put(self, path: Path, name: str = "") -> str:
         try:
-            outcome = await self._storage().put(path, params=DEFAULT_PARAMS)
+            outcome = await self._storage().put(path, params=DEFAULT_PARAMS, name=name)
         except StorageError as exc:
             raise FileTransferError(f"storage put failed: {exc}") from None
         return str(integrity.to_hex(outcome.file_id))
@@ -148,4 +150,4 @@ class StorageFiles:
         try:
             await self._storage().get(integrity.from_hex(file_id), path)
         except StorageError as exc:
-            raise FileTransferError(f"storage get of {file_id[:12]} failed: {exc}") from None
+            raise FileTransferError(f"storage get of {short_id(file_id)} failed: {exc}") from None

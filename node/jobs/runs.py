@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from poolai.mesh.short_ids import short_id
 from poolai.node.credits.policy import Outcome, Verdict
 from poolai.node.jobs.spec import JobResult, JobStatus
 
@@ -185,5 +186,5 @@ class RunPlan:
 
 def _unchecked(end: RunEnd) -> JobResult:
     return JobResult(end.result.job_id if end.result else "", JobStatus.CRASHED,
-                     error=f"the output of {end.worker[-12:]} failed the submitter's check: "
+                     error=f"the output of {short_id(end.worker)} failed the submitter's check: "
                            f"{end.detail}"[:2000])

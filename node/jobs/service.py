@@ -37,6 +37,7 @@ import trio
 from poolai.mesh import rpc
 from poolai.mesh.bounded import CappedDict
 from poolai.mesh.errors import MeshError, RemoteError, RequestTimeout
+from poolai.mesh.short_ids import short_id
 from poolai.node.jobs import protocol as jp
 from poolai.node.jobs.checks import OutputChecks, claim_credit
 from poolai.node.jobs.dispatch import (
@@ -264,7 +265,7 @@ class JobService:
             new = self._new_run(sub, len(sub.runs))
             sub.runs.append(new)
             log.info("job %s: run %d on a peer other than %s", sub.spec.job_id, new.index,
-                     ", ".join(sorted(p[-8:] for p in decision.exclude)))
+                     ", ".join(sorted(short_id(p) for p in decision.exclude)))
             nursery.start_soon(self._drive_run, sub, new, nursery)
         elif isinstance(decision, Report):
             await self._report(sub, decision)
@@ -298,7 +299,7 @@ class JobService:
         try:
             reply = await self.call(action.peer, offer, (jp.Accept, jp.Refuse), OFFER_TIMEOUT_S)
         except MeshError as exc:
-            log.info("job %s: offer to %s failed: %s", sub.spec.job_id, action.peer[-8:], exc)
+            log.info("job %s: offer to %s failed: %s", sub.spec.job_id, short_id(action.peer), exc)
             self._offer_went(action.peer, "timeout" if isinstance(exc, RequestTimeout) else "unreachable")
             d.unreachable(action.attempt, trio.current_time())
             return
@@ -310,7 +311,7 @@ class JobService:
                 self._offer_went(action.peer, "unreachable")
                 d.unreachable(action.attempt, now)
                 return
-            log.info("job %s: %s refused: %s: %s", sub.spec.job_id, action.peer[-8:], reason.value,
+            log.info("job %s: %s refused: %s: %s", sub.spec.job_id, short_id(action.peer), reason.value,
                      reply.message)
             self._offer_went(action.peer, reason.value)
             d.refused(action.attempt, reason, reply.message, now)
@@ -336,11 +337,11 @@ class JobService:
                                     PROBE_TIMEOUT_S)
             state = jp.parse_state(entry.state)
         except RequestTimeout:
-            log.info("job %s: worker %s did not answer a probe", sub.spec.job_id, action.peer[-8:])
+            log.info("job %s: worker %s did not answer a probe", sub.spec.job_id, short_id(action.peer))
             d.probe_timed_out(action.attempt, trio.current_time())
             return
         except (MeshError, InvalidJob) as exc:
-            log.info("job %s: worker %s lost: %s", sub.spec.job_id, action.peer[-8:], exc)
+            log.info("job %s: worker %s lost: %s", sub.spec.job_id, short_id(action.peer), exc)
             d.lost(action.attempt, trio.current_time())
             return
         if not d.progress(action.peer, run.local(entry.attempt), state, trio.current_time()):
@@ -351,7 +352,7 @@ class JobService:
             await self.call(peer, jp.Cancel(job_id=job_id, attempt=attempt), (jp.Cancelled,),
                             CANCEL_TIMEOUT_S)
         except MeshError as exc:
-            log.debug("cancel of %s at %s failed: %s", job_id, peer[-8:], exc)
+            log.debug("cancel of %s at %s failed: %s", job_id, short_id(peer), exc)
 
     def _checkers(self, req: Requirements) -> set[str]:
         """Other peers that could run a redundant run: candidates this node reached or the
@@ -436,7 +437,7 @@ class JobService:
         try:
             result = jp.parse_result(msg)
         except InvalidJob as exc:
-            log.warning("job %s: malformed result from %s: %s", msg.job_id, peer[-8:], exc)
+            log.warning("job %s: malformed result from %s: %s", msg.job_id, short_id(peer), exc)
             raise rpc.RemoteFault("bad_request", str(exc)) from None
         if not run.dispatch.result_received(peer, run.local(msg.attempt), result, trio.current_time()):
             return False

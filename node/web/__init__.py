@@ -100,8 +100,9 @@ def placed_files(node: NodeView) -> list[dict[str, Any]] | None:
     for entry in storage.files.entries():
         health = storage.health.get(entry.file_id)
         out.append({"file_id": entry.file_id.hex(), "size": entry.manifest.size, "pinned": entry.pinned,
-                    "added": entry.added, "k": entry.manifest.k, "n": entry.manifest.n,
-                    "health": health.counts() if health else None})
+                    "added": entry.added, "k": entry.manifest.k, "n": entry.manifest.n, "name": entry.name,
+                    "health": health.counts() if health else None,
+                    "spread": health.spread() if health else None})
     return out
 
 

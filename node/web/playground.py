@@ -85,7 +85,7 @@ def playground_routes(node: NodeView) -> list[Route]:
                 path = staging / f"{secrets.token_hex(6)}-{name}"
                 try:
                     await trio.Path(path).write_bytes(data)
-                    ids[name] = await jobs.files.put(path)
+                    ids[name] = await jobs.files.put(path, f"demo job {name}")
                 finally:
                     await trio.Path(path).unlink(missing_ok=True)
             sub = jobs.submit(demo_job(files), ids)

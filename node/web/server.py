@@ -122,6 +122,22 @@ def open_unix_listener(path: Path) -> socket.socket | None:
     return sock
 
 
+def open_tcp_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound at ``host``:``port`` (0 = any free port), not yet listening, for
+    :func:`serve_api`. The node binds it before its services start, so a port in use stops
+    it at once instead of after every service has come up. Raises OSError (EADDRINUSE for
+    a port another program listens on)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def remove_socket(path: Path) -> None:
     """Remove the Unix socket file at ``path``, if that is what is there (any other file
     stays). Raises OSError when a socket there cannot be removed."""
@@ -132,14 +148,20 @@ def remove_socket(path: Path) -> None:
 
 async def serve_api(
     node: NodeView, host: str, port: int, *, unix_listener: socket.socket | None = None,
+    tcp_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; reports the bound TCP base URL (the real port when ``port`` is 0).
 
-    With ``unix_listener`` (from :func:`open_unix_listener`, which this takes over) the same
-    app is also served on that Unix socket."""
+    With ``tcp_listener`` (from :func:`open_tcp_socket`, which this takes over) the API is
+    served on that socket instead of binding ``host``:``port`` itself. With ``unix_listener``
+    (from :func:`open_unix_listener`, also taken over) the same app is also served on that
+    Unix socket."""
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if tcp_listener is not None:
+        config.bind = [f"fd://{tcp_listener.detach()}"]  # hypercorn now owns the descriptor
+    else:
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if unix_listener is not None:
         config.bind.append(f"fd://{unix_listener.detach()}")  # hypercorn now owns the descriptor
     config.graceful_timeout = 0.5

@@ -283,10 +283,11 @@ def _credits_view(credits: Any) -> dict[str, Any] | None:
 
 
 def file_health(counts: Mapping[str, int] | None) -> str:
-    """One word for a file from its segments' health counts: lost, degraded, healthy or unchecked."""
+    """One word for a file from its segments' health counts: lost, degraded, concentrated
+    (every share found, but some peers hold several), healthy or unchecked."""
     if not counts:
         return "unchecked"
-    for word in ("lost", "degraded"):
+    for word in ("lost", "degraded", "concentrated"):
         if counts.get(word):
             return word
     return "healthy"

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from poolai.mesh.short_ids import short_id
+
 MiB = 1 << 20
 
 
@@ -185,7 +187,7 @@ def ledgers_agree(balances: Mapping[str, Mapping[str, Mapping[str, int]]],
     for node, accounts in balances.items():
         total = sum(a["balance_milli"] for a in accounts.values())
         if total != 0:
-            problems.append(f"{node[-8:]}: balances sum to {total} millicredits")
+            problems.append(f"{short_id(node)}: balances sum to {total} millicredits")
     seen: dict[str, tuple[str, str, float, str]] = {}
     shared = 0
     for node, rows in statements.items():
@@ -206,7 +208,7 @@ def ledgers_agree(balances: Mapping[str, Mapping[str, Mapping[str, int]]],
                 continue  # not one of the nodes asked: nothing to compare with
             for key in ("receipts", "earned_milli", "spent_milli"):
                 if account[key] > own[key]:
-                    problems.append(f"{viewer[-8:]} counts {key} {account[key]} for {peer[-8:]}, "
+                    problems.append(f"{short_id(viewer)} counts {key} {account[key]} for {short_id(peer)}, "
                                     f"which counts {own[key]} itself")
     reference = next(iter(balances.values()), {})
     identical = sum(dict(view) == dict(reference) for view in balances.values())

@@ -29,6 +29,7 @@ function svg(tag, attrs, ...children) {
 }
 
 function fill(id, ...children) { $(id).replaceChildren(...children); }
+// The one short form of an id, as in logs and the CLI (poolai.mesh.short_ids): its last 8 characters.
 function short(id) { return id ? "…" + String(id).slice(-8) : "—"; }
 function bytes(n) {
   if (typeof n !== "number") return "—";
@@ -150,13 +151,14 @@ function pager(id, page, onMove) {
 function renderPeers(v) {
   $("peer-count").textContent = String(v.peers.total);
   const rows = v.peers.items.map(p => el("tr", { "data-peer": p.peer_id },
-    el("td", { class: "mono nowrap", title: p.peer_id }, p.peer_id.slice(0, 8) + "…" + p.peer_id.slice(-8)),
+    el("td", { class: "mono nowrap", title: p.peer_id }, short(p.peer_id)),
     el("td", { class: "nowrap" }, ms(p.rtt_ms)),
     el("td", { class: "mono" }, p.addrs[0] || "—")));
   fill("peer-rows", ...(rows.length ? rows : [emptyRow(3, "no peer connected")]));
   pager("peer-pager", v.peers, off => { state.peersOffset = Math.max(0, off); refreshSoon(); });
 }
 
+const LABEL_CHAR_W = 6;  // px per character of a ring label (10px monospace)
 // Ring positions are 64-bit hex strings; 32 bits are plenty for an angle.
 function angle(hex) { return (parseInt(String(hex).slice(0, 8), 16) / 4294967296) * 2 * Math.PI - Math.PI / 2; }
 
@@ -182,11 +184,19 @@ function renderOverlay(v) {
       peers.set(link.peer_id, link);
     }
   }
+  const placed = [];  // label boxes so far: a label that would overlap one is left out (the dot's title has it)
   for (const [id, link] of peers) {
     const [px, py] = at(link.position);
     items.push(svg("circle", { class: "peer", cx: px, cy: py, r: 5 }, svg("title", {}, id)));
-    const [tx, ty] = at(link.position, R + 16);
-    items.push(svg("text", { x: tx, y: ty + 3, "text-anchor": "middle" }, id.slice(-4)));
+    const label = short(id), a = angle(link.position), w = label.length * LABEL_CHAR_W;
+    // anchored on the side away from the ring, so a label grows outwards, never across it
+    const anchor = Math.cos(a) > 0.35 ? "start" : Math.cos(a) < -0.35 ? "end" : "middle";
+    const [tx, ty] = at(link.position, R + 10);
+    const x0 = anchor === "start" ? tx : anchor === "end" ? tx - w : tx - w / 2;
+    const box = [x0, ty - 5, x0 + w, ty + 6];
+    if (placed.some(b => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
+    placed.push(box);
+    items.push(svg("text", { x: tx, y: ty + 3, "text-anchor": anchor }, label));
   }
   items.push(svg("circle", { class: "self", cx: sx, cy: sy, r: 7 }, svg("title", {}, "this node")));
   items.push(svg("text", { x: C, y: C - 4, "text-anchor": "middle" }, "this node at"));
@@ -277,8 +287,13 @@ function renderStorage(v) {
     ` (${s.pinned ?? 0} pinned)` + (s.gets_running ? ` · ${s.gets_running} download(s) running` : "") +
     (s.hash_failures ? ` · ${s.hash_failures} corrupt share(s) found` : "")));
   const rows = (s.placed || []).map(f => el("tr", { "data-file": f.file_id },
-    el("td", { class: "mono", title: f.file_id }, short(f.file_id)), el("td", {}, bytes(f.size)),
-    el("td", {}, `${f.k} of ${f.n}`), el("td", {}, stateTag(f.health))));
+    el("td", { title: f.file_id }, f.name ? f.name + " " : "", el("span", { class: "mono muted" }, short(f.file_id))),
+    el("td", {}, bytes(f.size)),
+    el("td", {}, `${f.k} of ${f.n}`),
+    el("td", { title: f.spread == null ? "" : `shares on ${f.spread} distinct peer(s) of the ${f.n} a full spread needs` },
+      f.health === "unchecked"
+        ? el("span", { class: "state unchecked", title: "storage upkeep has not looked at it yet (it does every storage_interval)" }, "not checked yet")
+        : stateTag(f.health), f.spread != null && f.spread < f.n ? ` on ${f.spread} of ${f.n} peers` : "")));
   parts.push(el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "file placed"), el("th", {}, "size"),
     el("th", {}, "shares"), el("th", {}, "health"))), el("tbody", {}, ...(rows.length ? rows : [emptyRow(4, "none yet")]))));
   for (const e of s.recent_errors || []) parts.push(el("p", { class: "status bad" }, `${e.op} ${short(e.file_id)}: ${e.error}`));
