@@ -222,6 +222,9 @@ def companion(tmp_path: Path, url: str, peers: set[str], jobs: FakeJobs):
 
 async def test_service_pairs_pushes_an_alert_answers_the_owner_and_refuses_strangers(tmp_path, caplog):
     caplog.set_level(logging.INFO)
+    # httpx logs each request's URL, token included, at INFO; a node's log set-up (run by
+    # earlier tests in this process) quiets it, so turn it up here to prove the redaction.
+    caplog.set_level(logging.INFO, logger="httpx")
     peers = {"12D3KooWpeer"}
     jobs = FakeJobs()
     with FakeBotApi(TOKEN) as fake, trio.fail_after(60):
